@@ -1,0 +1,1 @@
+"""PostgreSQL access: connection URLs, the embedded server, migrations and SQL files."""

@@ -1,0 +1,307 @@
+"""Set-based roll-up of one (symbol, timeframe) over a time range.
+
+`aggregate` is a pure function of the source rows at the moment it runs (SPEC contract 9):
+one SQL statement computes every final window of the range, inserts new bars, updates
+changed ones, soft-deletes bars that no longer qualify and leaves the rest unwritten; the
+cursor then moves forward within the same transaction. A transaction-scoped advisory lock
+keeps two writers off the same (symbol, timeframe) (contract 13).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timedelta
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from agg_pipeline.db import queries
+from agg_pipeline.engine import timeframes, windows
+from agg_pipeline.engine.errors import (
+    InvalidRangeError,
+    MissingTaskError,
+    NullCursorError,
+    TaskConfigError,
+    UnknownSymbolError,
+)
+from agg_pipeline.engine.timeframes import Timeframe
+
+log = logging.getLogger(__name__)
+
+LOCK_NAMESPACE = "agg_pipeline"
+# Sorts and hashes of a year-long range fit in memory with this, not in temp files.
+WORK_MEM = "64MB"
+
+# {window_traded} of aggregate_range.sql: the per-window "has a bar with volume" test costs a
+# sort, so only symbols that skip zero-volume fillers pay for it.
+WINDOW_HAS_TRADED_BAR = sql.SQL(
+    "bool_or(valid AND final AND vol > 0) OVER "
+    "(PARTITION BY date_bin(%(step)s, ts_utc, TIMESTAMPTZ '2000-01-01 00:00:00+00'))"
+)
+NO_FILLER_RULE = sql.SQL("false")
+
+
+@dataclass(frozen=True)
+class AggregationResult:
+    """What one `aggregate` call saw and did."""
+
+    symbol: str
+    timeframe: str
+    as_of: datetime
+    windows_seen: int  # final windows in the range on or after agg_start_utc
+    windows_with_source: int
+    windows_skipped: int  # had source rows, too few usable ones for the quality ladder
+    bars_inserted: int
+    bars_updated: int
+    bars_soft_deleted: int
+    bars_unchanged: int
+    bars_poor_quality: int  # written with quality_score <= 0
+    source_rows_read: int
+    source_rows_invalid: int
+    source_rows_partial: int  # is_partial source rows, left for when they are final
+    newest_source_ts: datetime | None
+    cursor_before: datetime
+    cursor_after: datetime
+    final_through: datetime  # windows ending at or before this were final and processed
+    derivation_version: int
+
+    @property
+    def rows_written(self) -> int:
+        return self.bars_inserted + self.bars_updated + self.bars_soft_deleted
+
+    def counts(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.type == "int"}
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Task:
+    timeframe: Timeframe
+    delay: timedelta
+    agg_start: datetime
+    cursor: datetime
+    derivation_version: int
+    skip_zero_volume: bool
+
+
+def advisory_lock_key(symbol: str, timeframe: str) -> str:
+    return f"{LOCK_NAMESPACE}/{symbol}/{timeframe}"
+
+
+def _lock_and_load(conn: psycopg.Connection, symbol: str, tf: Timeframe) -> _Task:
+    conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+        (advisory_lock_key(symbol, tf.name),),
+    )
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            queries.query("task_for_update"), {"symbol": symbol, "timeframe": tf.name}
+        ).fetchone()
+    if row is None:
+        known = conn.execute(
+            "SELECT 1 FROM core_asset_registry_all WHERE canonical_symbol = %s", (symbol,)
+        ).fetchone()
+        raise MissingTaskError(symbol, tf.name) if known else UnknownSymbolError(symbol)
+    if row["source_timeframe"] != tf.source or row["run_interval_minutes"] != tf.minutes:
+        raise TaskConfigError(
+            f"task {symbol!r} / {tf.name} is configured as {row['source_timeframe']!r} every "
+            f"{row['run_interval_minutes']} min, but {tf.name} is built from {tf.source} every "
+            f"{tf.minutes} min; fix the row or let the registry sync rewrite it"
+        )
+    delay = row["aggregation_delay_seconds"]
+    if delay is None or delay < 0:
+        raise TaskConfigError(
+            f"task {symbol!r} / {tf.name} has aggregation_delay_seconds={delay!r}; "
+            "it must be a number of seconds >= 0"
+        )
+    if row["last_agg_bar_ts_utc"] is None:
+        raise NullCursorError(symbol, tf.name)
+    return _Task(
+        timeframe=tf,
+        delay=timedelta(seconds=delay),
+        agg_start=row["agg_start_utc"],
+        cursor=row["last_agg_bar_ts_utc"],
+        derivation_version=row["derivation_version"],
+        skip_zero_volume=row["agg_skip_zero_volume_ohlc"],
+    )
+
+
+def _bounds(
+    task: _Task, start: datetime, end: datetime, as_of: datetime
+) -> tuple[datetime, datetime, datetime]:
+    """(lo, hi, read_from): windows starting in [lo, hi) are final; rows before read_from
+    (agg_start_utc) are never read."""
+    step = task.timeframe.step
+    lo = windows.ceil(start, step)
+    hi = min(windows.ceil(end, step), windows.floor(as_of - task.delay, step))
+    hi = max(hi, lo)
+    read_from = max(lo, windows.ceil(task.agg_start, step))
+    return lo, hi, read_from
+
+
+def _validate_request(symbol: str, timeframe: str, start: datetime, end: datetime):
+    if not isinstance(symbol, str) or not symbol:
+        raise UnknownSymbolError(str(symbol))
+    tf = timeframes.get(timeframe)
+    start = windows.require_utc(start, "start")
+    end = windows.require_utc(end, "end")
+    if end <= start:
+        kind = "empty" if end == start else "inverted"
+        raise InvalidRangeError(
+            f"{kind} range for {symbol!r} / {timeframe}: start {start.isoformat()} must be "
+            f"before end {end.isoformat()}"
+        )
+    return tf, start, end
+
+
+def _resolve_as_of(conn: psycopg.Connection, now: datetime | None) -> datetime:
+    if now is None:
+        return conn.execute("SELECT now()").fetchone()[0]
+    return windows.require_utc(now, "now")
+
+
+def aggregate(
+    conn: psycopg.Connection,
+    symbol: str,
+    timeframe: str,
+    start: datetime,
+    end: datetime,
+    *,
+    now: datetime | None = None,
+    derivation_version: int | None = None,
+) -> AggregationResult:
+    """Materialise every final window of [start, end) for one symbol and target timeframe.
+
+    A window is labelled by its start; windows whose start lies in [start, end) are
+    considered, those not yet final at `now` (window end + aggregation delay) are left alone.
+    `now` defaults to the database clock. Runs in one transaction (a savepoint when the
+    caller already holds one).
+    """
+    tf, start, end = _validate_request(symbol, timeframe, start, end)
+    with conn.transaction():
+        as_of = _resolve_as_of(conn, now)
+        task = _lock_and_load(conn, symbol, tf)
+        version = derivation_version if derivation_version is not None else task.derivation_version
+        lo, hi, read_from = _bounds(task, start, end, as_of)
+
+        if tf.reads_data_bars:
+            # fingerprint the UTC days the request covers completely (late-data detection)
+            record_from = windows.ceil(lo, windows.DAY)
+            record_to = max(record_from, min(windows.floor(end, windows.DAY),
+                                             windows.ceil(hi, windows.DAY)))
+            source_table, active_only = "data_bars", sql.SQL("")
+        else:
+            record_from = record_to = lo
+            source_table, active_only = "derived_data_bars", sql.SQL("AND b.deleted_at IS NULL")
+
+        statement = queries.query(
+            "aggregate_range",
+            source_table=sql.Identifier(source_table),
+            active_only=active_only,
+            window_traded=WINDOW_HAS_TRADED_BAR if task.skip_zero_volume else NO_FILLER_RULE,
+        )
+        conn.execute(sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(WORK_MEM)))
+        with conn.cursor(row_factory=dict_row) as cur:
+            counts = cur.execute(
+                statement,
+                {
+                    "symbol": symbol,
+                    "timeframe": tf.name,
+                    "source_timeframe": tf.source,
+                    "step": tf.step,
+                    "source_step": tf.source_step,
+                    "lo": lo,
+                    "hi": hi,
+                    "read_from": read_from,
+                    "expected": tf.expected_candles,
+                    "score_by_count": tf.score_by_count(),
+                    "derivation_version": version,
+                    "record_from": record_from,
+                    "record_to": record_to,
+                },
+            ).fetchone()
+
+        newest = conn.execute(
+            "SELECT agg_source_frontier(%s, %s, %s)", (symbol, tf.source, as_of)
+        ).fetchone()[0]
+        cursor_after = task.cursor
+        if lo <= task.cursor and newest is not None:
+            # contract 7: forward only, never past the end of the window holding the newest
+            # source row; contract 8: empty windows behind newer data are passed over
+            frontier_end = windows.floor(newest, tf.step) + tf.step
+            cursor_after = max(task.cursor, min(hi, frontier_end))
+
+        conn.execute(
+            queries.query("task_record_success"),
+            {
+                "symbol": symbol,
+                "timeframe": tf.name,
+                "cursor": cursor_after,
+                "bars_inserted": counts["bars_inserted"],
+                "bars_poor_quality": counts["bars_poor_quality"],
+            },
+        )
+
+    result = AggregationResult(
+        symbol=symbol,
+        timeframe=tf.name,
+        as_of=as_of,
+        windows_seen=max(0, (hi - read_from) // tf.step),
+        windows_with_source=counts["windows_with_source"],
+        windows_skipped=counts["windows_skipped"],
+        bars_inserted=counts["bars_inserted"],
+        bars_updated=counts["bars_updated"],
+        bars_soft_deleted=counts["bars_soft_deleted"],
+        bars_unchanged=counts["bars_unchanged"],
+        bars_poor_quality=counts["bars_poor_quality"],
+        source_rows_read=counts["source_rows_read"],
+        source_rows_invalid=counts["source_rows_invalid"],
+        source_rows_partial=counts["source_rows_partial"],
+        newest_source_ts=newest,
+        cursor_before=task.cursor,
+        cursor_after=cursor_after,
+        final_through=hi,
+        derivation_version=version,
+    )
+    if result.source_rows_invalid:
+        log.warning(
+            "%s / %s: %d invalid source rows excluded in [%s, %s)",
+            symbol, tf.name, result.source_rows_invalid, read_from.isoformat(), hi.isoformat(),
+        )
+    return result
+
+
+def rebuild_range(
+    conn: psycopg.Connection,
+    symbol: str,
+    timeframe: str,
+    start: datetime,
+    end: datetime,
+    *,
+    now: datetime | None = None,
+) -> AggregationResult:
+    """Soft-delete the range's active bars and recompute them under a bumped derivation_version.
+
+    For operators: after a change of derivation rules, or to rewrite a range from scratch.
+    History rows remain; the task's derivation_version stays bumped for later runs.
+    """
+    tf, start, end = _validate_request(symbol, timeframe, start, end)
+    with conn.transaction():
+        as_of = _resolve_as_of(conn, now)
+        task = _lock_and_load(conn, symbol, tf)
+        version = conn.execute(
+            "UPDATE data_agg_state SET derivation_version = derivation_version + 1 "
+            "WHERE canonical_symbol = %s AND timeframe = %s RETURNING derivation_version",
+            (symbol, tf.name),
+        ).fetchone()[0]
+        lo, hi, _ = _bounds(task, start, end, as_of)
+        deleted = conn.execute(
+            queries.query("soft_delete_range"),
+            {"symbol": symbol, "timeframe": tf.name, "lo": lo, "hi": hi},
+        ).rowcount
+        result = aggregate(conn, symbol, tf.name, start, end, now=as_of, derivation_version=version)
+    return AggregationResult(**{**result.as_dict(), "bars_soft_deleted": deleted})

@@ -1,0 +1,81 @@
+"""Environment configuration: every variable the project reads, in one place.
+
+Secrets (database URLs) are read here and handed to connection code; they are never
+logged, put in Dagster metadata or shown in the UI.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+DATABASE_URL_VAR = "AGG_DATABASE_URL"
+DAGSTER_STORAGE_URL_VAR = "DAGSTER_POSTGRES_URL"
+TEST_DATABASE_URL_VAR = "AGG_TEST_DATABASE_URL"
+ENVIRONMENT_VAR = "AGG_ENV"
+HOME_VAR = "AGG_HOME"
+
+ENVIRONMENTS = ("prod", "dev", "test")
+
+
+def project_root() -> Path | None:
+    """The source checkout holding this package, if it runs from one."""
+    root = PACKAGE_DIR.parent
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def sql_dir() -> Path:
+    """The `sql/` folder: the checkout's own, or the copy packaged into the wheel."""
+    root = project_root()
+    if root is not None and (root / "sql").is_dir():
+        return root / "sql"
+    return PACKAGE_DIR / "sql"
+
+
+def agg_home() -> Path:
+    """Project-local state (embedded server data, Dagster home).
+
+    Every process (webserver, daemon, run workers, CLI) must agree on it, so it is
+    anchored on the checkout rather than the current directory when possible.
+    """
+    configured = os.environ.get(HOME_VAR)
+    if configured:
+        return Path(configured).expanduser().resolve()
+    root = project_root()
+    return (root if root is not None else Path.cwd()) / ".agg_pipeline"
+
+
+def environment() -> str:
+    """Which registry flag selects symbols: prod uses `active`, dev/test use `test_active`."""
+    env = os.environ.get(ENVIRONMENT_VAR, "prod").strip().lower()
+    if env not in ENVIRONMENTS:
+        raise ValueError(f"{ENVIRONMENT_VAR}={env!r} is not one of {', '.join(ENVIRONMENTS)}")
+    return env
+
+
+def configured_database_url() -> str | None:
+    """The market-data database URL from the environment, or None for the embedded server."""
+    url = os.environ.get(DATABASE_URL_VAR, "").strip()
+    return url or None
+
+
+START_VAR = "AGG_START_UTC"
+DEFAULT_START = "2025-07-01T00:00:00+00:00"
+
+
+def default_agg_start() -> datetime:
+    """agg_start_utc for new tasks and the first day partition (SPEC contract 5)."""
+    raw = os.environ.get(START_VAR, DEFAULT_START)
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(f"{START_VAR}={raw!r} is not an ISO-8601 timestamp") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    value = value.astimezone(UTC)
+    if (value.hour, value.minute, value.second, value.microsecond) != (0, 0, 0, 0):
+        raise ValueError(f"{START_VAR}={raw!r} must be midnight UTC (day partitions start there)")
+    return value

@@ -1,0 +1,81 @@
+"""Every test talks to a real PostgreSQL server.
+
+The server is AGG_TEST_DATABASE_URL's when that is set (any database on it; tests create
+their own), else the project's embedded server. Each test session creates uniquely named
+databases, applies the migrations, and drops them at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from agg_pipeline import settings
+from agg_pipeline.db import connection, embedded, migrations
+
+MARKET_TABLES = (
+    "data_agg_source_days, data_agg_state, derived_data_bars, data_bars, core_asset_registry_all"
+)
+
+
+@pytest.fixture(scope="session")
+def server_url() -> str:
+    """A URL on the test server whose credentials may create and drop databases."""
+    configured = os.environ.get(settings.TEST_DATABASE_URL_VAR, "").strip()
+    if configured:
+        return configured
+    return embedded.ensure_server().server_url
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def make_database(server_url: str) -> Iterator:
+    """Factory: a fresh, empty database on the test server, dropped when the session ends."""
+    created: list[str] = []
+
+    def make(prefix: str = "agg_test") -> str:
+        name = unique_name(prefix)
+        connection.create_database(server_url, name)
+        created.append(name)
+        return connection.with_database(server_url, name)
+
+    yield make
+    for name in created:
+        connection.drop_database(server_url, name)
+
+
+@pytest.fixture(scope="session")
+def database_url(make_database) -> Iterator[str]:
+    """The session's migrated market-data database; AGG_DATABASE_URL points at it."""
+    url = make_database("agg_test")
+    migrations.migrate(url)
+    previous = os.environ.get(settings.DATABASE_URL_VAR)
+    os.environ[settings.DATABASE_URL_VAR] = url
+    yield url
+    if previous is None:
+        os.environ.pop(settings.DATABASE_URL_VAR, None)
+    else:
+        os.environ[settings.DATABASE_URL_VAR] = previous
+
+
+@pytest.fixture
+def clean_database(database_url: str) -> str:
+    """The session database with every table emptied before the test."""
+    with connection.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {MARKET_TABLES} RESTART IDENTITY CASCADE")
+    return database_url
+
+
+@pytest.fixture
+def db(clean_database: str) -> Iterator[psycopg.Connection]:
+    """A connection to the emptied session database (not autocommit)."""
+    conn = connection.connect(clean_database)
+    yield conn
+    conn.close()
