@@ -1,0 +1,113 @@
+"""Test data helpers: registry rows, source bars, tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import psycopg
+
+from agg_pipeline.engine import tasks
+
+T0 = datetime(2025, 7, 7, tzinfo=UTC)  # a Monday, after the default agg_start_utc
+AGG_START = datetime(2025, 7, 1, tzinfo=UTC)
+
+BAR_COLUMNS = ("ts_utc", "open", "high", "low", "close", "vol", "vwap", "trade_count",
+               "ingested_at", "is_partial")
+
+
+def add_symbol(
+    conn: psycopg.Connection,
+    symbol: str,
+    *,
+    active: bool | None = True,
+    test_active: bool | None = True,
+    skip_zero_volume: bool = False,
+    calc_15m: bool | None = False,
+    calc_4h: bool | None = False,
+    calc_1d: bool | None = False,
+) -> None:
+    conn.execute(
+        "INSERT INTO core_asset_registry_all (canonical_symbol, active, test_active, calc_15m, "
+        "calc_4h, calc_1d, agg_skip_zero_volume_ohlc, asset_class, base_timeframe) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, 'fx', '1m')",
+        (symbol, active, test_active, calc_15m, calc_4h, calc_1d, skip_zero_volume),
+    )
+
+
+def sync(conn: psycopg.Connection, environment: str = "prod",
+         agg_start: datetime = AGG_START) -> tasks.SyncResult:
+    result = tasks.sync_tasks(conn, environment, agg_start=agg_start)
+    conn.commit()
+    return result
+
+
+def bar(ts: datetime, price: float, *, vol: float | None = 1.0, spread: float = 0.001,
+        ingested_at: datetime | None = None, **overrides: object) -> dict:
+    """One consistent source bar: open=price, close=price+spread/2, high/low around them."""
+    row = {
+        "ts_utc": ts,
+        "open": price,
+        "high": price + spread,
+        "low": price - spread,
+        "close": price + spread / 2,
+        "vol": vol,
+        "vwap": price if vol else None,
+        "trade_count": 1 if vol else None,
+        "ingested_at": ingested_at or ts + timedelta(seconds=61),
+        "is_partial": False,
+    }
+    row.update(overrides)
+    return row
+
+
+def minute_bars(start: datetime, count: int, *, price: float = 1.1, step: float = 0.0001,
+                skip: Iterable[int] = (), **kwargs: object) -> list[dict]:
+    """`count` consecutive 1m bars from `start`, leaving out the minute offsets in `skip`."""
+    skipped = set(skip)
+    return [bar(start + timedelta(minutes=i), price + i * step, **kwargs)
+            for i in range(count) if i not in skipped]
+
+
+def insert_bars(conn: psycopg.Connection, symbol: str, rows: Iterable[Mapping] | pd.DataFrame,
+                *, timeframe: str = "1m", upsert: bool = False) -> int:
+    """Insert source rows into data_bars (upsert=True replaces rows at the same ts).
+
+    Missing columns are NULL; a float NaN is stored as NaN (an invalid value to test with).
+    """
+    if isinstance(rows, pd.DataFrame):
+        rows = rows.to_dict("records")
+    records = []
+    for row in rows:
+        full = {"vol": None, "vwap": None, "trade_count": None, "is_partial": False, **row}
+        if full.get("ingested_at") is None:
+            full["ingested_at"] = full["ts_utc"] + timedelta(seconds=61)
+        records.append(tuple(full[c] for c in BAR_COLUMNS))  # float NaN is stored as NaN
+    conflict = (
+        "ON CONFLICT (canonical_symbol, timeframe, ts_utc) DO UPDATE SET open = excluded.open, "
+        "high = excluded.high, low = excluded.low, close = excluded.close, vol = excluded.vol, "
+        "vwap = excluded.vwap, trade_count = excluded.trade_count, "
+        "ingested_at = excluded.ingested_at, is_partial = excluded.is_partial"
+        if upsert else ""
+    )
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO data_bars (canonical_symbol, timeframe, ts_utc, open, high, low, close, "
+            "vol, vwap, trade_count, ingested_at, is_partial, source, raw) "
+            f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'test', '{{}}') {conflict}",
+            [(symbol, timeframe, *r) for r in records],
+        )
+    return len(records)
+
+
+def active_bars(conn: psycopg.Connection, symbol: str, timeframe: str) -> pd.DataFrame:
+    """Active derived bars of one symbol and timeframe, ordered by ts_utc."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT ts_utc, open, high, low, close, vol, vwap, trade_count, source_candles, "
+            "expected_candles, quality_score, derivation_version, source_timeframe "
+            "FROM derived_data_bars WHERE canonical_symbol = %s AND timeframe = %s "
+            "AND deleted_at IS NULL ORDER BY ts_utc", (symbol, timeframe))
+        columns = [c.name for c in cur.description]
+        return pd.DataFrame(cur.fetchall(), columns=columns)
