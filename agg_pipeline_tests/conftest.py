@@ -79,3 +79,12 @@ def db(clean_database: str) -> Iterator[psycopg.Connection]:
     conn = connection.connect(clean_database)
     yield conn
     conn.close()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    from agg_pipeline_tests.reporting import LINES
+
+    if LINES:
+        terminalreporter.section("agg_pipeline figures")
+        for line in LINES:
+            terminalreporter.write_line(line)
