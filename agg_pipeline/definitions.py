@@ -1,11 +1,17 @@
 """The one place that assembles the project's Dagster `Definitions` (loaded by workspace.yaml)."""
 
-from __future__ import annotations
-
 import dagster as dg
 
+from agg_pipeline.defs.assets import bars_1m, derived_bars_assets
+from agg_pipeline.defs.jobs import aggregate_bars_job
 from agg_pipeline.defs.resources import MarketDatabase
+from agg_pipeline.defs.schedules import catchup_schedule
+from agg_pipeline.defs.sensors import late_data_sensor, registry_sync_sensor, source_frontier_sensor
 
 defs = dg.Definitions(
+    assets=[bars_1m, *derived_bars_assets],
+    jobs=[aggregate_bars_job],
+    schedules=[catchup_schedule],
+    sensors=[registry_sync_sensor, source_frontier_sensor, late_data_sensor],
     resources={"market_db": MarketDatabase()},
 )

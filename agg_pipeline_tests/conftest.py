@@ -88,3 +88,24 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.section("agg_pipeline figures")
         for line in LINES:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def dagster_storage_url(make_database) -> str:
+    """A database for Dagster's own run/event/schedule storage (dagster-postgres)."""
+    return make_database("agg_dagster")
+
+
+@pytest.fixture
+def instance(dagster_storage_url: str, clean_database: str, tmp_path) -> Iterator:
+    """A real Dagster instance on PostgreSQL storage, emptied before the test."""
+    import dagster as dg
+
+    from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
+
+    overrides = {"storage": {"postgres": {"postgres_url": dagster_storage_url}}}
+    with dg.instance_for_test(overrides=overrides, temp_dir=str(tmp_path)) as inst:
+        inst.wipe()
+        for key in inst.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME):
+            inst.delete_dynamic_partition(SYMBOLS_PARTITIONS_NAME, key)
+        yield inst

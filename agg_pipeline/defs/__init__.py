@@ -3,3 +3,12 @@
 Everything here calls the plain-Python engine (`agg_pipeline.engine`); `definitions.py`
 assembles it into one `Definitions`.
 """
+
+import warnings
+
+import dagster as dg
+
+# Deliberate uses of beta APIs (the single-run backfill policy, the multi-to-single-dimension
+# partition mapping): no warning on every code-location load.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)

@@ -1,6 +1,5 @@
 """The market-data database as a Dagster resource."""
 
-from __future__ import annotations
 
 import os
 from collections.abc import Iterator

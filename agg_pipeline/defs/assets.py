@@ -1,0 +1,210 @@
+"""Assets: the observed 1m source and one derived-bars asset per rung of the timeframe ladder.
+
+Every derived asset is partitioned symbol x day with a single-run backfill policy: a run
+over any rectangle of partitions calls the engine once per (symbol, run of consecutive
+days), and the engine's counts become numeric metadata the UI plots.
+"""
+
+
+from collections import defaultdict
+from datetime import UTC, datetime
+
+import dagster as dg
+import psycopg
+
+from agg_pipeline.db import queries
+from agg_pipeline.defs.partitions import (
+    day_bounds,
+    day_ranges_by_symbol,
+    symbol_day_partitions,
+    symbols_partitions,
+)
+from agg_pipeline.defs.resources import MarketDatabase
+from agg_pipeline.engine import aggregate as engine
+from agg_pipeline.engine import tasks, timeframes
+from agg_pipeline.engine.timeframes import Timeframe
+
+AS_OF_TAG = "agg/as_of"  # optional run tag: evaluate finality at this instant (ISO 8601)
+GROUP = "bars"
+TRANSIENT_RETRIES = 3
+
+bars_1m = dg.AssetSpec(
+    "bars_1m",
+    partitions_def=symbols_partitions,
+    group_name=GROUP,
+    kinds={"postgres"},
+    description=(
+        "1-minute source bars in data_bars, written by the platform's ingesters (external to "
+        "this project). source_frontier_sensor records each symbol's frontier as observations."
+    ),
+    metadata={"table": "data_bars", "timeframe": "1m"},
+)
+
+
+def run_as_of(context: dg.AssetExecutionContext) -> datetime:
+    """The instant a run judges windows final at: the same for every asset of the run, so a
+    1h bar never reads 5m windows the run's own 5m step considered unfinished."""
+    tagged = context.run.tags.get(AS_OF_TAG)
+    if tagged:
+        value = datetime.fromisoformat(tagged)
+        if value.tzinfo is None:
+            raise dg.Failure(f"run tag {AS_OF_TAG}={tagged!r} needs a time zone")
+        return value.astimezone(UTC)
+    created = context.instance.get_run_record_by_id(context.run_id).create_timestamp
+    return created if created.tzinfo else created.replace(tzinfo=UTC)
+
+
+def _task_status(conn: psycopg.Connection, symbol: str, timeframe: str) -> tuple | None:
+    return conn.execute(queries.query("task_status"),
+                        {"symbol": symbol, "timeframe": timeframe}).fetchone()
+
+
+def _skip_reason(status: tuple | None) -> str | None:
+    if status is None:
+        return "no task (optional timeframe not enabled for this symbol, or registry not synced)"
+    enabled, state = status
+    if state == "retired":
+        return "task retired (symbol or timeframe no longer in the registry)"
+    if not enabled:
+        return f"task disabled ({state}): set data_agg_state.enabled = true to resume"
+    return None
+
+
+def _record_failure(market_db: MarketDatabase, context, symbol: str, timeframe: str,
+                    exc: BaseException, transient: bool) -> None:
+    try:
+        with market_db.connect() as conn:
+            outcome = tasks.record_failure(conn, symbol, timeframe, transient=transient,
+                                           error=f"{type(exc).__name__}: {exc}")
+        if outcome is not None:
+            context.log.warning(
+                f"{symbol} / {timeframe}: {'transient' if transient else 'hard'} failure "
+                f"recorded; status={outcome.status} hard_fail_streak={outcome.hard_fail_streak}"
+            )
+    except Exception as record_error:  # the database may be the thing that failed
+        context.log.error(f"could not record the failure of {symbol} / {timeframe}: "
+                          f"{type(record_error).__name__}")
+
+
+def materialize_timeframe(
+    context: dg.AssetExecutionContext, market_db: MarketDatabase, tf: Timeframe
+) -> dg.MaterializeResult:
+    as_of = run_as_of(context)
+    ranges = day_ranges_by_symbol(context.partition_keys)
+    results: list[engine.AggregationResult] = []
+    skipped: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    with market_db.connect() as conn:
+        for symbol, spans in ranges.items():
+            reason = _skip_reason(_task_status(conn, symbol, tf.name))
+            conn.rollback()
+            if reason:
+                skipped[symbol] = reason
+                context.log.info(f"{symbol} / {tf.name}: skipped, {reason}")
+                continue
+            for first_day, last_day in spans:
+                start, end = day_bounds(first_day, last_day)
+                try:
+                    results.append(engine.aggregate(conn, symbol, tf.name, start, end, now=as_of))
+                    conn.commit()
+                except Exception as exc:
+                    transient = tasks.is_transient(exc)
+                    if not conn.closed:
+                        conn.rollback()
+                    _record_failure(market_db, context, symbol, tf.name, exc, transient)
+                    if transient:
+                        # the whole step runs again: the engine is idempotent
+                        raise dg.RetryRequested(
+                            max_retries=TRANSIENT_RETRIES,
+                            seconds_to_wait=min(60, 5 * 2 ** context.retry_number),
+                        ) from exc
+                    failed[symbol] = f"{type(exc).__name__}: {exc}"
+                    break
+    if failed:
+        raise dg.Failure(
+            description=f"{tf.name} failed for {', '.join(sorted(failed))}",
+            metadata={"failures": dg.MetadataValue.json(failed),
+                      "succeeded_engine_calls": len(results)},
+        )
+    return dg.MaterializeResult(metadata=_metadata(results, skipped, as_of))
+
+
+def _metadata(results: list[engine.AggregationResult], skipped: dict[str, str],
+              as_of: datetime) -> dict[str, object]:
+    totals: dict[str, int] = defaultdict(int)
+    for result in results:
+        for name, value in result.counts().items():
+            if name != "derivation_version":
+                totals[name] += value
+    metadata: dict[str, object] = dict(totals)
+    metadata["engine_calls"] = len(results)
+    metadata["as_of"] = dg.MetadataValue.timestamp(as_of)
+    if len(results) == 1:
+        only = results[0]
+        metadata["cursor_before"] = dg.MetadataValue.timestamp(only.cursor_before)
+        metadata["cursor_after"] = dg.MetadataValue.timestamp(only.cursor_after)
+        if only.newest_source_ts is not None:
+            metadata["source_frontier"] = dg.MetadataValue.timestamp(only.newest_source_ts)
+    if results:
+        rows = ["| symbol | cursor before | cursor after | source frontier | inserted | "
+                "updated | soft-deleted | invalid rows |", "|---|---|---|---|---|---|---|---|"]
+        rows += [
+            f"| {r.symbol} | {_minute(r.cursor_before)} | {_minute(r.cursor_after)} | "
+            f"{_minute(r.newest_source_ts)} | {r.bars_inserted} | {r.bars_updated} | "
+            f"{r.bars_soft_deleted} | {r.source_rows_invalid} |"
+            for r in results
+        ]
+        metadata["per_symbol"] = dg.MetadataValue.md("\n".join(rows))
+    if skipped:
+        metadata["skipped"] = dg.MetadataValue.json(skipped)
+    return metadata
+
+
+def _minute(value: datetime | None) -> str:
+    return "-" if value is None else f"{value:%Y-%m-%d %H:%M}"
+
+
+def build_bars_asset(tf: Timeframe) -> dg.AssetsDefinition:
+    """The asset of one ladder rung (one factory for bars_5m ... bars_1d)."""
+    if tf.reads_data_bars:
+        dep = dg.AssetDep(
+            bars_1m,
+            partition_mapping=dg.MultiToSingleDimensionPartitionMapping(
+                partition_dimension_name="symbol"),
+        )
+    else:
+        dep = dg.AssetDep(f"bars_{tf.source}")
+    ladder = ", ".join(f"{n}+ -> {score}" for n, score in tf.ladder)
+
+    @dg.asset(
+        name=tf.asset_name,
+        deps=[dep],
+        partitions_def=symbol_day_partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name=GROUP,
+        kinds={"postgres"},
+        tags={"timeframe": tf.name, "mandatory": str(tf.mandatory).lower()},
+        description=(
+            f"{tf.name} bars in derived_data_bars, rolled up from {tf.source} "
+            f"({'data_bars' if tf.reads_data_bars else 'active derived bars'}). "
+            + ("Mandatory for every symbol." if tf.mandatory else
+               f"Optional: registry flag {tf.registry_flag}.")
+        ),
+        metadata={
+            "table": "derived_data_bars",
+            "timeframe": tf.name,
+            "source_timeframe": tf.source,
+            "expected_source_bars": tf.expected_candles,
+            "quality_ladder": ladder,
+        },
+    )
+    def bars(context: dg.AssetExecutionContext, market_db: MarketDatabase) -> dg.MaterializeResult:
+        return materialize_timeframe(context, market_db, tf)
+
+    return bars
+
+
+derived_bars_assets: list[dg.AssetsDefinition] = [build_bars_asset(tf) for tf in timeframes.ORDERED]
+ASSET_KEY_BY_TIMEFRAME: dict[str, dg.AssetKey] = {
+    tf.name: dg.AssetKey(tf.asset_name) for tf in timeframes.ORDERED
+}

@@ -1,0 +1,260 @@
+"""Dagster wiring on a real instance and a real database: assets, schedule and sensor ticks."""
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pytest
+
+from agg_pipeline.definitions import defs
+from agg_pipeline.defs.assets import AS_OF_TAG
+from agg_pipeline.defs.partitions import (
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    SYMBOL_TAG,
+    SYMBOLS_PARTITIONS_NAME,
+    partition_key,
+    range_tags,
+)
+from agg_pipeline.defs.resources import MarketDatabase
+from agg_pipeline.defs.schedules import catchup_schedule
+from agg_pipeline.defs.sensors import late_data_sensor, registry_sync_sensor, source_frontier_sensor
+from agg_pipeline_tests.helpers import (
+    AGG_START,
+    T0,
+    active_bars,
+    add_symbol,
+    bar,
+    insert_bars,
+    minute_bars,
+    sync,
+)
+
+RESOURCES = {"market_db": MarketDatabase()}
+DAY = T0.date()
+
+
+def run_range(instance, symbol, first_day, last_day, *, assets=("bars_5m", "bars_1h"),
+              as_of: datetime | None = None):
+    job = defs.resolve_job_def("aggregate_bars")
+    tags = range_tags(symbol, first_day, last_day)
+    if as_of:
+        tags[AS_OF_TAG] = as_of.isoformat()
+    return job.execute_in_process(
+        instance=instance, tags=tags, asset_selection=[dg.AssetKey(a) for a in assets],
+        raise_on_error=False,
+    )
+
+
+def materializations(instance, asset):
+    return [e.asset_materialization for e in instance.get_latest_materialization_events(
+        [dg.AssetKey(asset)]).values() if e]
+
+
+@pytest.fixture
+def eurusd(db, instance):
+    add_symbol(db, "EURUSD")
+    sync(db)
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["EURUSD"])
+    return db
+
+
+def test_definitions_snapshot():
+    """Every asset, job, sensor and schedule; a change here is a change operators see."""
+    repo = defs.get_repository_def()
+    snapshot = {
+        "assets": sorted(k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()),
+        "jobs": sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")),
+        "sensors": sorted(s.name for s in repo.sensor_defs),
+        "schedules": sorted((s.name, s.cron_schedule) for s in repo.schedule_defs),
+        "asset_checks": sorted(k.to_user_string() for k in repo.asset_graph.asset_check_keys),
+    }
+    assert snapshot == {
+        "assets": ["bars_15m", "bars_1d", "bars_1h", "bars_1m", "bars_4h", "bars_5m"],
+        "jobs": ["aggregate_bars"],
+        "sensors": ["late_data_sensor", "registry_sync_sensor", "source_frontier_sensor"],
+        "schedules": [("catchup_schedule", "*/5 * * * *")],
+        "asset_checks": [],
+    }
+    graph = repo.asset_graph
+    assert graph.get(dg.AssetKey("bars_1h")).parent_keys == {dg.AssetKey("bars_5m")}
+    assert graph.get(dg.AssetKey("bars_4h")).parent_keys == {dg.AssetKey("bars_1h")}
+    assert graph.get(dg.AssetKey("bars_5m")).parent_keys == {dg.AssetKey("bars_1m")}
+
+
+def test_multi_day_range_run_is_one_engine_call_per_timeframe(eurusd, instance):
+    for day in range(3):
+        insert_bars(eurusd, "EURUSD", minute_bars(T0 + timedelta(days=day), 24 * 60))
+    eurusd.commit()
+    # from the first day partition (the cursor's day) through the data's last day
+    result = run_range(instance, "EURUSD", AGG_START.date(), DAY + timedelta(days=2),
+                       as_of=T0 + timedelta(days=4))
+    assert result.success
+    five = instance.get_latest_materialization_event(dg.AssetKey("bars_5m")).asset_materialization
+    meta = {k: v.value for k, v in five.metadata.items()}
+    assert meta["engine_calls"] == 1 and meta["bars_inserted"] == 3 * 288
+    assert meta["cursor_after"] == (T0 + timedelta(days=3)).timestamp()
+    hourly = instance.get_latest_materialization_event(dg.AssetKey("bars_1h")).asset_materialization
+    assert hourly.metadata["bars_inserted"].value == 72
+    # one run, every partition of the range materialised
+    status = instance.get_status_by_partition(
+        dg.AssetKey("bars_5m"), partition_keys=[str(partition_key("EURUSD", DAY + timedelta(days=d)))
+                                               for d in range(3)],
+        partitions_def=defs.get_assets_def("bars_5m").partitions_def)
+    assert set(status.values()) == {dg.AssetPartitionStatus.MATERIALIZED}
+    assert len(active_bars(eurusd, "EURUSD", "5m")) == 3 * 288
+
+
+def test_optional_timeframe_without_task_is_skipped_not_failed(eurusd, instance):
+    insert_bars(eurusd, "EURUSD", minute_bars(T0, 120))
+    eurusd.commit()
+    result = run_range(instance, "EURUSD", DAY, DAY, assets=("bars_5m", "bars_15m"),
+                       as_of=T0 + timedelta(days=1))
+    assert result.success
+    meta = instance.get_latest_materialization_event(
+        dg.AssetKey("bars_15m")).asset_materialization.metadata
+    assert meta["engine_calls"].value == 0 and "EURUSD" in meta["skipped"].value
+
+
+def test_registry_sync_sensor_adds_and_removes_partitions(db, instance):
+    add_symbol(db, "EURUSD")
+    add_symbol(db, "DXY", calc_4h=True)
+    add_symbol(db, "BAD|SYM")
+    db.commit()
+    context = dg.build_sensor_context(instance=instance, resources=RESOURCES)
+    result = registry_sync_sensor(context)
+    added = result.dynamic_partitions_requests[0]
+    assert isinstance(added, dg.AddDynamicPartitionsRequest)
+    assert sorted(added.partition_keys) == ["DXY", "EURUSD"]
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, list(added.partition_keys))
+    tasks = db.execute("SELECT canonical_symbol, timeframe, is_mandatory FROM data_agg_state "
+                       "ORDER BY 1, 2").fetchall()
+    assert tasks == [("DXY", "1h", True), ("DXY", "4h", False), ("DXY", "5m", True),
+                     ("EURUSD", "1h", True), ("EURUSD", "5m", True)]
+    # nothing changed: the sensor skips
+    assert isinstance(registry_sync_sensor(context), dg.SkipReason)
+    # EURUSD leaves the environment: its partition goes, its tasks are retired (kept)
+    db.execute("UPDATE core_asset_registry_all SET active = false WHERE canonical_symbol = 'EURUSD'")
+    db.commit()
+    result = registry_sync_sensor(context)
+    removed = result.dynamic_partitions_requests[0]
+    assert isinstance(removed, dg.DeleteDynamicPartitionsRequest)
+    assert list(removed.partition_keys) == ["EURUSD"]
+    statuses = dict(db.execute("SELECT timeframe, status FROM data_agg_state "
+                               "WHERE canonical_symbol = 'EURUSD'").fetchall())
+    assert statuses == {"5m": "retired", "1h": "retired"}
+
+
+def test_frontier_sensor_requests_new_complete_windows_and_skips_when_idle(eurusd, instance):
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    start = now - timedelta(minutes=30)
+    eurusd.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s",
+                   (start.replace(minute=start.minute - start.minute % 5),))
+    insert_bars(eurusd, "EURUSD", minute_bars(start - timedelta(minutes=start.minute % 5), 25))
+    eurusd.commit()
+    context = dg.build_sensor_context(instance=instance, resources=RESOURCES)
+    result = source_frontier_sensor(context)
+    assert len(result.run_requests) == 1
+    request = result.run_requests[0]
+    assert request.tags[SYMBOL_TAG] == "EURUSD"
+    assert request.tags[RANGE_START_TAG].endswith("|EURUSD")
+    assert request.tags[RANGE_END_TAG] == str(partition_key("EURUSD", now.date()))
+    assert {k.to_user_string() for k in request.asset_selection} == {"bars_5m", "bars_1h"}
+    assert [o.asset_key.to_user_string() for o in result.asset_events] == ["bars_1m"]
+    # the run happens; the same tick again has nothing to do
+    job = defs.resolve_job_def("aggregate_bars")
+    assert job.execute_in_process(instance=instance, tags=request.tags,
+                                  asset_selection=request.asset_selection).success
+    context = dg.build_sensor_context(instance=instance, resources=RESOURCES,
+                                      cursor=result.cursor)
+    assert isinstance(source_frontier_sensor(context), dg.SkipReason)
+
+
+def test_late_row_rerequests_its_day_for_5m_and_1h(eurusd, instance):
+    insert_bars(eurusd, "EURUSD", minute_bars(T0, 24 * 60))
+    eurusd.commit()
+    assert run_range(instance, "EURUSD", DAY, DAY, as_of=T0 + timedelta(days=2)).success
+    context = dg.build_sensor_context(instance=instance, resources=RESOURCES)
+    quiet = late_data_sensor(context)
+    assert not quiet.run_requests
+    # a correction of 03:07 lands now
+    insert_bars(eurusd, "EURUSD", [bar(T0 + timedelta(hours=3, minutes=7), 1.5,
+                                       ingested_at=datetime.now(UTC))], upsert=True)
+    eurusd.commit()
+    context = dg.build_sensor_context(instance=instance, resources=RESOURCES, cursor=quiet.cursor)
+    result = late_data_sensor(context)
+    assert len(result.run_requests) == 1
+    request = result.run_requests[0]
+    assert request.tags[RANGE_START_TAG] == request.tags[RANGE_END_TAG] == str(
+        partition_key("EURUSD", DAY))
+    assert {k.to_user_string() for k in request.asset_selection} == {"bars_5m", "bars_1h"}
+    # the same state asks for the same run (deduplicated by run key)
+    again = late_data_sensor(dg.build_sensor_context(instance=instance, resources=RESOURCES,
+                                                     cursor=quiet.cursor))
+    assert again.run_requests[0].run_key == request.run_key
+    # after the re-materialisation the day matches its fingerprint again
+    job = defs.resolve_job_def("aggregate_bars")
+    assert job.execute_in_process(instance=instance, tags={**request.tags,
+                                  AS_OF_TAG: (T0 + timedelta(days=2)).isoformat()},
+                                  asset_selection=request.asset_selection).success
+    assert active_bars(eurusd, "EURUSD", "1h").set_index("ts_utc").loc[
+        T0 + timedelta(hours=3), "high"] == 1.501
+    after = late_data_sensor(dg.build_sensor_context(instance=instance, resources=RESOURCES,
+                                                     cursor=quiet.cursor))
+    assert not after.run_requests
+
+
+def test_schedule_orders_bounds_and_never_duplicates(db, instance, monkeypatch):
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    start = now - timedelta(hours=2)
+    start = start - timedelta(minutes=start.minute % 5)
+    for symbol, priority in (("AAA", 200), ("BBB", 50), ("CCC", 100)):
+        add_symbol(db, symbol)
+        insert_bars(db, symbol, minute_bars(start, 60))
+    sync(db)
+    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s", (start,))
+    for symbol, priority in (("AAA", 200), ("BBB", 50), ("CCC", 100)):
+        db.execute("UPDATE data_agg_state SET task_priority = %s WHERE canonical_symbol = %s",
+                   (priority, symbol))
+    db.commit()
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["AAA", "BBB", "CCC"])
+    monkeypatch.setenv("AGG_SCHEDULE_MAX_RUNS", "2")
+    context = dg.build_schedule_context(instance=instance, resources=RESOURCES,
+                                        scheduled_execution_time=now)
+    requests = catchup_schedule(context)
+    assert [r.tags[SYMBOL_TAG] for r in requests] == ["BBB", "CCC"]  # priority order, bounded
+    # a run in flight for BBB: the next tick does not request BBB again
+    job = defs.resolve_job_def("aggregate_bars")
+    instance.create_run_for_job(job, tags=requests[0].tags, status=dg.DagsterRunStatus.STARTED)
+    requests = catchup_schedule(dg.build_schedule_context(
+        instance=instance, resources=RESOURCES,
+        scheduled_execution_time=now + timedelta(minutes=5)))
+    assert [r.tags[SYMBOL_TAG] for r in requests] == ["CCC", "AAA"]
+
+
+def test_disabled_task_is_not_scheduled_and_resumes_from_its_cursor(eurusd, instance):
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    start = now - timedelta(hours=1)
+    start = start - timedelta(minutes=start.minute % 5)
+    insert_bars(eurusd, "EURUSD", minute_bars(start, 40))
+    eurusd.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s", (start,))
+    eurusd.execute("UPDATE data_agg_state SET enabled = false")
+    eurusd.commit()
+    context = dg.build_schedule_context(instance=instance, resources=RESOURCES,
+                                        scheduled_execution_time=now)
+    assert isinstance(catchup_schedule(context), dg.SkipReason)
+    eurusd.execute("UPDATE data_agg_state SET enabled = true")
+    eurusd.commit()
+    requests = catchup_schedule(context)
+    assert requests[0].tags[RANGE_START_TAG] == str(partition_key("EURUSD", start.date()))
+
+
+def test_hard_failures_follow_the_state_machine_through_dagster(eurusd, instance):
+    eurusd.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = NULL WHERE timeframe = '5m'")
+    eurusd.commit()
+    for attempt in range(3):
+        result = run_range(instance, "EURUSD", DAY, DAY, assets=("bars_5m",))
+        assert not result.success
+    row = eurusd.execute("SELECT status, hard_fail_streak, enabled, last_error FROM "
+                         "data_agg_state WHERE timeframe = '5m'").fetchone()
+    assert row[:3] == ("hard_failed", 3, True)
+    assert "NULL" in row[3]

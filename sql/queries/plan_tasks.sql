@@ -1,0 +1,18 @@
+-- Every schedulable task with what the planner needs: its cursor, its source frontier as
+-- of %(as_of)s, and the fields of the contract-12 order. Disabled (operator or automatic)
+-- and retired tasks are not scheduled; hard_failed mandatory tasks are.
+SELECT
+    s.canonical_symbol,
+    s.timeframe,
+    s.source_timeframe,
+    s.run_interval_minutes,
+    s.aggregation_delay_seconds,
+    s.last_agg_bar_ts_utc,
+    s.is_mandatory,
+    s.task_priority,
+    s.last_successful_at_utc,
+    s.status,
+    agg_source_frontier(s.canonical_symbol, s.source_timeframe, %(as_of)s) AS frontier_ts
+FROM data_agg_state s
+WHERE s.enabled
+  AND s.status NOT IN ('disabled', 'retired')
