@@ -96,9 +96,9 @@ def test_multi_day_range_run_is_one_engine_call_per_timeframe(eurusd, instance):
     hourly = instance.get_latest_materialization_event(dg.AssetKey("bars_1h")).asset_materialization
     assert hourly.metadata["bars_inserted"].value == 72
     # one run, every partition of the range materialised
+    keys = [str(partition_key("EURUSD", DAY + timedelta(days=d))) for d in range(3)]
     status = instance.get_status_by_partition(
-        dg.AssetKey("bars_5m"), partition_keys=[str(partition_key("EURUSD", DAY + timedelta(days=d)))
-                                               for d in range(3)],
+        dg.AssetKey("bars_5m"), partition_keys=keys,
         partitions_def=defs.get_assets_def("bars_5m").partitions_def)
     assert set(status.values()) == {dg.AssetPartitionStatus.MATERIALIZED}
     assert len(active_bars(eurusd, "EURUSD", "5m")) == 3 * 288
@@ -133,7 +133,8 @@ def test_registry_sync_sensor_adds_and_removes_partitions(db, instance):
     # nothing changed: the sensor skips
     assert isinstance(registry_sync_sensor(context), dg.SkipReason)
     # EURUSD leaves the environment: its partition goes, its tasks are retired (kept)
-    db.execute("UPDATE core_asset_registry_all SET active = false WHERE canonical_symbol = 'EURUSD'")
+    db.execute("UPDATE core_asset_registry_all SET active = false "
+               "WHERE canonical_symbol = 'EURUSD'")
     db.commit()
     result = registry_sync_sensor(context)
     removed = result.dynamic_partitions_requests[0]
@@ -207,12 +208,13 @@ def test_schedule_orders_bounds_and_never_duplicates(db, instance, monkeypatch):
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     start = now - timedelta(hours=2)
     start = start - timedelta(minutes=start.minute % 5)
-    for symbol, priority in (("AAA", 200), ("BBB", 50), ("CCC", 100)):
+    priorities = {"AAA": 200, "BBB": 50, "CCC": 100}
+    for symbol in priorities:
         add_symbol(db, symbol)
         insert_bars(db, symbol, minute_bars(start, 60))
     sync(db)
     db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s", (start,))
-    for symbol, priority in (("AAA", 200), ("BBB", 50), ("CCC", 100)):
+    for symbol, priority in priorities.items():
         db.execute("UPDATE data_agg_state SET task_priority = %s WHERE canonical_symbol = %s",
                    (priority, symbol))
     db.commit()
@@ -251,7 +253,7 @@ def test_disabled_task_is_not_scheduled_and_resumes_from_its_cursor(eurusd, inst
 def test_hard_failures_follow_the_state_machine_through_dagster(eurusd, instance):
     eurusd.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = NULL WHERE timeframe = '5m'")
     eurusd.commit()
-    for attempt in range(3):
+    for _ in range(3):
         result = run_range(instance, "EURUSD", DAY, DAY, assets=("bars_5m",))
         assert not result.success
     row = eurusd.execute("SELECT status, hard_fail_streak, enabled, last_error FROM "
