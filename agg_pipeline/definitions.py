@@ -14,4 +14,7 @@ defs = dg.Definitions(
     schedules=[catchup_schedule],
     sensors=[registry_sync_sensor, source_frontier_sensor, late_data_sensor],
     resources={"market_db": MarketDatabase()},
+    # a run's steps are sequential (5m, then what derives from it): one process, no
+    # process start per step
+    executor=dg.in_process_executor,
 )

@@ -99,12 +99,10 @@ def dagster_storage_url(make_database) -> str:
 @pytest.fixture
 def instance(dagster_storage_url: str, clean_database: str, tmp_path) -> Iterator:
     """A real Dagster instance on PostgreSQL storage, emptied before the test."""
-    import dagster as dg
-
     from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
+    from agg_pipeline_tests.processes import storage_instance
 
-    overrides = {"storage": {"postgres": {"postgres_url": dagster_storage_url}}}
-    with dg.instance_for_test(overrides=overrides, temp_dir=str(tmp_path)) as inst:
+    with storage_instance(dagster_storage_url, tmp_path) as inst:
         inst.wipe()
         for key in inst.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME):
             inst.delete_dynamic_partition(SYMBOLS_PARTITIONS_NAME, key)

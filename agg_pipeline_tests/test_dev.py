@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agg_pipeline.db import connection, embedded
-from agg_pipeline_tests.dagster_ui import start_dev
+from agg_pipeline_tests.processes import start_dev
 
 pytestmark = pytest.mark.embedded_only
 

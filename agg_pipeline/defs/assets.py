@@ -6,6 +6,7 @@ days), and the engine's counts become numeric metadata the UI plots.
 """
 
 
+import os
 from collections import defaultdict
 from datetime import UTC, datetime
 
@@ -27,6 +28,21 @@ from agg_pipeline.engine.timeframes import Timeframe
 AS_OF_TAG = "agg/as_of"  # optional run tag: evaluate finality at this instant (ISO 8601)
 GROUP = "bars"
 TRANSIENT_RETRIES = 3
+BACKFILL_BATCH_VAR = "AGG_BACKFILL_MAX_PARTITIONS_PER_RUN"
+
+
+def backfill_policy() -> dg.BackfillPolicy:
+    """One run per backfill (default), or runs of at most N symbol-day partitions.
+
+    A single run calls the engine once per (symbol, timeframe) whatever the range; batches
+    let several runs share a backfill (see the README's backfill measurements).
+    """
+    raw = os.environ.get(BACKFILL_BATCH_VAR, "").strip()
+    if not raw:
+        return dg.BackfillPolicy.single_run()
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{BACKFILL_BATCH_VAR}={raw!r} must be a positive integer or unset")
+    return dg.BackfillPolicy.multi_run(max_partitions_per_run=int(raw))
 
 bars_1m = dg.AssetSpec(
     "bars_1m",
@@ -180,7 +196,7 @@ def build_bars_asset(tf: Timeframe) -> dg.AssetsDefinition:
         name=tf.asset_name,
         deps=[dep],
         partitions_def=symbol_day_partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=backfill_policy(),
         group_name=GROUP,
         kinds={"postgres"},
         tags={"timeframe": tf.name, "mandatory": str(tf.mandatory).lower()},

@@ -6,12 +6,9 @@ import dagster as dg
 from agg_pipeline.defs.assets import derived_bars_assets
 from agg_pipeline.defs.partitions import symbol_day_partitions
 
-# Steps of one run are sequential (5m, then what derives from it); running them in one
-# process saves a process start per step on every live update.
 aggregate_bars_job = dg.define_asset_job(
     name="aggregate_bars",
     selection=dg.AssetSelection.assets(*derived_bars_assets),
     partitions_def=symbol_day_partitions,
-    executor_def=dg.in_process_executor,
     description="Materialise derived bars for a symbol's range of days (schedule and sensors).",
 )

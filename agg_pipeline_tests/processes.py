@@ -1,4 +1,4 @@
-"""Start `agg-pipeline dev` as a user would and talk to its webserver (shared by UI tests)."""
+"""Real Dagster processes for tests and benchmarks: `agg-pipeline dev` and `dagster-daemon`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,3 +93,62 @@ def start_dev(home: Path, *args: str, env: dict[str, str] | None = None) -> DevS
             stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True,
         )
     return DevServer(process=process, port=port, home=home, log_path=log_path)
+
+
+@dataclass
+class Daemon:
+    process: subprocess.Popen
+    home: Path
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+
+
+def dagster_home(home: Path, storage_url: str) -> Path:
+    """A DAGSTER_HOME holding the project's dagster.yaml (storage from DAGSTER_POSTGRES_URL)."""
+    from agg_pipeline import settings
+
+    home.mkdir(parents=True, exist_ok=True)
+    root = settings.project_root()
+    (home / "dagster.yaml").write_text((root / "dagster.yaml").read_text())
+    return home
+
+
+def start_daemon(home: Path, *, market_url: str, storage_url: str,
+                 env: dict[str, str] | None = None) -> Daemon:
+    """`dagster-daemon run` on the project's workspace, the instance of dagster.yaml."""
+    from agg_pipeline import settings
+
+    dagster_home(home, storage_url)
+    log_path = home / "daemon.log"
+    environment = {**os.environ, "DAGSTER_HOME": str(home), "DAGSTER_POSTGRES_URL": storage_url,
+                   settings.DATABASE_URL_VAR: market_url, **(env or {})}
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dagster._daemon", "run", "-w",
+             str(settings.project_root() / "workspace.yaml")],
+            stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True,
+            cwd=settings.project_root(),
+        )
+    return Daemon(process=process, home=home, log_path=log_path)
+
+
+@contextmanager
+def storage_instance(storage_url: str, temp_dir: Path) -> Iterator:
+    """A Dagster instance on the PostgreSQL storage at `storage_url`."""
+    import dagster as dg
+
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    overrides = {"storage": {"postgres": {"postgres_url": storage_url}}}
+    with dg.instance_for_test(overrides=overrides, temp_dir=str(temp_dir)) as instance:
+        yield instance

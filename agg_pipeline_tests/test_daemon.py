@@ -1,0 +1,78 @@
+"""End to end with a real dagster-daemon: live bars appear and late corrections land,
+with no manual action."""
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pytest
+
+from agg_pipeline.db import connection
+from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
+from agg_pipeline_tests.helpers import active_bars, add_symbol, bar, insert_bars, minute_bars, sync
+from agg_pipeline_tests.processes import start_daemon, storage_instance
+
+pytestmark = pytest.mark.daemon
+
+
+def wait_for(predicate, timeout: float, daemon, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if daemon.process.poll() is not None:
+            break
+        time.sleep(2)
+    raise AssertionError(f"timed out waiting for {what}\n{daemon.log()[-6000:]}")
+
+
+def test_daemon_builds_live_bars_and_applies_late_corrections(db, database_url, make_database,
+                                                               tmp_path):
+    now = datetime.now(UTC)
+    hour = (now - timedelta(minutes=2)).replace(minute=0, second=0, microsecond=0) - timedelta(
+        hours=1)
+    add_symbol(db, "EURUSD")
+    sync(db)
+    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s", (hour,))
+    db.commit()
+
+    storage_url = make_database("agg_e2e_dagster")
+    with storage_instance(storage_url, tmp_path / "setup") as instance:
+        instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["EURUSD"])
+
+    daemon = start_daemon(tmp_path / "dagster_home", market_url=database_url,
+                          storage_url=storage_url)
+    try:
+        # an hour of 1m rows lands: every window of it is complete and past its delay
+        insert_bars(db, "EURUSD", minute_bars(hour, 60))
+        db.commit()
+
+        def bars_built():
+            with connection.connect(database_url) as conn:
+                five, hourly = active_bars(conn, "EURUSD", "5m"), active_bars(conn, "EURUSD", "1h")
+            return (len(five) == 12 and len(hourly) == 1) and (five, hourly)
+
+        _, hourly = wait_for(bars_built, 300, daemon, "the 5m and 1h bars")
+        assert hourly.iloc[0].ts_utc == hour and hourly.iloc[0].quality_score == 2
+
+        # a correction of minute 7 lands late
+        insert_bars(db, "EURUSD", [bar(hour + timedelta(minutes=7), 1.5,
+                                       ingested_at=datetime.now(UTC))], upsert=True)
+        db.commit()
+
+        def corrected():
+            with connection.connect(database_url) as conn:
+                five, hourly = active_bars(conn, "EURUSD", "5m"), active_bars(conn, "EURUSD", "1h")
+            window = five.set_index("ts_utc").loc[hour + timedelta(minutes=5)]
+            return (window.high == 1.501 and hourly.iloc[0].high == 1.501) and (five, hourly)
+
+        wait_for(corrected, 300, daemon, "the late correction in the 5m and 1h bars")
+    finally:
+        daemon.stop()
+    with storage_instance(storage_url, tmp_path / "check") as instance:
+        runs = instance.get_run_records()
+        assert runs and all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in runs), [
+            (r.dagster_run.tags.get("agg/reason"), r.dagster_run.status) for r in runs]
+        reasons = {r.dagster_run.tags.get("agg/reason", "") for r in runs}
+        assert any(reason.startswith("late data") for reason in reasons), reasons
