@@ -329,3 +329,18 @@ def test_transient_errors_are_classified():
     assert tasks.is_transient(psycopg.OperationalError("server closed the connection"))
     assert not tasks.is_transient(psycopg.errors.UndefinedTable())
     assert not tasks.is_transient(errors.NullCursorError("X", "5m"))
+
+
+def test_filler_rule_leaves_bars_without_volume_alone(db):
+    """Regression: with the filler setting on, NULL volumes (FX) are not fillers, and a
+    window with no volume at all still gets its bar."""
+    add_symbol(db, "FX1", skip_zero_volume=True)
+    sync(db)
+    rows = minute_bars(T0, 5, vol=None)
+    mixed = [bar(T0 + timedelta(minutes=5), 2.0, vol=None, spread=0.5),
+             *minute_bars(T0 + timedelta(minutes=6), 4, price=1.0, step=0.0, vol=3.0)]
+    insert_bars(db, "FX1", rows + mixed)
+    engine.aggregate(db, "FX1", "5m", T0, T0 + HOUR, now=LATER)
+    bars = active_bars(db, "FX1", "5m").set_index("ts_utc")
+    assert bars.loc[T0, "open"] == 1.1 and bars.loc[T0, "source_candles"] == 5
+    assert bars.loc[T0 + timedelta(minutes=5), "high"] == 2.5  # the NULL-volume bar counts

@@ -37,8 +37,8 @@ WORK_MEM = "64MB"
 # {window_traded} of aggregate_range.sql: the per-window "has a bar with volume" test costs a
 # sort, so only symbols that skip zero-volume fillers pay for it.
 WINDOW_HAS_TRADED_BAR = sql.SQL(
-    "bool_or(valid AND final AND vol > 0) OVER "
-    "(PARTITION BY date_bin(%(step)s, ts_utc, TIMESTAMPTZ '2000-01-01 00:00:00+00'))"
+    "COALESCE(bool_or(valid AND final AND vol > 0) OVER "
+    "(PARTITION BY date_bin(%(step)s, ts_utc, TIMESTAMPTZ '2000-01-01 00:00:00+00')), false)"
 )
 NO_FILLER_RULE = sql.SQL("false")
 

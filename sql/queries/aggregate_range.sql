@@ -46,8 +46,9 @@ windows AS (
         SELECT src.*,
                valid AND final AS usable,
                -- zero-volume filler bars stay out of open/high/low/close when the symbol asks
-               -- for it and the window has traded bars; {window_traded} is `false` otherwise
-               valid AND final AND (vol > 0 OR NOT {window_traded}) AS ohlc
+               -- for it and the window has traded bars; {window_traded} is `false` otherwise.
+               -- Bars without volume (NULL) are not fillers.
+               valid AND final AND (vol IS DISTINCT FROM 0 OR NOT {window_traded}) AS ohlc
         FROM src
     ) flagged
     GROUP BY 1
