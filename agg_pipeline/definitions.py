@@ -3,6 +3,7 @@
 import dagster as dg
 
 from agg_pipeline.defs.assets import bars_1m, derived_bars_assets
+from agg_pipeline.defs.checks import all_checks
 from agg_pipeline.defs.jobs import aggregate_bars_job
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.defs.schedules import catchup_schedule
@@ -10,6 +11,7 @@ from agg_pipeline.defs.sensors import late_data_sensor, registry_sync_sensor, so
 
 defs = dg.Definitions(
     assets=[bars_1m, *derived_bars_assets],
+    asset_checks=all_checks,
     jobs=[aggregate_bars_job],
     schedules=[catchup_schedule],
     sensors=[registry_sync_sensor, source_frontier_sensor, late_data_sensor],

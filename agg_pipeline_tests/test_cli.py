@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from agg_pipeline import settings
-from agg_pipeline.db import connection
+from agg_pipeline.db import connection, migrations
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 300):
@@ -22,7 +22,7 @@ def test_migrate_then_seed_demo_then_status(make_database):
     env = {settings.DATABASE_URL_VAR: url}
     first = run_cli("migrate", env=env)
     assert first.returncode == 0, first.stderr
-    assert "applied 6 migration(s)" in first.stdout
+    assert f"applied {len(migrations.discover())} migration(s)" in first.stdout
     again = run_cli("migrate", env=env)
     assert again.returncode == 0 and "is up to date" in again.stdout
 

@@ -73,7 +73,12 @@ def test_definitions_snapshot():
         "jobs": ["aggregate_bars"],
         "sensors": ["late_data_sensor", "registry_sync_sensor", "source_frontier_sensor"],
         "schedules": [("catchup_schedule", "*/5 * * * *")],
-        "asset_checks": [],
+        "asset_checks": sorted(
+            f"bars_{tf}:{check}"
+            for tf in ("5m", "15m", "1h", "4h", "1d")
+            for check in ("cursor_not_ahead", "freshness", "matches_source",
+                          "no_bars_before_start", "no_failed_tasks", "ohlc_sane", "quality")
+        ),
     }
     graph = repo.asset_graph
     assert graph.get(dg.AssetKey("bars_1h")).parent_keys == {dg.AssetKey("bars_5m")}

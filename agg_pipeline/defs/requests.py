@@ -8,6 +8,7 @@ import dagster as dg
 import psycopg
 
 from agg_pipeline.defs.assets import ASSET_KEY_BY_TIMEFRAME
+from agg_pipeline.defs.checks import CHECK_KEYS_BY_TIMEFRAME
 from agg_pipeline.defs.partitions import SYMBOL_TAG, range_tags
 
 IN_FLIGHT = [
@@ -26,9 +27,11 @@ def symbols_in_flight(instance: dg.DagsterInstance) -> set[str]:
 
 def run_request(symbol: str, timeframes: Iterable[str], first_day: date, last_day: date,
                 *, run_key: str, reason: str) -> dg.RunRequest:
+    timeframes = list(timeframes)
     return dg.RunRequest(
         run_key=run_key,
         asset_selection=[ASSET_KEY_BY_TIMEFRAME[tf] for tf in timeframes],
+        asset_check_keys=[key for tf in timeframes for key in CHECK_KEYS_BY_TIMEFRAME[tf]],
         tags={**range_tags(symbol, first_day, last_day), "agg/reason": reason},
     )
 

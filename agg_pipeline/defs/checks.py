@@ -1,0 +1,156 @@
+"""Asset checks on every derived-bars asset: the seeds' invariants, made loud.
+
+Blocking ERROR checks (cursor_not_ahead, ohlc_sane, matches_source) stop the assets derived
+from a failing one in the same run: bars_1h never builds on a bars_5m that failed them.
+Checks evaluate the symbols and days of the run they belong to (its partition-range tags),
+or everything when launched on their own.
+"""
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+import dagster as dg
+import psycopg
+
+from agg_pipeline.defs.assets import ASSET_KEY_BY_TIMEFRAME
+from agg_pipeline.defs.partitions import (
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    day_ranges_by_symbol,
+    symbol_day_partitions,
+)
+from agg_pipeline.defs.resources import MarketDatabase
+from agg_pipeline.engine import monitoring, timeframes
+from agg_pipeline.engine.monitoring import Outcome, Scope
+
+
+class CheckSettings(dg.Config):
+    """Thresholds (defaults from seed 000's runbook); change them in the launchpad."""
+
+    max_minutes_since_success: float = 60.0
+    schedule_period_minutes: float = 5.0
+    matches_source_sample_days: int = 2
+    quality_window_days: int = 7
+    max_poor_quality_share: float = 0.2
+
+
+def run_scope(context: dg.AssetCheckExecutionContext) -> Scope:
+    """The run's symbols and days, from its single-run partition-range tags."""
+    tags = context.run.tags
+    if RANGE_START_TAG not in tags or RANGE_END_TAG not in tags:
+        return Scope()
+    keys = symbol_day_partitions.get_partition_keys_in_range(
+        dg.PartitionKeyRange(tags[RANGE_START_TAG], tags[RANGE_END_TAG]),
+        dynamic_partitions_store=context.instance,
+    )
+    return Scope(day_ranges_by_symbol(keys))
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return str(value)
+    if isinstance(value, Decimal):
+        return float(value)
+    return value
+
+
+def _result(outcome: Outcome, scope: Scope, check: "CheckDef",
+            asset: dg.AssetKey) -> dg.AssetCheckResult:
+    offenders = [{k: _plain(v) for k, v in row.items()} for row in outcome.offenders]
+    metadata: dict[str, object] = {k: _plain(v) for k, v in outcome.summary.items()}
+    metadata["scope"] = ("all symbols, all time" if scope.symbols is None
+                         else f"run partitions: {', '.join(scope.symbols)}")
+    if offenders:
+        metadata["offenders"] = dg.MetadataValue.json(json.loads(json.dumps(offenders)))
+    return dg.AssetCheckResult(
+        passed=outcome.passed, asset_key=asset, check_name=check.name, severity=check.severity,
+        metadata=metadata, description=None if outcome.passed else check.failure)
+
+
+@dataclass(frozen=True)
+class CheckDef:
+    name: str
+    blocking: bool
+    severity: dg.AssetCheckSeverity
+    description: str
+    failure: str  # what a failure means, shown with the result
+    evaluate: Callable[[psycopg.Connection, str, Scope, CheckSettings], Outcome]
+
+
+ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
+CHECK_DEFS: tuple[CheckDef, ...] = (
+    CheckDef("cursor_not_ahead", True, ERROR,
+             "Every task's cursor <= floor(newest source ts, interval) + interval (the "
+             "corrected seed rule); a NULL cursor fails.",
+             "cursor ahead of its source, or NULL",
+             lambda conn, tf, scope, _: monitoring.cursor_not_ahead(conn, tf, scope)),
+    CheckDef("ohlc_sane", True, ERROR,
+             "high >= max(open, close), low <= min(open, close), prices finite and > 0, for "
+             "every active bar in scope.",
+             "bars with impossible prices",
+             lambda conn, tf, scope, _: monitoring.ohlc_sane(conn, tf, scope)),
+    CheckDef("matches_source", True, ERROR,
+             "Recomputes recent windows from source (rolled back) and compares them exactly "
+             "with the stored bars.",
+             "stored bars disagree with their source",
+             lambda conn, tf, scope, cfg: monitoring.matches_source(
+                 conn, tf, scope, sample_days=cfg.matches_source_sample_days)),
+    CheckDef("no_bars_before_start", False, ERROR,
+             "No active bar earlier than its task's agg_start_utc.",
+             "bars before agg_start_utc",
+             lambda conn, tf, scope, _: monitoring.bars_before_start(conn, tf, scope)),
+    CheckDef("no_failed_tasks", False, ERROR,
+             "No task hard_failed, no mandatory task disabled.",
+             "tasks in a failure state",
+             lambda conn, tf, _scope, _cfg: monitoring.failed_tasks(conn, tf)),
+    CheckDef("freshness", False, WARN,
+             "Per task: lag behind the source frontier within one window + delay + schedule "
+             "period, and a recent success whenever work is pending. A closed market is not "
+             "stale.",
+             "tasks behind their frontier",
+             lambda conn, tf, scope, cfg: monitoring.freshness(
+                 conn, tf, scope, max_minutes_since_success=cfg.max_minutes_since_success,
+                 schedule_period_minutes=cfg.schedule_period_minutes)),
+    CheckDef("quality", False, WARN,
+             "Share of poor-quality bars (quality_score <= 0) per symbol over recent days, "
+             "against a threshold.",
+             "symbols with many poor-quality bars",
+             lambda conn, tf, scope, cfg: monitoring.poor_quality(
+                 conn, tf, scope, days=cfg.quality_window_days,
+                 max_share=cfg.max_poor_quality_share)),
+)
+
+
+def build_checks(tf: timeframes.Timeframe) -> dg.AssetChecksDefinition:
+    """The checks of one timeframe's asset, evaluated in one step on one connection (one
+    factory for every rung of the ladder); any subset can be launched on its own."""
+    asset = ASSET_KEY_BY_TIMEFRAME[tf.name]
+    specs = [dg.AssetCheckSpec(d.name, asset=asset, blocking=d.blocking,
+                               description=d.description) for d in CHECK_DEFS]
+
+    @dg.multi_asset_check(name=f"{tf.asset_name}_checks", specs=specs, can_subset=True)
+    def bars_checks(context: dg.AssetCheckExecutionContext, market_db: MarketDatabase,
+                    config: CheckSettings) -> Iterator[dg.AssetCheckResult]:
+        scope = run_scope(context)
+        selected = {key.name for key in context.selected_asset_check_keys}
+        with market_db.connect() as conn:
+            for check in CHECK_DEFS:
+                if check.name not in selected:
+                    continue
+                outcome = check.evaluate(conn, tf.name, scope, config)
+                conn.rollback()
+                yield _result(outcome, scope, check, asset)
+
+    return bars_checks
+
+
+all_checks: list[dg.AssetChecksDefinition] = [build_checks(tf) for tf in timeframes.ORDERED]
+CHECK_KEYS_BY_TIMEFRAME: dict[str, list[dg.AssetCheckKey]] = {
+    tf.name: list(checks.check_keys) for tf, checks in zip(timeframes.ORDERED, all_checks,
+                                                           strict=True)
+}

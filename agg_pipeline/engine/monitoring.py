@@ -1,0 +1,162 @@
+"""Invariants of the seeds as plain functions: each returns whether it holds and who breaks it.
+
+The Dagster asset checks (defs/checks.py) call these; so can anything else. A `Scope`
+narrows a check to the symbols and days a run touched; no scope means everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+
+import psycopg
+from psycopg.rows import dict_row
+
+from agg_pipeline.db import queries
+from agg_pipeline.engine import aggregate as engine
+from agg_pipeline.engine import timeframes, windows
+
+OFFENDER_LIMIT = 50
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Symbols and their day ranges (inclusive); None: every symbol, all time."""
+
+    days_by_symbol: dict[str, list[tuple[date, date]]] | None = None
+
+    @property
+    def symbols(self) -> list[str] | None:
+        return None if self.days_by_symbol is None else sorted(self.days_by_symbol)
+
+    def bounds(self) -> tuple[datetime | None, datetime | None]:
+        if not self.days_by_symbol:
+            return None, None
+        spans = [span for spans in self.days_by_symbol.values() for span in spans]
+        first = min(s[0] for s in spans)
+        last = max(s[1] for s in spans)
+        start = datetime.combine(first, datetime.min.time(), tzinfo=windows.ORIGIN.tzinfo)
+        return start, datetime.combine(last, datetime.min.time(),
+                                       tzinfo=windows.ORIGIN.tzinfo) + windows.DAY
+
+
+@dataclass
+class Outcome:
+    passed: bool
+    summary: dict[str, object] = field(default_factory=dict)
+    offenders: list[dict] = field(default_factory=list)
+
+
+def _rows(conn: psycopg.Connection, name: str, params: dict) -> list[dict]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(queries.query(name), params).fetchall()
+
+
+def cursor_not_ahead(conn: psycopg.Connection, timeframe: str, scope: Scope) -> Outcome:
+    """Contract 7 with the corrected bound: cursor <= floor(frontier, interval) + interval;
+    a NULL cursor fails."""
+    rows = _rows(conn, "check_cursor_not_ahead",
+                 {"timeframe": timeframe, "symbols": scope.symbols})
+    bad = [r for r in rows if r["cursor_status"] in ("AHEAD", "NULL", "BAD_CONFIG")]
+    return Outcome(not bad, {"tasks_checked": len(rows), "offending_tasks": len(bad)}, bad)
+
+
+def freshness(conn: psycopg.Connection, timeframe: str, scope: Scope, *,
+              max_minutes_since_success: float, schedule_period_minutes: float) -> Outcome:
+    """A task is stale when work has waited longer than one window, its delay and one schedule
+    period, or when work is pending and the last success is too old. A closed market
+    (no new source, nothing pending) is never stale."""
+    rows = _rows(conn, "check_freshness", {"timeframe": timeframe, "symbols": scope.symbols})
+    stale = []
+    for row in rows:
+        if row["gap"] is None:
+            continue  # no source at all yet: nothing to be late with
+        allowed = timedelta(minutes=row["run_interval_minutes"] + schedule_period_minutes,
+                            seconds=row["aggregation_delay_seconds"] or 0)
+        pending = row["gap"] > timedelta(0)
+        since = row["minutes_since_success"]
+        reasons = []
+        if row["gap"] > allowed:
+            reasons.append(f"lag {row['gap']} > allowed {allowed}")
+        if pending and (since is None or float(since) > max_minutes_since_success):
+            reasons.append(f"work pending and last success {since} min ago "
+                           f"(limit {max_minutes_since_success})")
+        if reasons:
+            stale.append({**row, "why": "; ".join(reasons)})
+    worst = max((r["gap"] for r in rows if r["gap"] is not None), default=timedelta(0))
+    return Outcome(not stale, {"tasks_checked": len(rows), "stale_tasks": len(stale),
+                               "max_lag_minutes": worst.total_seconds() / 60}, stale)
+
+
+def ohlc_sane(conn: psycopg.Connection, timeframe: str, scope: Scope) -> Outcome:
+    start, end = scope.bounds()
+    row = _rows(conn, "check_ohlc_sane", {"timeframe": timeframe, "symbols": scope.symbols,
+                                          "start": start, "end": end,
+                                          "limit": OFFENDER_LIMIT})[0]
+    return Outcome(row["violations"] == 0,
+                   {"bars_checked": row["checked"], "violations": row["violations"]},
+                   row["sample"])
+
+
+def bars_before_start(conn: psycopg.Connection, timeframe: str, scope: Scope) -> Outcome:
+    rows = _rows(conn, "check_bars_before_start",
+                 {"timeframe": timeframe, "symbols": scope.symbols})
+    return Outcome(not rows, {"offending_tasks": len(rows),
+                              "bars_before_start": sum(r["bars"] for r in rows)}, rows)
+
+
+def failed_tasks(conn: psycopg.Connection, timeframe: str) -> Outcome:
+    """hard_failed tasks and disabled mandatory tasks fail; auto-disabled optional tasks are
+    listed but only fail the check when mandatory."""
+    rows = _rows(conn, "check_failed_tasks", {"timeframe": timeframe})
+    failing = [r for r in rows if r["status"] == "hard_failed" or r["is_mandatory"]]
+    return Outcome(not failing, {"failed_tasks": len(failing),
+                                 "disabled_optional_tasks": len(rows) - len(failing)}, rows)
+
+
+def poor_quality(conn: psycopg.Connection, timeframe: str, scope: Scope, *, days: int,
+                 max_share: float) -> Outcome:
+    rows = _rows(conn, "check_quality", {"timeframe": timeframe, "symbols": scope.symbols,
+                                         "days": days})
+    offenders = [{**r, "share": round(r["poor"] / r["bars"], 4)} for r in rows
+                 if r["bars"] and r["poor"] / r["bars"] > max_share]
+    return Outcome(not offenders, {"symbols_checked": len(rows),
+                                   "symbols_over_threshold": len(offenders),
+                                   "window_days": days, "max_share": max_share}, offenders)
+
+
+def matches_source(conn: psycopg.Connection, timeframe: str, scope: Scope, *,
+                   sample_days: int) -> Outcome:
+    """Recompute the last `sample_days` days before each cursor (within the scope) from
+    source, in a transaction that is rolled back, and list the windows that would change."""
+    tf = timeframes.get(timeframe)
+    with conn.cursor() as cur:
+        tasks = cur.execute(
+            "SELECT canonical_symbol, last_agg_bar_ts_utc FROM data_agg_state "
+            "WHERE timeframe = %s AND status <> 'retired' AND last_agg_bar_ts_utc IS NOT NULL "
+            "AND (%s::text[] IS NULL OR canonical_symbol = ANY (%s::text[])) ORDER BY 1",
+            (timeframe, scope.symbols, scope.symbols)).fetchall()
+    conn.rollback()
+    scope_start, scope_end = scope.bounds()
+    offenders: list[dict] = []
+    windows_checked = mismatched = 0
+    for symbol, cursor in tasks:
+        end = min(cursor, scope_end) if scope_end else cursor
+        start = end - timedelta(days=sample_days)
+        if scope_start:
+            start = max(start, scope_start)
+        if end <= start:
+            continue
+        with conn.transaction(force_rollback=True):
+            result = engine.aggregate(conn, symbol, timeframe, start, end)
+            changed = _rows(conn, "check_changed_windows", {
+                "symbol": symbol, "timeframe": timeframe, "start": start, "end": end,
+                "limit": OFFENDER_LIMIT})
+        windows_checked += result.windows_seen
+        mismatched += result.rows_written
+        offenders += [{"symbol": symbol, **row} for row in changed]
+    conn.rollback()
+    return Outcome(mismatched == 0, {"windows_checked": windows_checked,
+                                     "mismatched_windows": mismatched,
+                                   "sample_days": sample_days, "interval_minutes": tf.minutes},
+                   offenders[:OFFENDER_LIMIT])

@@ -1,0 +1,11 @@
+-- Share of poor-quality bars (quality_score <= 0) per symbol over the last %(days)s days.
+SELECT canonical_symbol,
+       count(*) AS bars,
+       count(*) FILTER (WHERE quality_score <= 0) AS poor
+FROM derived_data_bars
+WHERE timeframe = %(timeframe)s
+  AND deleted_at IS NULL
+  AND ts_utc >= now() - make_interval(days => %(days)s)
+  AND (%(symbols)s::text[] IS NULL OR canonical_symbol = ANY (%(symbols)s::text[]))
+GROUP BY canonical_symbol
+ORDER BY canonical_symbol
