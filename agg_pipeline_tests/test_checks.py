@@ -1,0 +1,183 @@
+"""Asset checks through Dagster: each fails on a crafted bad state and passes on a healthy one,
+with the offenders named in its metadata."""
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pytest
+
+from agg_pipeline.definitions import defs
+from agg_pipeline.defs.assets import AS_OF_TAG, bars_1m, derived_bars_assets
+from agg_pipeline.defs.checks import all_checks
+from agg_pipeline.defs.partitions import (
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    SYMBOLS_PARTITIONS_NAME,
+    partition_key,
+    range_tags,
+)
+from agg_pipeline_tests.helpers import add_symbol, insert_bars, minute_bars, sync
+
+NOW = datetime.now(UTC).replace(second=0, microsecond=0)
+START = (NOW - timedelta(hours=3)).replace(minute=0)
+# data ends one minute before a 5-minute boundary that is at least 2 minutes old, so its
+# last window is complete and final
+END = NOW - timedelta(minutes=2) - timedelta(minutes=(NOW - timedelta(minutes=2)).minute % 5)
+
+
+def run_checks(instance, timeframe="5m", tags=None) -> dict[str, dg.AssetCheckEvaluation]:
+    """Execute the checks of one asset on their own (as the UI's "Execute checks")."""
+    result = dg.materialize(
+        [bars_1m, *derived_bars_assets, *all_checks], instance=instance,
+        selection=dg.AssetSelection.checks_for_assets(f"bars_{timeframe}"),
+        resources=defs.resources, tags=tags or {}, raise_on_error=False)
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def offenders(evaluation: dg.AssetCheckEvaluation) -> list[dict]:
+    value = evaluation.metadata.get("offenders")
+    return value.value if value else []
+
+
+@pytest.fixture
+def healthy(db, instance):
+    """EURUSD and DXY with three hours of live data, built by a real run (checks included)."""
+    for symbol in ("EURUSD", "DXY"):
+        add_symbol(db, symbol)
+        insert_bars(db, symbol, minute_bars(START, int((END - START).total_seconds() // 60)))
+    sync(db)
+    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s", (START,))
+    db.commit()
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["DXY", "EURUSD"])
+    # one run over the rectangle DXY..EURUSD x START..NOW, as a UI backfill would launch it
+    tags = {RANGE_START_TAG: str(partition_key("DXY", START.date())),
+            RANGE_END_TAG: str(partition_key("EURUSD", NOW.date()))}
+    result = defs.resolve_job_def("aggregate_bars").execute_in_process(
+        instance=instance, tags=tags,
+        asset_selection=[dg.AssetKey("bars_5m"), dg.AssetKey("bars_1h")])
+    assert result.success
+    checks = result.get_asset_check_evaluations()
+    assert len(checks) == 14 and all(e.passed for e in checks), checks
+    return db
+
+
+def test_every_check_passes_on_a_healthy_state(healthy, instance):
+    for timeframe in ("5m", "1h"):
+        results = run_checks(instance, timeframe)
+        assert len(results) == 7
+        failing = {name: e.metadata for name, e in results.items() if not e.passed}
+        assert failing == {}
+
+
+def test_cursor_at_end_of_newest_window_is_healthy_but_ahead_or_null_fails(healthy, instance):
+    # the cursor sits at the END of the window holding the newest row: the seed's view
+    # called this AHEAD; it is the healthy steady state
+    newest, cursor = healthy.execute(
+        "SELECT max(ts_utc), (SELECT last_agg_bar_ts_utc FROM data_agg_state WHERE "
+        "canonical_symbol = 'EURUSD' AND timeframe = '5m') FROM data_bars "
+        "WHERE canonical_symbol = 'EURUSD'").fetchone()
+    assert newest == END - timedelta(minutes=1) and cursor == END
+    assert run_checks(instance)["cursor_not_ahead"].passed
+
+    healthy.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = last_agg_bar_ts_utc + "
+                    "interval '10 minutes' WHERE canonical_symbol = 'EURUSD' AND timeframe = '5m'")
+    healthy.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = NULL "
+                    "WHERE canonical_symbol = 'DXY' AND timeframe = '5m'")
+    healthy.commit()
+    evaluation = run_checks(instance)["cursor_not_ahead"]
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
+    assert {(o["canonical_symbol"], o["cursor_status"]) for o in offenders(evaluation)} == {
+        ("EURUSD", "AHEAD"), ("DXY", "NULL")}
+
+
+def test_ohlc_sane_names_impossible_bars(healthy, instance):
+    healthy.execute("UPDATE derived_data_bars SET high = open - 0.01 WHERE canonical_symbol = "
+                    "'DXY' AND timeframe = '5m' AND ts_utc = %s", (START + timedelta(minutes=10),))
+    healthy.execute("UPDATE derived_data_bars SET low = 'NaN' WHERE canonical_symbol = "
+                    "'EURUSD' AND timeframe = '5m' AND ts_utc = %s", (START,))
+    healthy.commit()
+    evaluation = run_checks(instance)["ohlc_sane"]
+    assert not evaluation.passed
+    assert evaluation.metadata["violations"].value == 2
+    assert {o["canonical_symbol"] for o in offenders(evaluation)} == {"DXY", "EURUSD"}
+
+
+def test_matches_source_lists_tampered_and_missing_windows(healthy, instance):
+    tampered = START + timedelta(minutes=20)
+    healthy.execute("UPDATE derived_data_bars SET close = close + 1 WHERE canonical_symbol = "
+                    "'EURUSD' AND timeframe = '5m' AND ts_utc = %s", (tampered,))
+    healthy.execute("DELETE FROM derived_data_bars WHERE canonical_symbol = 'DXY' "
+                    "AND timeframe = '5m' AND ts_utc = %s", (START,))
+    healthy.commit()
+    evaluation = run_checks(instance)["matches_source"]
+    assert not evaluation.passed and evaluation.metadata["mismatched_windows"].value == 2
+    found = {(o["symbol"], o["ts_utc"][:16], o["problem"]) for o in offenders(evaluation)}
+    assert found == {("EURUSD", tampered.isoformat()[:16], "differs"),
+                     ("DXY", START.isoformat()[:16], "missing")}
+    # the recomputation was rolled back: the bad bar is still there, nothing was written
+    still_missing = healthy.execute(
+        "SELECT count(*) FROM derived_data_bars WHERE canonical_symbol = 'DXY' "
+        "AND timeframe = '5m' AND ts_utc = %s", (START,)).fetchone()[0]
+    assert still_missing == 0
+
+
+def test_no_bars_before_start(healthy, instance):
+    healthy.execute("UPDATE data_agg_state SET agg_start_utc = %s WHERE canonical_symbol = "
+                    "'EURUSD'", (START + timedelta(hours=1),))
+    healthy.commit()
+    evaluation = run_checks(instance)["no_bars_before_start"]
+    assert not evaluation.passed
+    assert [(o["canonical_symbol"], o["bars"]) for o in offenders(evaluation)] == [("EURUSD", 12)]
+
+
+def test_no_failed_tasks(healthy, instance):
+    healthy.execute("UPDATE data_agg_state SET status = 'hard_failed', hard_fail_streak = 3 "
+                    "WHERE canonical_symbol = 'DXY' AND timeframe = '1h'")
+    healthy.commit()
+    assert run_checks(instance, "5m")["no_failed_tasks"].passed
+    evaluation = run_checks(instance, "1h")["no_failed_tasks"]
+    assert not evaluation.passed
+    assert [o["canonical_symbol"] for o in offenders(evaluation)] == ["DXY"]
+
+
+def test_freshness_flags_pending_work_not_a_closed_market(healthy, instance):
+    # nothing pending, last success long ago: a closed market, not stale
+    healthy.execute("UPDATE data_agg_state SET last_successful_at_utc = now() - interval '5 hours'")
+    healthy.commit()
+    assert run_checks(instance)["freshness"].passed
+    # pending work for EURUSD: its cursor is an hour behind
+    healthy.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = last_agg_bar_ts_utc - "
+                    "interval '1 hour' WHERE canonical_symbol = 'EURUSD' AND timeframe = '5m'")
+    healthy.commit()
+    evaluation = run_checks(instance)["freshness"]
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert [o["canonical_symbol"] for o in offenders(evaluation)] == ["EURUSD"]
+    assert "lag" in offenders(evaluation)[0]["why"]
+
+
+def test_quality_warns_on_many_poor_bars(healthy, instance):
+    healthy.execute("UPDATE derived_data_bars SET quality_score = 0 WHERE canonical_symbol = "
+                    "'DXY' AND timeframe = '5m' AND extract(minute FROM ts_utc) < 30")
+    healthy.commit()
+    evaluation = run_checks(instance)["quality"]
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert [o["canonical_symbol"] for o in offenders(evaluation)] == ["DXY"]
+
+
+def test_failed_blocking_check_stops_downstream_timeframes(healthy, instance):
+    """bars_1h must not build on a bars_5m that failed an ERROR check."""
+    healthy.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s WHERE timeframe = '5m' "
+                    "AND canonical_symbol = 'EURUSD'", (NOW + timedelta(days=1),))
+    healthy.commit()
+    job = defs.resolve_job_def("aggregate_bars")
+    result = job.execute_in_process(
+        instance=instance, raise_on_error=False,
+        asset_selection=[dg.AssetKey("bars_5m"), dg.AssetKey("bars_1h")],
+        tags={**range_tags("EURUSD", START.date(), NOW.date()), AS_OF_TAG: NOW.isoformat()})
+    assert not result.success
+    failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    assert [(e.asset_key.to_user_string(), e.check_name) for e in failed] == [
+        ("bars_5m", "cursor_not_ahead")]
+    started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+    assert "bars_5m" in started and "bars_1h" not in started
+    assert result.get_step_failure_events()[0].step_key == "bars_5m_checks"
