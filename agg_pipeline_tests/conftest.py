@@ -67,9 +67,12 @@ def database_url(make_database) -> Iterator[str]:
 
 @pytest.fixture
 def clean_database(database_url: str) -> str:
-    """The session database with every table emptied before the test."""
+    """The session database with every table emptied (and runbook backups dropped) before
+    the test."""
     with connection.connect(database_url, autocommit=True) as conn:
         conn.execute(f"TRUNCATE {MARKET_TABLES} RESTART IDENTITY CASCADE")
+        for (table,) in conn.execute("SELECT backup_table FROM v_agg_state_backups").fetchall():
+            conn.execute(psycopg.sql.SQL("DROP TABLE {}").format(psycopg.sql.Identifier(table)))
     return database_url
 
 

@@ -1,0 +1,109 @@
+"""alerts_sensor: failed checks, failed runs and hard_failed tasks become notifications,
+one per incident until it clears, then a recovery notice."""
+
+import json
+
+import dagster as dg
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+from agg_pipeline.defs.checks import all_checks
+from agg_pipeline.defs.partitions import SYMBOL_TAG
+from agg_pipeline.defs.requests import database_now
+from agg_pipeline.defs.resources import MarketDatabase
+from agg_pipeline.engine import alerts
+from agg_pipeline.engine.alerts import Incident
+
+RECENT_RUNS = 200
+
+
+COMPLETED = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
+
+
+def failed_checks(instance: dg.DagsterInstance) -> list[Incident]:
+    """Checks whose latest completed evaluation failed (a planned evaluation that never ran,
+    because its asset failed first, neither opens nor clears anything)."""
+    keys = sorted((key for checks in all_checks for key in checks.check_keys),
+                  key=lambda key: key.to_user_string())
+    incidents = []
+    for key in keys:
+        history = instance.event_log_storage.get_asset_check_execution_history(
+            key, limit=1, status=COMPLETED)
+        record = history[0] if history else None
+        if record is None or record.status != AssetCheckExecutionRecordStatus.FAILED:
+            continue
+        evaluation = record.event.dagster_event.asset_check_evaluation_data
+        summary = {k: v.value for k, v in evaluation.metadata.items()
+                   if isinstance(v.value, int | float | str) and k != "offenders"}
+        incidents.append(Incident(
+            key=f"check:{key.to_user_string()}", kind="check",
+            summary=(f"{evaluation.severity.value} check {key.name} failed on "
+                     f"{key.asset_key.to_user_string()}"),
+            details={"run_id": record.run_id, **summary}))
+    return incidents
+
+
+def failed_runs(instance: dg.DagsterInstance) -> list[Incident]:
+    """The latest finished run of each symbol (or job, for runs without one) that failed."""
+    records = instance.get_run_records(
+        dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE]),
+        limit=RECENT_RUNS)
+    latest: dict[str, dg.DagsterRun] = {}
+    for record in records:  # newest first
+        run = record.dagster_run
+        subject = run.tags.get(SYMBOL_TAG) or run.job_name
+        latest.setdefault(subject, run)
+    return [
+        Incident(key=f"run:{subject}", kind="run",
+                 summary=f"run {run.run_id[:8]} of {run.job_name} for {subject} failed",
+                 details={"run_id": run.run_id, "job": run.job_name,
+                          "reason": run.tags.get("agg/reason", "")})
+        for subject, run in sorted(latest.items())
+        if run.status == dg.DagsterRunStatus.FAILURE
+    ]
+
+
+@dg.sensor(
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Failed asset checks, failed runs and hard_failed tasks become alerts: a structured "
+        f"log line, and a JSON POST to {alerts.WEBHOOK_VAR} when set. One alert per incident "
+        "until it clears, then a recovery notice."
+    ),
+)
+def alerts_sensor(context: dg.SensorEvaluationContext,
+                  market_db: MarketDatabase) -> dg.SensorResult:
+    with market_db.connect() as conn:
+        now = database_now(conn)
+        current = alerts.hard_failed_tasks(conn)
+    current += failed_checks(context.instance) + failed_runs(context.instance)
+    by_key = {incident.key: incident for incident in current}
+    notified: dict[str, dict] = json.loads(context.cursor) if context.cursor else {}
+
+    sent, failures = [], []
+    for key, incident in by_key.items():
+        if key in notified:
+            continue  # already told; one alert per incident
+        error = alerts.deliver(alerts.payload(incident, "firing", now))
+        if error:
+            failures.append(f"{key}: {error}")
+            continue  # not recorded: retried next tick
+        notified[key] = {"summary": incident.summary, "kind": incident.kind}
+        sent.append(f"firing {key}")
+    for key in [k for k in notified if k not in by_key]:
+        cleared = Incident(key=key, kind=notified[key]["kind"],
+                           summary=f"cleared: {notified[key]['summary']}")
+        error = alerts.deliver(alerts.payload(cleared, "resolved", now))
+        if error:
+            failures.append(f"{key}: {error}")
+            continue
+        del notified[key]
+        sent.append(f"resolved {key}")
+    for failure in failures:
+        context.log.error(f"alert not delivered, will retry: {failure}")
+    for line in sent:
+        context.log.info(line)
+    return dg.SensorResult(
+        cursor=json.dumps(notified, sort_keys=True),
+        skip_reason=None if sent else f"{len(by_key)} open incidents, nothing new",
+    )

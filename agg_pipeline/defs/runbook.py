@@ -1,0 +1,168 @@
+"""The operator runbook (seed 000) as jobs launched from the UI's launchpad.
+
+Each job is one op with typed config, runs its change in one transaction, is safe to run
+again, and reports what it changed as run metadata.
+"""
+
+from datetime import datetime, timedelta
+
+import dagster as dg
+
+from agg_pipeline.defs.resources import MarketDatabase
+from agg_pipeline.engine import runbook
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M")
+    return "-" if value is None else str(value).replace("|", "/")
+
+
+def md_table(rows: list[dict], columns: list[str] | None = None) -> dg.MetadataValue:
+    """A markdown table for the run's metadata panel."""
+    if not rows:
+        return dg.MetadataValue.md("(none)")
+    columns = columns or list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def _refused(exc: runbook.RunbookError) -> dg.Failure:
+    return dg.Failure(description=str(exc), allow_retries=False)
+
+
+@dg.op(description="Seed 000's pre-flight questions: schema objects, cursors against source, "
+                   "bars per run, next-window source rows, task statuses. Changes nothing.")
+def preflight_report_op(context: dg.OpExecutionContext, market_db: MarketDatabase) -> None:
+    with market_db.connect() as conn:
+        report = runbook.preflight(conn)
+    missing = [r["item"] for r in report["schema"] if not r["present"]]
+    ahead = [r for r in report["tasks"] if r["cursor_status"] in ("AHEAD", "NULL", "BAD_CONFIG")]
+    context.add_output_metadata({
+        "schema": md_table(report["schema"]),
+        "tasks": md_table(report["tasks"], [
+            "canonical_symbol", "timeframe", "status", "cursor_ts", "source_frontier_ts", "gap",
+            "cursor_status", "bars_per_run", "minutes_since_success",
+            "source_bars_in_next_window", "hard_fail_streak"]),
+        "status_counts": md_table(report["status_counts"]),
+        "task_count": len(report["tasks"]),
+        "missing_schema_objects": len(missing),
+        "tasks_with_bad_cursor": len(ahead),
+    })
+
+
+class BackupConfig(dg.Config):
+    name: str | None = None  # default: data_agg_state_backup_<UTC timestamp>
+
+
+@dg.op(description="CREATE TABLE data_agg_state_backup_<name> AS SELECT * FROM data_agg_state.")
+def backup_agg_state_op(context: dg.OpExecutionContext, market_db: MarketDatabase,
+                        config: BackupConfig) -> None:
+    try:
+        with market_db.connect() as conn:
+            result = runbook.backup_agg_state(conn, config.name)
+    except runbook.RunbookError as exc:
+        raise _refused(exc) from exc
+    context.log.info(f"{'created' if result.created else 'already present'}: {result.table}")
+    context.add_output_metadata({"backup_table": result.table, "rows": result.rows,
+                                 "created": result.created})
+
+
+class ResetCursorsConfig(dg.Config):
+    symbols: list[str] = []  # empty: every symbol
+    timeframes: list[str] = []  # empty: every timeframe
+    dry_run: bool = False
+
+
+@dg.op(description="Reset cursors of every task or a selection in one transaction; refuses to "
+                   "commit if any cursor would be NULL or ahead of its source afterwards.")
+def reset_cursors_op(context: dg.OpExecutionContext, market_db: MarketDatabase,
+                     config: ResetCursorsConfig) -> None:
+    try:
+        with market_db.connect() as conn:
+            result = runbook.reset_cursors(conn, symbols=config.symbols,
+                                           timeframes_=config.timeframes, dry_run=config.dry_run)
+    except runbook.RunbookError as exc:
+        raise _refused(exc) from exc
+    context.add_output_metadata({"cursors_changed": len(result.changed),
+                                 "dry_run": result.dry_run, "changes": md_table(result.changed)})
+
+
+class RestoreConfig(dg.Config):
+    backup_table: str
+
+
+@dg.op(description="Roll data_agg_state back to a backup table, exactly (updated_at included).")
+def restore_agg_state_op(context: dg.OpExecutionContext, market_db: MarketDatabase,
+                         config: RestoreConfig) -> None:
+    try:
+        with market_db.connect() as conn:
+            counts = runbook.restore_agg_state(conn, config.backup_table)
+    except runbook.RunbookError as exc:
+        raise _refused(exc) from exc
+    context.add_output_metadata({"backup_table": config.backup_table, **counts})
+
+
+class RebuildConfig(dg.Config):
+    symbols: list[str]
+    start: str  # ISO 8601, e.g. 2026-01-05T00:00:00Z
+    end: str
+    timeframes: list[str] = []  # empty: every timeframe the symbol has, in ladder order
+
+
+def _instant(value: str, name: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise dg.Failure(f"{name}={value!r} is not an ISO 8601 timestamp",
+                         allow_retries=False) from None
+    if parsed.tzinfo is None:
+        raise dg.Failure(f"{name}={value!r} needs a time zone (e.g. Z)", allow_retries=False)
+    return parsed
+
+
+@dg.op(description="Soft-delete and recompute a range under a new derivation_version "
+                   "(history rows stay), each timeframe after its source.")
+def rebuild_range_op(context: dg.OpExecutionContext, market_db: MarketDatabase,
+                     config: RebuildConfig) -> None:
+    start, end = _instant(config.start, "start"), _instant(config.end, "end")
+    with market_db.connect() as conn:
+        results = runbook.rebuild_range(conn, config.symbols, start, end,
+                                        config.timeframes or None)
+    rows = [{"symbol": r.symbol, "timeframe": r.timeframe, "version": r.derivation_version,
+             "soft_deleted": r.bars_soft_deleted, "inserted": r.bars_inserted} for r in results]
+    context.add_output_metadata({"rebuilt": md_table(rows),
+                                 "bars_inserted": sum(r.bars_inserted for r in results),
+                                 "bars_soft_deleted": sum(r.bars_soft_deleted for r in results)})
+
+
+class PruneConfig(dg.Config):
+    older_than_days: float = 2.0  # seed 000: drop backups 48 hours after a good deployment
+
+
+@dg.op(description="Drop timestamped data_agg_state backups older than N days.")
+def prune_backups_op(context: dg.OpExecutionContext, market_db: MarketDatabase,
+                     config: PruneConfig) -> None:
+    with market_db.connect() as conn:
+        dropped = runbook.prune_backups(conn, timedelta(days=config.older_than_days))
+    context.add_output_metadata({"dropped": len(dropped),
+                                 "tables": md_table([{"table": t} for t in dropped])})
+
+
+def _job(name: str, op: dg.OpDefinition, description: str) -> dg.JobDefinition:
+    @dg.job(name=name, description=description, tags={"agg/runbook": name})
+    def runbook_job() -> None:
+        op()
+
+    return runbook_job
+
+
+runbook_jobs = [
+    _job("preflight_report", preflight_report_op, "Answer the runbook's pre-flight questions."),
+    _job("backup_agg_state", backup_agg_state_op, "Back up data_agg_state to a table."),
+    _job("reset_cursors", reset_cursors_op, "Reset cursors, validated before commit."),
+    _job("restore_agg_state", restore_agg_state_op, "Restore data_agg_state from a backup."),
+    _job("rebuild_range", rebuild_range_op, "Rebuild a range with a new derivation_version."),
+    _job("prune_backups", prune_backups_op, "Drop old data_agg_state backups."),
+]

@@ -1,0 +1,146 @@
+"""The runbook jobs through Dagster, with launchpad-style run config."""
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pytest
+
+from agg_pipeline.definitions import defs
+from agg_pipeline.engine import aggregate as engine
+from agg_pipeline_tests.helpers import T0, add_symbol, insert_bars, minute_bars, sync
+
+LATER = T0 + timedelta(days=2)
+
+
+def launch(instance, job: str, config: dict | None = None):
+    op = f"{job}_op"
+    run_config = {"ops": {op: {"config": config}}} if config is not None else None
+    result = defs.resolve_job_def(job).execute_in_process(
+        instance=instance, run_config=run_config, raise_on_error=False)
+    metadata = {}
+    for event in result.all_events:
+        if event.event_type_value == "STEP_OUTPUT":
+            metadata = {k: v.value for k, v in event.step_output_data.metadata.items()}
+    return result, metadata
+
+
+def state(conn) -> list[tuple]:
+    return conn.execute("SELECT * FROM data_agg_state ORDER BY canonical_symbol, "
+                        "timeframe").fetchall()
+
+
+@pytest.fixture
+def built(db):
+    for symbol in ("EURUSD", "DXY"):
+        add_symbol(db, symbol)
+        insert_bars(db, symbol, minute_bars(T0, 180))
+    sync(db)
+    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s", (T0,))
+    db.commit()
+    for symbol in ("EURUSD", "DXY"):
+        for tf in ("5m", "1h"):
+            engine.aggregate(db, symbol, tf, T0, T0 + timedelta(hours=3), now=LATER)
+    db.commit()
+    return db
+
+
+def test_backup_reset_restore_returns_state_exactly(built, instance):
+    before = state(built)
+    result, meta = launch(instance, "backup_agg_state", {"name": "data_agg_state_backup_pre"})
+    assert result.success and meta["rows"] == 4 and meta["created"] is True
+    # running it again is a no-op
+    result, meta = launch(instance, "backup_agg_state", {"name": "data_agg_state_backup_pre"})
+    assert result.success and meta["created"] is False
+
+    built.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = NULL "
+                  "WHERE canonical_symbol = 'DXY' AND timeframe = '5m'")
+    built.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s WHERE "
+                  "canonical_symbol = 'EURUSD'", (T0 + timedelta(days=5),))
+    built.commit()
+    result, meta = launch(instance, "reset_cursors", {})
+    assert result.success and meta["cursors_changed"] == 3
+    cursors = dict(built.execute(
+        "SELECT canonical_symbol || '/' || timeframe, last_agg_bar_ts_utc FROM data_agg_state"
+    ).fetchall())
+    end = T0 + timedelta(hours=3)
+    assert cursors == {"DXY/5m": end, "DXY/1h": end, "EURUSD/5m": end, "EURUSD/1h": end}
+    assert state(built) != before
+
+    result, meta = launch(instance, "restore_agg_state",
+                          {"backup_table": "data_agg_state_backup_pre"})
+    assert result.success and meta["rows_restored"] == 3 and meta["rows_removed"] == 0
+    assert state(built) == before  # every column, updated_at included
+
+
+def test_reset_refuses_to_commit_when_a_cursor_stays_ahead(built, instance):
+    built.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s WHERE "
+                  "canonical_symbol = 'DXY' AND timeframe = '5m'", (T0 + timedelta(days=9),))
+    built.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = NULL WHERE "
+                  "canonical_symbol = 'EURUSD' AND timeframe = '5m'")
+    built.commit()
+    before = state(built)
+    result, _ = launch(instance, "reset_cursors", {"symbols": ["EURUSD"]})
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert "post-reset validation failed" in failure and "DXY/5m (AHEAD)" in failure
+    assert state(built) == before  # nothing committed, EURUSD's NULL included
+
+
+def test_dry_run_reset_changes_nothing(built, instance):
+    built.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = NULL")
+    built.commit()
+    before = state(built)
+    result, meta = launch(instance, "reset_cursors", {"dry_run": True})
+    assert result.success and meta["cursors_changed"] == 4 and meta["dry_run"] is True
+    assert state(built) == before
+
+
+def test_rebuild_range_job_bumps_version_and_keeps_history(built, instance):
+    result, meta = launch(instance, "rebuild_range", {
+        "symbols": ["EURUSD"], "start": T0.isoformat(),
+        "end": (T0 + timedelta(hours=1)).isoformat()})
+    assert result.success
+    assert meta["bars_soft_deleted"] == 13 and meta["bars_inserted"] == 13  # 12 x 5m + 1h
+    versions = dict(built.execute(
+        "SELECT timeframe, max(derivation_version) FROM derived_data_bars WHERE "
+        "canonical_symbol = 'EURUSD' AND deleted_at IS NULL GROUP BY 1").fetchall())
+    assert versions == {"5m": 2, "1h": 2}
+    result, _ = launch(instance, "rebuild_range", {"symbols": ["EURUSD"], "start": "yesterday",
+                                                   "end": "2026-01-01T00:00:00Z"})
+    assert not result.success
+
+
+def test_preflight_report_answers_the_runbook_questions(built, instance):
+    built.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = NULL WHERE "
+                  "canonical_symbol = 'DXY' AND timeframe = '1h'")
+    built.commit()
+    result, meta = launch(instance, "preflight_report")
+    assert result.success
+    assert meta["missing_schema_objects"] == 0
+    assert meta["tasks_with_bad_cursor"] == 1 and meta["task_count"] == 4
+    assert "DXY" in meta["tasks"] and "source_bars_in_next_window" in meta["tasks"]
+
+
+def test_backup_names_are_validated_and_old_backups_pruned(built, instance):
+    result, _ = launch(instance, "backup_agg_state", {"name": "x; DROP TABLE data_bars"})
+    assert not result.success
+    old = datetime.now(UTC) - timedelta(days=3)
+    built.execute(f"CREATE TABLE data_agg_state_backup_{old:%Y%m%dt%H%M%Sz} AS "
+                  "SELECT * FROM data_agg_state")
+    built.commit()
+    launch(instance, "backup_agg_state", {})  # a fresh timestamped one, kept
+    launch(instance, "backup_agg_state", {"name": "data_agg_state_backup_named"})  # kept
+    result, meta = launch(instance, "prune_backups", {"older_than_days": 2})
+    assert result.success and meta["dropped"] == 1
+    left = [r[0] for r in built.execute("SELECT backup_table FROM v_agg_state_backups")]
+    assert len(left) == 2 and "data_agg_state_backup_named" in left
+    assert built.execute("SELECT to_regclass('data_bars')").fetchone()[0] == "data_bars"
+
+
+def test_runbook_jobs_are_listed_with_launchpad_config():
+    for name, field in (("reset_cursors", "symbols"), ("restore_agg_state", "backup_table"),
+                        ("rebuild_range", "start"), ("prune_backups", "older_than_days")):
+        job = defs.resolve_job_def(name)
+        op = job.graph.node_defs[0]
+        assert field in op.config_schema.as_field().config_type.fields, name
+    assert isinstance(defs.resolve_job_def("preflight_report"), dg.JobDefinition)

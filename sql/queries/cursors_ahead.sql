@@ -1,0 +1,5 @@
+-- Every task whose cursor is NULL or ahead of its source (the post-reset validation).
+SELECT canonical_symbol, timeframe, cursor_ts, frontier_window_end, cursor_status
+FROM v_aggregation_frontier_health
+WHERE cursor_status IN ('AHEAD', 'NULL')
+ORDER BY canonical_symbol, timeframe
