@@ -7,9 +7,10 @@ databases, applies the migrations, and drops them at the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from agg_pipeline import settings
 from agg_pipeline.db import connection, embedded, migrations
 
+RUNTIME_ROLE = "agg_pipeline_runtime"  # created by sql/008_least_privilege.sql
 MARKET_TABLES = (
     "data_agg_source_days, data_agg_state, derived_data_bars, data_bars, core_asset_registry_all"
 )
@@ -49,20 +51,59 @@ def make_database(server_url: str) -> Iterator:
     yield make
     for name in created:
         connection.drop_database(server_url, name)
+    # the runtime role is cluster-wide: drop it once no database grants it anything (another
+    # database on this server may still use it; then it stays)
+    with (connection.connect(server_url, autocommit=True) as conn,
+          contextlib.suppress(psycopg.errors.DependentObjectsStillExist)):
+        conn.execute(psycopg.sql.SQL("DROP ROLE IF EXISTS {}").format(
+                psycopg.sql.Identifier(RUNTIME_ROLE)))
 
 
 @pytest.fixture(scope="session")
-def database_url(make_database) -> Iterator[str]:
-    """The session's migrated market-data database; AGG_DATABASE_URL points at it."""
+def runtime_login(server_url: str) -> Iterator[tuple[str, str, Callable[[], None]]]:
+    """A login role that is only a member of the pipeline's least-privilege role."""
+    name, password = unique_name("agg_rt"), f"pw-{uuid.uuid4().hex}"
+    created = False
+
+    def create() -> None:
+        nonlocal created
+        with connection.connect(server_url, autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
+                psycopg.sql.Identifier(name), psycopg.sql.Literal(password),
+                psycopg.sql.Identifier(RUNTIME_ROLE)))
+        created = True
+
+    yield name, password, create
+    with connection.connect(server_url, autocommit=True) as conn:
+        if created:
+            conn.execute(psycopg.sql.SQL("DROP ROLE IF EXISTS {}").format(
+                psycopg.sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def database_url(make_database, runtime_login) -> Iterator[str]:
+    """The session's migrated market-data database, as its owner. AGG_DATABASE_URL points
+    at it as the least-privilege pipeline role (runtime_url), so every Dagster-level test
+    runs the pipeline with the rights it has in production."""
     url = make_database("agg_test")
     migrations.migrate(url)
+    name, password, create = runtime_login
+    create()
+    runtime = connection.parse_url(url)
+    runtime.update(user=name, password=password)
     previous = os.environ.get(settings.DATABASE_URL_VAR)
-    os.environ[settings.DATABASE_URL_VAR] = url
+    os.environ[settings.DATABASE_URL_VAR] = connection.build_url(runtime)
     yield url
     if previous is None:
         os.environ.pop(settings.DATABASE_URL_VAR, None)
     else:
         os.environ[settings.DATABASE_URL_VAR] = previous
+
+
+@pytest.fixture(scope="session")
+def runtime_url(database_url: str) -> str:
+    """The session database as the pipeline's least-privilege role."""
+    return os.environ[settings.DATABASE_URL_VAR]
 
 
 @pytest.fixture

@@ -1,24 +1,23 @@
 """The deployment runbook (seed 000) as functions: pre-flight, backup, cursor reset with
 post-reset validation, restore, range rebuild, backup pruning. Each runs in one
-transaction and reports what it changed."""
+transaction and reports what it changed. Backup DDL runs in the SECURITY DEFINER functions
+of sql/008, so the pipeline's own role needs no DDL rights."""
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import psycopg
-from psycopg import sql
 from psycopg.rows import dict_row
 
 from agg_pipeline.db import migrations, queries
 from agg_pipeline.engine import aggregate as engine
 from agg_pipeline.engine import timeframes
 
-BACKUP_PREFIX = "data_agg_state_backup_"
-BACKUP_NAME = re.compile(r"^data_agg_state_backup_[a-z0-9_]{1,40}$")
-TIMESTAMPED_BACKUP = re.compile(r"^data_agg_state_backup_(\d{8}t\d{6}z)$")
+BACKUP_PREFIX = "data_agg_state_backup_"  # sql/008 validates and builds the table names
 
 
 class RunbookError(RuntimeError):
@@ -45,16 +44,14 @@ def preflight(conn: psycopg.Connection) -> dict[str, list[dict]]:
             "status_counts": [{"status": k, "tasks": v} for k, v in sorted(statuses.items())]}
 
 
-def validate_backup_name(name: str) -> str:
-    if not BACKUP_NAME.match(name or ""):
-        raise RunbookError(
-            f"backup table name {name!r} must match {BACKUP_NAME.pattern} (lowercase letters, "
-            "digits and underscores after the prefix)")
-    return name
-
-
-def _backup_exists(conn: psycopg.Connection, name: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """The runbook functions' own refusals (bad names, missing tables) become RunbookError."""
+    try:
+        yield
+    except (psycopg.errors.InvalidName, psycopg.errors.DuplicateTable,
+            psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
+        raise RunbookError(exc.diag.message_primary or str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -68,24 +65,10 @@ def backup_agg_state(conn: psycopg.Connection, name: str | None = None,
                      now: datetime | None = None) -> BackupResult:
     """CREATE TABLE <name> AS SELECT * FROM data_agg_state (default name: UTC timestamp)."""
     now = now or datetime.now(UTC)
-    name = validate_backup_name(name or f"{BACKUP_PREFIX}{now:%Y%m%dt%H%M%Sz}")
-    table = sql.Identifier(name)
-    with conn.transaction():
-        if _backup_exists(conn, name):
-            differs = conn.execute(sql.SQL(
-                "SELECT EXISTS (SELECT * FROM data_agg_state EXCEPT SELECT * FROM {t}) OR "
-                "EXISTS (SELECT * FROM {t} EXCEPT SELECT * FROM data_agg_state)").format(
-                    t=table)).fetchone()[0]
-            if differs:
-                raise RunbookError(f"backup {name} exists with different contents; "
-                                   "choose another name")
-            rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]
-            return BackupResult(name, rows, created=False)
-        conn.execute(sql.SQL("CREATE TABLE {} AS SELECT * FROM data_agg_state").format(table))
-        rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]
-        conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
-            table, sql.Literal(f"backup of data_agg_state taken {now.isoformat()}, {rows} rows")))
-    return BackupResult(name, rows, created=True)
+    name = name or f"{BACKUP_PREFIX}{now:%Y%m%dt%H%M%Sz}"
+    with _refusals(), conn.transaction():
+        row = conn.execute("SELECT * FROM agg_backup_state(%s)", (name,)).fetchone()
+    return BackupResult(*row)
 
 
 @dataclass(frozen=True)
@@ -111,27 +94,10 @@ def reset_cursors(conn: psycopg.Connection, *, symbols: list[str] | None = None,
 
 def restore_agg_state(conn: psycopg.Connection, backup: str) -> dict[str, int]:
     """Make data_agg_state equal to the backup table (every column, updated_at included)."""
-    validate_backup_name(backup)
-    with conn.transaction():
-        if not _backup_exists(conn, backup):
-            raise RunbookError(f"backup table {backup} does not exist")
-        live = [r[0] for r in conn.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = "
-            "current_schema() AND table_name = 'data_agg_state' ORDER BY ordinal_position")]
-        saved = {r[0] for r in conn.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = "
-            "current_schema() AND table_name = %s", (backup,))}
-        missing = [c for c in live if c not in saved]
-        if missing:
-            raise RunbookError(f"backup {backup} lacks columns {', '.join(missing)}")
-        columns = sql.SQL(", ").join(sql.Identifier(c) for c in live)
-        excluded = sql.SQL(", ").join(sql.SQL("excluded.{}").format(sql.Identifier(c))
-                                      for c in live)
-        current = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in live)
-        counts = conn.execute(queries.query(
-            "restore_agg_state", columns=columns, excluded=excluded, current=current,
-            backup=sql.Identifier(backup))).fetchone()
-    return {"rows_restored": counts[0], "rows_removed": counts[1]}
+    with _refusals(), conn.transaction():
+        restored, removed = conn.execute("SELECT * FROM agg_restore_state(%s)",
+                                         (backup,)).fetchone()
+    return {"rows_restored": restored, "rows_removed": removed}
 
 
 def rebuild_range(conn: psycopg.Connection, symbols: list[str], start: datetime, end: datetime,
@@ -158,15 +124,7 @@ def rebuild_range(conn: psycopg.Connection, symbols: list[str], start: datetime,
 def prune_backups(conn: psycopg.Connection, older_than: timedelta,
                   now: datetime | None = None) -> list[str]:
     """Drop timestamped backups older than `older_than`; named backups are kept."""
-    now = now or datetime.now(UTC)
-    dropped = []
     with conn.transaction():
-        for (table,) in conn.execute("SELECT backup_table FROM v_agg_state_backups").fetchall():
-            match = TIMESTAMPED_BACKUP.match(table)
-            if not match:
-                continue
-            taken = datetime.strptime(match.group(1), "%Y%m%dt%H%M%Sz").replace(tzinfo=UTC)
-            if now - taken > older_than:
-                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
-                dropped.append(table)
-    return dropped
+        rows = conn.execute("SELECT agg_prune_backups(%s, %s)",
+                            (older_than, now or datetime.now(UTC))).fetchall()
+    return [r[0] for r in rows]
