@@ -21,6 +21,9 @@ WITH src AS (
       AND b.ts_utc >= %(read_from)s
       AND b.ts_utc < %(hi)s
       {active_only}
+    -- a planner fence: without it agg_bar_is_valid() is inlined into every FILTER below and
+    -- evaluated once per aggregate instead of once per row
+    OFFSET 0
 ),
 windows AS (
     SELECT
@@ -50,6 +53,7 @@ windows AS (
                -- Bars without volume (NULL) are not fillers.
                valid AND final AND (vol IS DISTINCT FROM 0 OR NOT {window_traded}) AS ohlc
         FROM src
+        OFFSET 0  -- fence, as above
     ) flagged
     GROUP BY 1
 ),
@@ -159,17 +163,22 @@ recorded AS (
         source_ingested_sum = excluded.source_ingested_sum,
         materialized_at = excluded.materialized_at
     RETURNING 1
+),
+window_stats AS (
+    SELECT count(*) FILTER (WHERE rows_read > 0)                          AS windows_with_source,
+           count(*) FILTER (WHERE rows_read > 0 AND quality_score IS NULL) AS windows_skipped,
+           COALESCE(sum(invalid_rows), 0)::bigint                         AS source_rows_invalid,
+           COALESCE(sum(partial_rows), 0)::bigint                         AS source_rows_partial,
+           COALESCE(sum(rows_read), 0)::bigint                            AS source_rows_read
+    FROM computed
 )
 SELECT
-    (SELECT count(*) FROM computed WHERE rows_read > 0)                  AS windows_with_source,
-    (SELECT count(*) FROM computed WHERE rows_read > 0 AND quality_score IS NULL) AS windows_skipped,
-    (SELECT COALESCE(sum(invalid_rows), 0)::bigint FROM computed)             AS source_rows_invalid,
-    (SELECT COALESCE(sum(partial_rows), 0)::bigint FROM computed)             AS source_rows_partial,
-    (SELECT COALESCE(sum(rows_read), 0)::bigint FROM computed)                AS source_rows_read,
-    (SELECT count(*) FROM inserted)                                           AS bars_inserted,
-    (SELECT count(*) FROM updated)                                            AS bars_updated,
-    (SELECT count(*) FROM soft_deleted)                                       AS bars_soft_deleted,
-    (SELECT count(*) FROM diff WHERE unchanged)                               AS bars_unchanged,
+    w.*,
+    (SELECT count(*) FROM inserted)                                        AS bars_inserted,
+    (SELECT count(*) FROM updated)                                         AS bars_updated,
+    (SELECT count(*) FROM soft_deleted)                                    AS bars_soft_deleted,
+    (SELECT count(*) FROM diff WHERE unchanged)                            AS bars_unchanged,
     (SELECT count(*) FROM inserted WHERE quality_score <= 0)
-      + (SELECT count(*) FROM updated WHERE quality_score <= 0)               AS bars_poor_quality,
-    (SELECT count(*) FROM recorded)                                           AS days_recorded
+      + (SELECT count(*) FROM updated WHERE quality_score <= 0)            AS bars_poor_quality,
+    (SELECT count(*) FROM recorded)                                        AS days_recorded
+FROM window_stats w
