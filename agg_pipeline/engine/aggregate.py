@@ -229,7 +229,9 @@ def aggregate(
             "SELECT agg_source_frontier(%s, %s, %s)", (symbol, tf.source, as_of)
         ).fetchone()[0]
         cursor_after = task.cursor
-        if lo <= task.cursor and newest is not None:
+        # (an off-grid cursor, e.g. after agg_start_utc was set mid-window, points at the
+        # window starting at its next boundary)
+        if lo <= windows.ceil(task.cursor, tf.step) and newest is not None:
             # contract 7: forward only, never past the end of the window holding the newest
             # source row; contract 8: empty windows behind newer data are passed over
             frontier_end = windows.floor(newest, tf.step) + tf.step
