@@ -95,7 +95,7 @@ def test_failed_migration_rolls_back_and_is_not_recorded(make_database, tmp_path
     with connection.connect(url) as conn:
         assert conn.execute("SELECT to_regclass('half_done')").fetchone()[0] is None
         recorded = [r[0] for r in conn.execute("SELECT filename FROM agg_schema_migrations")]
-    assert "900_broken.sql" not in recorded and "009_plausible_magnitudes.sql" in recorded
+    assert "900_broken.sql" not in recorded and "010_finite_timestamps.sql" in recorded
 
 
 def test_database_without_migrations_gives_clear_error(make_database):

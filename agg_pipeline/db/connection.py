@@ -86,7 +86,7 @@ def connect(url: str, *, autocommit: bool = False, connect_timeout: int = 10) ->
     params.setdefault("connect_timeout", str(connect_timeout))
     try:
         return psycopg.connect(conninfo.make_conninfo(**params), autocommit=autocommit)
-    except psycopg.OperationalError as exc:
+    except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:  # also bad options
         message = str(exc)
         if params.get("password"):
             message = message.replace(params["password"], "***")

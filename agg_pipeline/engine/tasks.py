@@ -17,14 +17,14 @@ ERROR_TEXT_LIMIT = 2000
 
 # Symbols become Dagster partition keys, run tags and log fields: letters, digits and a few
 # punctuation marks that none of those give a meaning to ("|", ",", "[", "]" do).
-SYMBOL_PATTERN = re.compile(r"^[A-Za-z0-9^][A-Za-z0-9._:^=+-]{0,31}$")
+SYMBOL_PATTERN = re.compile(r"[A-Za-z0-9^][A-Za-z0-9._:^=+-]{0,31}")
 
 
 def symbol_problem(symbol: object) -> str | None:
     """Why `symbol` cannot be aggregated, or None when it can."""
     if not isinstance(symbol, str) or not symbol:
         return "empty symbol"
-    if not SYMBOL_PATTERN.match(symbol):
+    if not SYMBOL_PATTERN.fullmatch(symbol):  # not match(): `$` accepts a trailing newline
         return (
             "symbols must be 1-32 characters: letters, digits and . _ : ^ = + - "
             "(starting with a letter, digit or ^)"
