@@ -32,10 +32,12 @@ BACKFILL_BATCH_VAR = "AGG_BACKFILL_MAX_PARTITIONS_PER_RUN"
 
 
 def backfill_policy() -> dg.BackfillPolicy:
-    """One run per backfill (default), or runs of at most N symbol-day partitions.
+    """Single-run (default), or runs of at most N symbol-day partitions.
 
-    A single run calls the engine once per (symbol, timeframe) whatever the range; batches
-    let several runs share a backfill (see the README's backfill measurements).
+    Dagster cuts a symbol x day backfill along its smaller dimension, so a single-run
+    backfill is one run per symbol, each calling the engine once per timeframe over the whole
+    day range (the launch dialog's "Single run" makes it one run for everything). Batches
+    only cut those runs smaller; measured in bench/backfill_bench.py and the README.
     """
     raw = os.environ.get(BACKFILL_BATCH_VAR, "").strip()
     if not raw:
