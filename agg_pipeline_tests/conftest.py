@@ -137,7 +137,9 @@ def pytest_terminal_summary(terminalreporter) -> None:
 @pytest.fixture(scope="session")
 def dagster_storage_url(make_database) -> str:
     """A database for Dagster's own run/event/schedule storage (dagster-postgres)."""
-    return make_database("agg_dagster")
+    url = make_database("agg_dagster")
+    embedded.tune_dagster_storage(url)
+    return url
 
 
 @pytest.fixture
