@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -111,3 +112,16 @@ def active_bars(conn: psycopg.Connection, symbol: str, timeframe: str) -> pd.Dat
             "AND deleted_at IS NULL ORDER BY ts_utc", (symbol, timeframe))
         columns = [c.name for c in cur.description]
         return pd.DataFrame(cur.fetchall(), columns=columns)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str,
+             context: Callable[[], str] = lambda: "", interval: float = 0.2):
+    """Poll `predicate` until it returns something truthy (returned); on timeout fail with
+    `what` and whatever `context()` tells (logs, runs, pg_stat_activity)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{context()}")

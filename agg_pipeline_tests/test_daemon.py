@@ -1,7 +1,6 @@
 """End to end with a real dagster-daemon: live bars appear and late corrections land,
 with no manual action."""
 
-import time
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -9,22 +8,18 @@ import pytest
 
 from agg_pipeline.db import connection
 from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
-from agg_pipeline_tests.helpers import active_bars, add_symbol, bar, insert_bars, minute_bars, sync
+from agg_pipeline_tests.helpers import (
+    active_bars,
+    add_symbol,
+    bar,
+    insert_bars,
+    minute_bars,
+    sync,
+    wait_for,
+)
 from agg_pipeline_tests.processes import start_daemon, storage_instance
 
 pytestmark = pytest.mark.daemon
-
-
-def wait_for(predicate, timeout: float, daemon, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if daemon.process.poll() is not None:
-            break
-        time.sleep(2)
-    raise AssertionError(f"timed out waiting for {what}\n{daemon.log()[-6000:]}")
 
 
 def test_daemon_builds_live_bars_and_applies_late_corrections(db, database_url, make_database,
@@ -53,7 +48,8 @@ def test_daemon_builds_live_bars_and_applies_late_corrections(db, database_url, 
                 five, hourly = active_bars(conn, "EURUSD", "5m"), active_bars(conn, "EURUSD", "1h")
             return (len(five) == 12 and len(hourly) == 1) and (five, hourly)
 
-        _, hourly = wait_for(bars_built, 300, daemon, "the 5m and 1h bars")
+        _, hourly = wait_for(bars_built, 300, "the 5m and 1h bars",
+                         lambda: daemon.log()[-6000:], interval=2)
         assert hourly.iloc[0].ts_utc == hour and hourly.iloc[0].quality_score == 2
 
         # a correction of minute 7 lands late
@@ -67,12 +63,16 @@ def test_daemon_builds_live_bars_and_applies_late_corrections(db, database_url, 
             window = five.set_index("ts_utc").loc[hour + timedelta(minutes=5)]
             return (window.high == 1.501 and hourly.iloc[0].high == 1.501) and (five, hourly)
 
-        wait_for(corrected, 300, daemon, "the late correction in the 5m and 1h bars")
+        wait_for(corrected, 300, "the late correction in the 5m and 1h bars",
+                 lambda: daemon.log()[-6000:], interval=2)
     finally:
         daemon.stop()
     with storage_instance(storage_url, tmp_path / "check") as instance:
         runs = instance.get_run_records()
-        assert runs and all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in runs), [
-            (r.dagster_run.tags.get("agg/reason"), r.dagster_run.status) for r in runs]
+        failed = {r.dagster_run.tags.get("agg/reason"): [
+            e.message for e in instance.all_logs(r.dagster_run.run_id)
+            if e.dagster_event is not None and e.dagster_event.is_failure]
+            for r in runs if r.dagster_run.status != dg.DagsterRunStatus.SUCCESS}
+        assert runs and not failed, failed
         reasons = {r.dagster_run.tags.get("agg/reason", "") for r in runs}
         assert any(reason.startswith("late data") for reason in reasons), reasons

@@ -331,6 +331,18 @@ def test_transient_errors_are_classified():
     assert not tasks.is_transient(errors.NullCursorError("X", "5m"))
 
 
+def test_unreachable_server_is_transient_a_refusal_is_not(database_url):
+    """A server that cannot be reached (down, restarting) is an outage the retries ride out;
+    a server that answers "no" (no such database) is a configuration error."""
+    with pytest.raises(connection.DatabaseUnavailableError) as down:
+        connection.connect("postgresql://agg@127.0.0.1:1/markets", connect_timeout=2)
+    assert tasks.is_transient(down.value)
+    with pytest.raises(connection.DatabaseConfigError) as refused:
+        connection.connect(connection.with_database(database_url, "agg_no_such_database"))
+    assert not isinstance(refused.value, connection.DatabaseUnavailableError)
+    assert not tasks.is_transient(refused.value)
+
+
 def test_filler_rule_leaves_bars_without_volume_alone(db):
     """Regression: with the filler setting on, NULL volumes (FX) are not fillers, and a
     window with no volume at all still gets its bar."""

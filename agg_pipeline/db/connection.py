@@ -6,6 +6,7 @@ which keeps only host, port and database name.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import quote, urlencode
@@ -19,7 +20,25 @@ APPLICATION_NAME = "agg_pipeline"
 
 
 class DatabaseConfigError(RuntimeError):
-    """The database URL is unusable or the server cannot be reached."""
+    """The database URL is unusable, or the server refused the connection."""
+
+
+class DatabaseUnavailableError(DatabaseConfigError):
+    """The server could not be reached or is not accepting connections yet (down, restarting,
+    out of connection slots): an outage that passes, not a configuration problem."""
+
+
+# libpq reports a failed connection without a SQLSTATE, so its message is all there is to
+# tell an outage (retry later) from a refusal by the server (wrong password, no such
+# database: retrying cannot help).
+_UNAVAILABLE = re.compile(
+    r"Connection refused|timeout expired|Connection timed out|Connection reset"
+    r"|server closed the connection unexpectedly|No route to host|Network is unreachable"
+    r"|No such file or directory"  # a Unix socket that is gone: the server is down
+    r"|the database system is (starting up|shutting down|in recovery mode|not yet accepting)"
+    r"|too many clients already|remaining connection slots are reserved",
+    re.IGNORECASE,
+)
 
 
 def parse_url(url: str) -> dict[str, str]:
@@ -90,7 +109,9 @@ def connect(url: str, *, autocommit: bool = False, connect_timeout: int = 10) ->
         message = str(exc)
         if params.get("password"):
             message = message.replace(params["password"], "***")
-        raise DatabaseConfigError(
+        unavailable = isinstance(exc, psycopg.OperationalError) and _UNAVAILABLE.search(message)
+        error = DatabaseUnavailableError if unavailable else DatabaseConfigError
+        raise error(
             f"cannot connect to PostgreSQL at {describe_url(url)}: {message.strip()}"
         ) from None
 

@@ -104,6 +104,12 @@ def _record_failure(market_db: MarketDatabase, context, symbol: str, timeframe: 
                           f"{type(record_error).__name__}")
 
 
+def _transient_retry(context: dg.AssetExecutionContext) -> dg.RetryRequested:
+    """The whole step runs again after a back-off (5, 10, 20 s): the engine is idempotent."""
+    return dg.RetryRequested(max_retries=TRANSIENT_RETRIES,
+                             seconds_to_wait=min(60, 5 * 2 ** context.retry_number))
+
+
 def materialize_timeframe(
     context: dg.AssetExecutionContext, market_db: MarketDatabase, tf: Timeframe
 ) -> dg.MaterializeResult:
@@ -112,32 +118,39 @@ def materialize_timeframe(
     results: list[engine.AggregationResult] = []
     skipped: dict[str, str] = {}
     failed: dict[str, str] = {}
-    with market_db.connect() as conn:
-        for symbol, spans in ranges.items():
-            reason = _skip_reason(_task_status(conn, symbol, tf.name))
-            conn.rollback()
-            if reason:
-                skipped[symbol] = reason
-                context.log.info(f"{symbol} / {tf.name}: skipped, {reason}")
-                continue
-            for first_day, last_day in spans:
-                start, end = day_bounds(first_day, last_day)
-                try:
-                    results.append(engine.aggregate(conn, symbol, tf.name, start, end, now=as_of))
-                    conn.commit()
-                except Exception as exc:
-                    transient = tasks.is_transient(exc)
-                    if not conn.closed:
-                        conn.rollback()
-                    _record_failure(market_db, context, symbol, tf.name, exc, transient)
-                    if transient:
-                        # the whole step runs again: the engine is idempotent
-                        raise dg.RetryRequested(
-                            max_retries=TRANSIENT_RETRIES,
-                            seconds_to_wait=min(60, 5 * 2 ** context.retry_number),
-                        ) from exc
-                    failed[symbol] = f"{type(exc).__name__}: {exc}"
-                    break
+    try:
+        with market_db.connect() as conn:
+            for symbol, spans in ranges.items():
+                reason = _skip_reason(_task_status(conn, symbol, tf.name))
+                conn.rollback()
+                if reason:
+                    skipped[symbol] = reason
+                    context.log.info(f"{symbol} / {tf.name}: skipped, {reason}")
+                    continue
+                for first_day, last_day in spans:
+                    start, end = day_bounds(first_day, last_day)
+                    try:
+                        results.append(
+                            engine.aggregate(conn, symbol, tf.name, start, end, now=as_of))
+                        conn.commit()
+                    except Exception as exc:
+                        transient = tasks.is_transient(exc)
+                        if not conn.closed:
+                            conn.rollback()
+                        _record_failure(market_db, context, symbol, tf.name, exc, transient)
+                        if transient:
+                            raise _transient_retry(context) from exc
+                        failed[symbol] = f"{type(exc).__name__}: {exc}"
+                        break
+    except Exception as exc:
+        # an outage outside an engine call (the server down when the step or its retry
+        # connects, the connection lost between calls): nothing was written, nothing to
+        # book, and retrying is what rides it out
+        if not tasks.is_transient(exc):
+            raise
+        context.log.warning(f"{tf.name}: database unavailable ({type(exc).__name__}: {exc}); "
+                            "retrying")
+        raise _transient_retry(context) from exc
     if failed:
         raise dg.Failure(
             description=f"{tf.name} failed for {', '.join(sorted(failed))}",

@@ -9,7 +9,7 @@ from datetime import datetime
 import psycopg
 from psycopg.rows import dict_row
 
-from agg_pipeline.db import queries
+from agg_pipeline.db import connection, queries
 from agg_pipeline.engine import timeframes, windows
 
 HARD_FAILURE_THRESHOLD = 3  # contract 11
@@ -100,6 +100,8 @@ TRANSIENT_SQLSTATES = {"57P01", "57P02", "57P03", "57014", "55P03", "55006"}
 
 def is_transient(exc: BaseException) -> bool:
     """Contract 11: transient failures are retried and do not count toward the fail streak."""
+    if isinstance(exc, connection.DatabaseUnavailableError):
+        return True
     if isinstance(exc, psycopg.Error):
         state = exc.sqlstate
         if state is None:
