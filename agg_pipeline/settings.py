@@ -79,3 +79,15 @@ def default_agg_start() -> datetime:
     if (value.hour, value.minute, value.second, value.microsecond) != (0, 0, 0, 0):
         raise ValueError(f"{START_VAR}={raw!r} must be midnight UTC (day partitions start there)")
     return value
+
+
+FRESHNESS_CRON_VAR = "AGG_FRESHNESS_CRON"
+# Every half hour from Monday 00:00 to Friday 20:30 UTC: always inside the FX week (Sunday
+# ~21:00 to Friday ~21:00 UTC), so a closed market never counts as stale.
+DEFAULT_FRESHNESS_CRON = "*/30 0-20 * * 1-5"
+
+
+def freshness_cron() -> str | None:
+    """Deadlines of Dagster's freshness policy on the mandatory bars assets; None when off."""
+    raw = os.environ.get(FRESHNESS_CRON_VAR, DEFAULT_FRESHNESS_CRON).strip()
+    return None if raw.lower() in ("", "off") else raw

@@ -1,6 +1,7 @@
 """Asset checks through Dagster: each fails on a crafted bad state and passes on a healthy one,
 with the offenders named in its metadata."""
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -181,3 +182,39 @@ def test_failed_blocking_check_stops_downstream_timeframes(healthy, instance):
     started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
     assert "bars_5m" in started and "bars_1h" not in started
     assert result.get_step_failure_events()[0].step_key == "bars_5m_checks"
+
+
+def freshness_states(instance, at: datetime) -> dict[str, str]:
+    """One evaluation of Dagster's freshness daemon at the instant `at` (the daemon of
+    `dagster-daemon run`, one iteration, on a code server loading the project), and the state
+    it records per asset."""
+    from dagster._core.test_utils import create_test_daemon_workspace_context, freeze_time
+    from dagster._core.workspace.load_target import ModuleTarget
+    from dagster._daemon.freshness import FreshnessDaemon
+
+    target = ModuleTarget(module_name="agg_pipeline.definitions", attribute=None,
+                          working_directory=None, location_name="agg_pipeline")
+    with create_test_daemon_workspace_context(target, instance) as context, freeze_time(at):
+        asyncio.run(FreshnessDaemon()._evaluate_assets(context))
+    keys = [dg.AssetKey(a.key.path) for a in (bars_1m, *derived_bars_assets)]
+    return {key.to_user_string(): record.freshness_state.value
+            for key, record in instance.get_freshness_state_records(keys).items()}
+
+
+def test_native_freshness_policy_passes_after_a_run_and_fails_on_a_missed_deadline(
+        healthy, instance):
+    """Protects the Dagster-native freshness (FreshnessPolicy.cron on bars_5m and bars_1h,
+    AGG_FRESHNESS_CRON): right after a run both are PASS; at a weekday deadline with no
+    materialisation in the 30 minutes before it, FAIL (what the UI shows on the asset page).
+    Optional timeframes have no policy."""
+    materialized = instance.get_latest_materialization_event(dg.AssetKey("bars_5m")).timestamp
+    at = datetime.fromtimestamp(materialized, UTC)
+    assert freshness_states(instance, at + timedelta(minutes=1)) == {
+        "bars_5m": "PASS", "bars_1h": "PASS", "bars_1m": "NOT_APPLICABLE",
+        "bars_15m": "NOT_APPLICABLE", "bars_4h": "NOT_APPLICABLE", "bars_1d": "NOT_APPLICABLE"}
+    # a Wednesday 10:05 UTC more than a week later: the 10:00 deadline wanted a
+    # materialisation after 09:30
+    wednesday = (at + timedelta(days=7 + (2 - at.weekday()) % 7)).replace(
+        hour=10, minute=5, second=0, microsecond=0)
+    states = freshness_states(instance, wednesday)
+    assert (states["bars_5m"], states["bars_1h"]) == ("FAIL", "FAIL")

@@ -8,11 +8,12 @@ days), and the engine's counts become numeric metadata the UI plots.
 
 import os
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import psycopg
 
+from agg_pipeline import settings
 from agg_pipeline.db import queries
 from agg_pipeline.defs.partitions import (
     day_bounds,
@@ -45,6 +46,29 @@ def backfill_policy() -> dg.BackfillPolicy:
     if not raw.isdigit() or int(raw) < 1:
         raise ValueError(f"{BACKFILL_BATCH_VAR}={raw!r} must be a positive integer or unset")
     return dg.BackfillPolicy.multi_run(max_partitions_per_run=int(raw))
+
+FRESHNESS_LOWER_BOUND = timedelta(minutes=30)
+
+
+def freshness_policy(tf: Timeframe) -> dg.FreshnessPolicy | None:
+    """Dagster's own freshness for the mandatory timeframes, shown on the asset pages and
+    evaluated by the daemon: at every AGG_FRESHNESS_CRON tick the asset must have been
+    materialised within the previous 30 minutes.
+
+    Dagster looks at the newest materialisation of any partition, so this says "the pipeline
+    is producing bars", not "every symbol is fresh": that is the `freshness` check's job (per
+    task, from the tables, and blind to nothing). Optional timeframes get no policy: a rung
+    no symbol enables would never pass.
+    """
+    cron = settings.freshness_cron()
+    if cron is None or not tf.mandatory:
+        return None
+    try:
+        return dg.FreshnessPolicy.cron(deadline_cron=cron,
+                                       lower_bound_delta=FRESHNESS_LOWER_BOUND, timezone="UTC")
+    except Exception as exc:  # Dagster's CheckError: its message names the problem
+        raise ValueError(f"{settings.FRESHNESS_CRON_VAR}={cron!r}: {exc}") from None
+
 
 bars_1m = dg.AssetSpec(
     "bars_1m",
@@ -212,6 +236,7 @@ def build_bars_asset(tf: Timeframe) -> dg.AssetsDefinition:
         deps=[dep],
         partitions_def=symbol_day_partitions,
         backfill_policy=backfill_policy(),
+        freshness_policy=freshness_policy(tf),
         group_name=GROUP,
         kinds={"postgres"},
         tags={"timeframe": tf.name, "mandatory": str(tf.mandatory).lower()},
