@@ -122,6 +122,31 @@ def test_matches_source_lists_tampered_and_missing_windows(healthy, instance):
     assert still_missing == 0
 
 
+def test_matches_source_counts_late_data_as_pending_and_silent_edits_as_mismatches(
+        healthy, instance):
+    """Protects matches_source under a live feed: a correction that landed after the run
+    (a new ingested_at changes its day's fingerprint) is late data the late-data sensor will
+    re-materialise, so the blocking check passes and counts it; the same edit made without
+    touching ingested_at (an ingester breaking the contract) is a mismatch and fails."""
+    corrected = START + timedelta(minutes=42)
+    healthy.execute("UPDATE data_bars SET high = high + 1, ingested_at = now() "
+                    "WHERE canonical_symbol = 'EURUSD' AND ts_utc = %s", (corrected,))
+    healthy.commit()
+    evaluation = run_checks(instance)["matches_source"]
+    assert evaluation.passed, offenders(evaluation)
+    assert evaluation.metadata["pending_late_data_windows"].value == 1
+
+    silent = START + timedelta(minutes=61)
+    healthy.execute("UPDATE data_bars SET low = low - 0.5 WHERE canonical_symbol = 'DXY' "
+                    "AND ts_utc = %s", (silent,))
+    healthy.commit()
+    evaluation = run_checks(instance)["matches_source"]
+    assert not evaluation.passed
+    assert [(o["symbol"], o["ts_utc"][:16], o["problem"]) for o in offenders(evaluation)] == [
+        ("DXY", (START + timedelta(minutes=60)).isoformat()[:16], "differs")]
+    assert evaluation.metadata["pending_late_data_windows"].value == 1
+
+
 def test_no_bars_before_start(healthy, instance):
     healthy.execute("UPDATE data_agg_state SET agg_start_utc = %s WHERE canonical_symbol = "
                     "'EURUSD'", (START + timedelta(hours=1),))

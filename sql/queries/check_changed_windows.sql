@@ -11,4 +11,3 @@ WHERE canonical_symbol = %(symbol)s
   AND (updated_at = now() OR deleted_at = now())
   AND (deleted_at IS NULL OR deleted_at = now())
 ORDER BY ts_utc
-LIMIT %(limit)s

@@ -27,17 +27,10 @@ LEFT JOIN data_agg_source_days r
   ON r.canonical_symbol = t.canonical_symbol
  AND r.timeframe = s.timeframe
  AND r.day = (t.day AT TIME ZONE 'UTC')::date
-CROSS JOIN LATERAL (
-    SELECT count(*) AS source_rows,
-           max(b.ingested_at) AS source_ingested_max,
-           COALESCE(sum((date_part('epoch', b.ingested_at) * 1000000)::bigint), 0)
-               AS source_ingested_sum
-    FROM data_bars b
-    WHERE b.canonical_symbol = t.canonical_symbol
-      AND b.timeframe = '1m'
-      AND b.ts_utc >= COALESCE(r.covered_from, t.day)
-      AND b.ts_utc < COALESCE(r.final_through, least(t.day + interval '24 hours',
-                                                     s.last_agg_bar_ts_utc))
+CROSS JOIN LATERAL agg_source_fingerprint(
+    t.canonical_symbol,
+    COALESCE(r.covered_from, t.day),
+    COALESCE(r.final_through, least(t.day + interval '24 hours', s.last_agg_bar_ts_utc))
 ) now_fp
 WHERE CASE
     WHEN r.day IS NULL THEN t.day < s.last_agg_bar_ts_utc AND now_fp.source_rows > 0
