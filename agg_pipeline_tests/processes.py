@@ -152,3 +152,16 @@ def storage_instance(storage_url: str, temp_dir: Path) -> Iterator:
     overrides = {"storage": {"postgres": {"postgres_url": storage_url}}}
     with dg.instance_for_test(overrides=overrides, temp_dir=str(temp_dir)) as instance:
         yield instance
+
+
+def failed_runs(instance) -> dict[str, tuple[str, list[str]]]:
+    """Runs that did not succeed: run id -> (agg/reason tag, failure messages)."""
+    import dagster as dg
+
+    return {
+        r.dagster_run.run_id: (r.dagster_run.tags.get("agg/reason", ""), [
+            e.message for e in instance.all_logs(r.dagster_run.run_id)
+            if e.dagster_event is not None and e.dagster_event.is_failure])
+        for r in instance.get_run_records()
+        if r.dagster_run.status != dg.DagsterRunStatus.SUCCESS
+    }

@@ -8,6 +8,7 @@ import pytest
 
 from agg_pipeline.db import connection
 from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
+from agg_pipeline.defs.requests import IN_FLIGHT
 from agg_pipeline_tests.helpers import (
     active_bars,
     add_symbol,
@@ -17,7 +18,7 @@ from agg_pipeline_tests.helpers import (
     sync,
     wait_for,
 )
-from agg_pipeline_tests.processes import start_daemon, storage_instance
+from agg_pipeline_tests.processes import failed_runs, start_daemon, storage_instance
 
 pytestmark = pytest.mark.daemon
 
@@ -65,14 +66,16 @@ def test_daemon_builds_live_bars_and_applies_late_corrections(db, database_url, 
 
         wait_for(corrected, 300, "the late correction in the 5m and 1h bars",
                  lambda: daemon.log()[-6000:], interval=2)
+        # the run that wrote them may still be running its checks: stopping the daemon now
+        # would interrupt it (its run worker is in the daemon's process group)
+        with storage_instance(storage_url, tmp_path / "watch") as watch:
+            wait_for(lambda: not watch.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT)), 120,
+                     "the runs to finish", lambda: daemon.log()[-6000:], interval=1)
     finally:
         daemon.stop()
     with storage_instance(storage_url, tmp_path / "check") as instance:
         runs = instance.get_run_records()
-        failed = {r.dagster_run.tags.get("agg/reason"): [
-            e.message for e in instance.all_logs(r.dagster_run.run_id)
-            if e.dagster_event is not None and e.dagster_event.is_failure]
-            for r in runs if r.dagster_run.status != dg.DagsterRunStatus.SUCCESS}
+        failed = failed_runs(instance)
         assert runs and not failed, failed
         reasons = {r.dagster_run.tags.get("agg/reason", "") for r in runs}
         assert any(reason.startswith("late data") for reason in reasons), reasons
