@@ -46,15 +46,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -74,6 +71,7 @@ from agg_pipeline.defs.partitions import (
 )
 from agg_pipeline.engine import aggregate as engine
 from agg_pipeline.engine import tasks
+from bench.common import Scratch, load_note, log, log_problems, server_url, terminate_on_sigterm
 
 TARGET_SECONDS = 300.0  # the issue: under 5 minutes through the daemon
 DEFAULT_SYMBOLS = ("EURUSD", "USDJPY", "XAUUSD", "DXY", "GBPUSD", "AUDUSD", "USDCHF",
@@ -106,74 +104,6 @@ query Backfill($id: String!) {
     ... on Error { message }
   }
 }"""
-
-
-def load_note(before: tuple[float, float, float]) -> str:
-    """The machine's load around a measurement (other work on the machine swells wall time)."""
-    after = os.getloadavg()
-    return (f"load average (1 min) {before[0]:.1f} at launch, {after[0]:.1f} at the end, "
-            f"on {os.cpu_count()} CPUs")
-
-
-def log(message: str) -> None:
-    print(f"  .. {message}", file=sys.stderr, flush=True)
-
-
-def server_url() -> str:
-    configured = os.environ.get(settings.DATABASE_URL_VAR, "").strip()
-    if configured:
-        return configured
-    from agg_pipeline.db import embedded
-
-    return embedded.ensure_server().server_url
-
-
-# ----------------------------------------------------------------------------------------
-# scratch resources, released in reverse order on exit
-
-
-class Scratch:
-    def __init__(self, server: str, keep: bool):
-        self.server = server
-        self.keep = keep
-        self.prefix = f"agg_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-        self.databases: list[str] = []
-        self.dirs: list[Path] = []
-        self.processes: list = []  # DevServer objects still running
-
-    def database(self, suffix: str) -> str:
-        name = f"{self.prefix}_{suffix}"
-        connection.create_database(self.server, name)
-        self.databases.append(name)
-        return connection.with_database(self.server, name)
-
-    def directory(self, suffix: str) -> Path:
-        path = Path(tempfile.mkdtemp(prefix=f"{self.prefix}_{suffix}_"))
-        self.dirs.append(path)
-        return path
-
-    def close(self) -> None:
-        for dev in self.processes:
-            try:
-                dev.stop()
-            except Exception as exc:  # keep cleaning up
-                log(f"could not stop dev (pid {dev.process.pid}): {exc}")
-        self.processes.clear()
-        if self.keep:
-            log(f"--keep: databases {', '.join(self.databases)} and folders "
-                f"{', '.join(map(str, self.dirs))} left in place")
-            return
-        for name in reversed(self.databases):
-            try:
-                connection.drop_database(self.server, name)
-            except Exception as exc:
-                log(f"could not drop {name}: {exc}")
-        for path in self.dirs:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _terminate(signum, frame):  # SIGTERM: clean up like Ctrl-C
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -407,16 +337,6 @@ def step_summary(instance: dg.DagsterInstance, records) -> list[str]:
         shown = ", ".join(ranges[:4]) + more
         lines.append(f"run partition ranges: {shown}")
     return lines
-
-
-ERROR_LINE = re.compile(r"Traceback|\bERROR\b|Exception|CRITICAL", re.IGNORECASE)
-
-
-def log_problems(text: str) -> list[str]:
-    lines = [line.strip() for line in text.splitlines() if ERROR_LINE.search(line)]
-    distinct = list(dict.fromkeys(re.sub(r"^\S+ \S+ [-+]\d{4} - ", "", line)[:200]
-                                  for line in lines))
-    return [f"{len(lines)} error/traceback line(s) in dev.log", *distinct[:8]] if lines else []
 
 
 ONE_RUN = "one-run"  # the UI dialog's "Launch as: Single run" (range tags), not a backfill
@@ -789,7 +709,7 @@ def main() -> int:
     # every configuration sets the batch size itself
     os.environ.pop(BACKFILL_BATCH_VAR, None)
 
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, terminate_on_sigterm)
     scratch = Scratch(server_url(), args.keep)
     outcomes: list[Outcome] = []
     try:

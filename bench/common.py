@@ -1,0 +1,107 @@
+"""Helpers shared by the benchmark scripts that drive Dagster processes (backfill, soak).
+
+The configured server, scratch databases and folders released on exit, progress lines on
+stderr, the machine's load, error lines in a process log, and SIGTERM handled like Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from agg_pipeline import settings
+from agg_pipeline.db import connection
+
+
+def load_note(before: tuple[float, float, float]) -> str:
+    """The machine's load around a measurement (other work on the machine swells wall time)."""
+    after = os.getloadavg()
+    return (f"load average (1 min) {before[0]:.1f} at launch, {after[0]:.1f} at the end, "
+            f"on {os.cpu_count()} CPUs")
+
+
+def log(message: str) -> None:
+    print(f"  .. {message}", file=sys.stderr, flush=True)
+
+
+def server_url() -> str:
+    """AGG_DATABASE_URL's server when set (its credentials must create databases), else the
+    embedded server (started when needed)."""
+    configured = os.environ.get(settings.DATABASE_URL_VAR, "").strip()
+    if configured:
+        return configured
+    from agg_pipeline.db import embedded
+
+    return embedded.ensure_server().server_url
+
+
+# ----------------------------------------------------------------------------------------
+# scratch resources, released in reverse order on exit
+
+
+class Scratch:
+    """Uniquely named scratch databases (`<prefix>_<pid>_<random>_<suffix>`) and folders,
+    and the processes using them (anything with `stop()` and `process.pid`: DevServer,
+    Daemon): `close()` stops the processes, then drops the databases and removes the
+    folders, unless `keep`."""
+
+    def __init__(self, server: str, keep: bool, prefix: str = "agg_bench"):
+        self.server = server
+        self.keep = keep
+        self.prefix = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        self.databases: list[str] = []
+        self.dirs: list[Path] = []
+        self.processes: list = []  # DevServer / Daemon objects still running
+
+    def database(self, suffix: str) -> str:
+        name = f"{self.prefix}_{suffix}"
+        connection.create_database(self.server, name)
+        self.databases.append(name)
+        return connection.with_database(self.server, name)
+
+    def directory(self, suffix: str) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=f"{self.prefix}_{suffix}_"))
+        self.dirs.append(path)
+        return path
+
+    def close(self) -> None:
+        for process in self.processes:
+            try:
+                process.stop()
+            except Exception as exc:  # keep cleaning up
+                log(f"could not stop {type(process).__name__} (pid {process.process.pid}): "
+                    f"{exc}")
+        self.processes.clear()
+        if self.keep:
+            log(f"--keep: databases {', '.join(self.databases)} and folders "
+                f"{', '.join(map(str, self.dirs))} left in place")
+            return
+        for name in reversed(self.databases):
+            try:
+                connection.drop_database(self.server, name)
+            except Exception as exc:
+                log(f"could not drop {name}: {exc}")
+        for path in self.dirs:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def terminate_on_sigterm(signum, frame):
+    """signal.signal(SIGTERM, terminate_on_sigterm): clean up like Ctrl-C."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+ERROR_LINE = re.compile(r"Traceback|\bERROR\b|Exception|CRITICAL", re.IGNORECASE)
+
+
+def log_problems(text: str, name: str = "dev.log") -> list[str]:
+    """The error/traceback lines of a process log `name`: a count, then up to 8 distinct ones
+    (timestamps stripped, 200 characters each); empty when there are none."""
+    lines = [line.strip() for line in text.splitlines() if ERROR_LINE.search(line)]
+    distinct = list(dict.fromkeys(re.sub(r"^\S+ \S+ [-+]\d{4} - ", "", line)[:200]
+                                  for line in lines))
+    return [f"{len(lines)} error/traceback line(s) in {name}", *distinct[:8]] if lines else []
