@@ -60,7 +60,7 @@ from pathlib import Path
 import dagster as dg
 from dagster._core.events import DagsterEventType
 
-from agg_pipeline import demo, settings
+from agg_pipeline import settings
 from agg_pipeline.db import connection, migrations
 from agg_pipeline.defs.assets import BACKFILL_BATCH_VAR
 from agg_pipeline.defs.partitions import (
@@ -71,7 +71,15 @@ from agg_pipeline.defs.partitions import (
 )
 from agg_pipeline.engine import aggregate as engine
 from agg_pipeline.engine import tasks
-from bench.common import Scratch, load_note, log, log_problems, server_url, terminate_on_sigterm
+from bench.common import (
+    Scratch,
+    load_note,
+    log,
+    log_problems,
+    seed_market,
+    server_url,
+    terminate_on_sigterm,
+)
 
 TARGET_SECONDS = 300.0  # the issue: under 5 minutes through the daemon
 DEFAULT_SYMBOLS = ("EURUSD", "USDJPY", "XAUUSD", "DXY", "GBPUSD", "AUDUSD", "USDCHF",
@@ -157,30 +165,14 @@ SELECT '1h', canonical_symbol, count(*) FROM h1 GROUP BY 2
 
 
 def prepare_market(url: str, symbols: tuple[str, ...], days: int) -> Dataset:
-    """Migrate, seed `days` whole UTC days ending at a midnight, sync tasks, park cursors."""
-    migrations.migrate(url)
+    """Seed `days` whole UTC days ending at a midnight, sync tasks; count expected bars."""
     # whole days ending at the last UTC midnight at least an hour ago, so every window is
     # final and no row counts as freshly landed for the late-data sensor (10-minute lookback)
     end = datetime.now(UTC) - timedelta(hours=1)
     end = end.replace(hour=0, minute=0, second=0, microsecond=0)
-    agg_start = settings.default_agg_start()
-    if end - timedelta(days=days) < agg_start:
-        raise SystemExit(f"--days {days} reaches before AGG_START_UTC ({agg_start:%Y-%m-%d}); "
-                         "the day partitions do not cover it")
     started = time.perf_counter()
+    inserted = seed_market(url, symbols, days, end)
     with connection.connect(url) as conn:
-        inserted = demo.seed_demo(conn, symbols, days, end=end)
-        # the demo clips ingested_at to the wall clock; the data set is "as of its end"
-        conn.execute("UPDATE data_bars SET ingested_at = %s WHERE ingested_at > %s", (end, end))
-        conn.commit()
-        conn.autocommit = True
-        # now rather than by autovacuum during the first configuration (3.7M new rows)
-        conn.execute("VACUUM ANALYZE data_bars")
-        conn.autocommit = False
-        result = tasks.sync_tasks(conn, "prod", agg_start=agg_start)
-        if sorted(result.symbols) != sorted(symbols) or result.rejected:
-            raise SystemExit(f"registry sync gave {result}")
-        conn.commit()
         rows = {r[0]: r[1] for r in conn.execute(
             "SELECT canonical_symbol, count(*) FROM data_bars GROUP BY 1")}
         expected = {(tf, sym): n for tf, sym, n in conn.execute(

@@ -12,10 +12,11 @@ import shutil
 import sys
 import tempfile
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from agg_pipeline import settings
-from agg_pipeline.db import connection
+from agg_pipeline.db import connection, migrations
 
 
 def load_note(before: tuple[float, float, float]) -> str:
@@ -38,6 +39,33 @@ def server_url() -> str:
     from agg_pipeline.db import embedded
 
     return embedded.ensure_server().server_url
+
+
+def seed_market(url: str, symbols: tuple[str, ...], days: int, end: datetime) -> dict[str, int]:
+    """Migrate, write `days` of demo 1m bars ending at `end` with nothing stamped later than
+    `end` (so no row counts as landing during the measurement), VACUUM ANALYZE them (now, not
+    by autovacuum mid-measurement), and sync the tasks (prod). Returns the rows per symbol."""
+    from agg_pipeline import demo
+    from agg_pipeline.engine import tasks
+
+    migrations.migrate(url)
+    agg_start = settings.default_agg_start()
+    if end - timedelta(days=days) < agg_start:
+        raise SystemExit(f"--days {days} reaches before AGG_START_UTC ({agg_start:%Y-%m-%d}); "
+                         "the day partitions do not cover it")
+    with connection.connect(url) as conn:
+        inserted = demo.seed_demo(conn, symbols, days, end=end)
+        # seed_demo caps ingested_at at its own wall clock, which runs past `end`
+        conn.execute("UPDATE data_bars SET ingested_at = %s WHERE ingested_at > %s", (end, end))
+        conn.commit()
+        conn.autocommit = True
+        conn.execute("VACUUM ANALYZE data_bars")
+        conn.autocommit = False
+        result = tasks.sync_tasks(conn, "prod", agg_start=agg_start)
+        if sorted(result.symbols) != sorted(symbols) or result.rejected:
+            raise SystemExit(f"registry sync gave {result}")
+        conn.commit()
+    return inserted
 
 
 # ----------------------------------------------------------------------------------------

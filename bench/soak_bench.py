@@ -55,12 +55,12 @@ import psutil
 from dagster._core.events import DagsterEventType
 
 from agg_pipeline import demo, settings
-from agg_pipeline.db import connection, migrations
+from agg_pipeline.db import connection
 from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
 from agg_pipeline.defs.requests import IN_FLIGHT
 from agg_pipeline.engine import aggregate as engine
 from agg_pipeline.engine import tasks, windows
-from bench.common import Scratch, log, log_problems, server_url, terminate_on_sigterm
+from bench.common import Scratch, log, log_problems, seed_market, server_url, terminate_on_sigterm
 
 DEFAULT_SYMBOLS = ("EURUSD", "USDJPY", "XAUUSD", "DXY", "GBPUSD")
 # --symbols N takes the first N of these, then SOAK011, SOAK012, ... (FX defaults)
@@ -152,27 +152,11 @@ class Market:
 
 
 def prepare_market(url: str, symbols: tuple[str, ...], days: int, clock: Clock) -> Market:
-    """Migrate, seed `days` days ending at the current minute, sync tasks."""
-    migrations.migrate(url)
+    """Seed `days` days ending at the current minute, sync tasks."""
     end = clock.dt().replace(second=0, microsecond=0)
-    agg_start = settings.default_agg_start()
-    if end - timedelta(days=days) < agg_start:
-        raise SystemExit(f"--days {days} reaches before AGG_START_UTC ({agg_start:%Y-%m-%d}); "
-                         "the day partitions do not cover it")
     started = time.perf_counter()
+    inserted = seed_market(url, symbols, days, end)
     with connection.connect(url) as conn:
-        inserted = demo.seed_demo(conn, symbols, days, end=end)
-        # seed_demo caps ingested_at at its own wall clock; nothing may be stamped later than
-        # the seed's end, or the late-data sensor would see it as landing during the soak
-        conn.execute("UPDATE data_bars SET ingested_at = %s WHERE ingested_at > %s", (end, end))
-        conn.commit()
-        conn.autocommit = True
-        conn.execute("VACUUM ANALYZE data_bars")
-        conn.autocommit = False
-        result = tasks.sync_tasks(conn, "prod", agg_start=agg_start)
-        if sorted(result.symbols) != sorted(symbols) or result.rejected:
-            raise SystemExit(f"registry sync gave {result}")
-        conn.commit()
         last_close = {}
         for symbol in symbols:
             row = conn.execute(
