@@ -8,7 +8,7 @@ days), and the engine's counts become numeric metadata the UI plots.
 
 import os
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import psycopg
@@ -47,6 +47,7 @@ def backfill_policy() -> dg.BackfillPolicy:
         raise ValueError(f"{BACKFILL_BATCH_VAR}={raw!r} must be a positive integer or unset")
     return dg.BackfillPolicy.multi_run(max_partitions_per_run=int(raw))
 
+
 FRESHNESS_LOWER_BOUND = timedelta(minutes=30)
 
 
@@ -57,8 +58,8 @@ def freshness_policy(tf: Timeframe) -> dg.FreshnessPolicy | None:
 
     Dagster looks at the newest materialisation of any partition, so this says "the pipeline
     is producing bars", not "every symbol is fresh": that is the `freshness` check's job (per
-    task, from the tables, and blind to nothing). Optional timeframes get no policy: a rung
-    no symbol enables would never pass.
+    task, from the tables). Optional timeframes get no policy: a rung no symbol enables
+    would never pass.
     """
     cron = settings.freshness_cron()
     if cron is None or not tf.mandatory:
@@ -134,38 +135,49 @@ def _transient_retry(context: dg.AssetExecutionContext) -> dg.RetryRequested:
                              seconds_to_wait=min(60, 5 * 2 ** context.retry_number))
 
 
+def _aggregate_ranges(
+    context: dg.AssetExecutionContext, market_db: MarketDatabase, conn: psycopg.Connection,
+    tf: Timeframe, ranges: dict[str, list[tuple[date, date]]], as_of: datetime,
+) -> tuple[list[engine.AggregationResult], dict[str, str], dict[str, str]]:
+    """One engine call per (symbol, run of consecutive days); each failure is booked on its
+    task (contract 11). Returns the results, the skipped and the hard-failed symbols; a
+    transient failure raises RetryRequested."""
+    results: list[engine.AggregationResult] = []
+    skipped: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    for symbol, spans in ranges.items():
+        reason = _skip_reason(_task_status(conn, symbol, tf.name))
+        conn.rollback()
+        if reason:
+            skipped[symbol] = reason
+            context.log.info(f"{symbol} / {tf.name}: skipped, {reason}")
+            continue
+        for first_day, last_day in spans:
+            start, end = day_bounds(first_day, last_day)
+            try:
+                results.append(engine.aggregate(conn, symbol, tf.name, start, end, now=as_of))
+                conn.commit()
+            except Exception as exc:
+                transient = tasks.is_transient(exc)
+                if not conn.closed:
+                    conn.rollback()
+                _record_failure(market_db, context, symbol, tf.name, exc, transient)
+                if transient:
+                    raise _transient_retry(context) from exc
+                failed[symbol] = f"{type(exc).__name__}: {exc}"
+                break
+    return results, skipped, failed
+
+
 def materialize_timeframe(
     context: dg.AssetExecutionContext, market_db: MarketDatabase, tf: Timeframe
 ) -> dg.MaterializeResult:
     as_of = run_as_of(context)
     ranges = day_ranges_by_symbol(context.partition_keys)
-    results: list[engine.AggregationResult] = []
-    skipped: dict[str, str] = {}
-    failed: dict[str, str] = {}
     try:
         with market_db.connect() as conn:
-            for symbol, spans in ranges.items():
-                reason = _skip_reason(_task_status(conn, symbol, tf.name))
-                conn.rollback()
-                if reason:
-                    skipped[symbol] = reason
-                    context.log.info(f"{symbol} / {tf.name}: skipped, {reason}")
-                    continue
-                for first_day, last_day in spans:
-                    start, end = day_bounds(first_day, last_day)
-                    try:
-                        results.append(
-                            engine.aggregate(conn, symbol, tf.name, start, end, now=as_of))
-                        conn.commit()
-                    except Exception as exc:
-                        transient = tasks.is_transient(exc)
-                        if not conn.closed:
-                            conn.rollback()
-                        _record_failure(market_db, context, symbol, tf.name, exc, transient)
-                        if transient:
-                            raise _transient_retry(context) from exc
-                        failed[symbol] = f"{type(exc).__name__}: {exc}"
-                        break
+            results, skipped, failed = _aggregate_ranges(context, market_db, conn, tf, ranges,
+                                                         as_of)
     except Exception as exc:
         # an outage outside an engine call (the server down when the step or its retry
         # connects, the connection lost between calls): nothing was written, nothing to
