@@ -31,6 +31,7 @@ from agg_pipeline_tests import oracle
 from agg_pipeline_tests.helpers import AGG_START, T0, add_symbol, bar, insert_bars, sync
 from agg_pipeline_tests.oracle import SPECS, OracleStore, ceil_time, final_bound, floor_time
 from agg_pipeline_tests.reporting import report
+from agg_pipeline_tests.stored import derived_rows
 
 SYMBOL = "ORCL.T"
 OTHER = "OTHER^X"  # a second symbol whose rows must never leak into SYMBOL's bars
@@ -53,18 +54,6 @@ def examples(n: int) -> int:
 def reset(conn) -> None:
     conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
     conn.commit()
-
-
-def derived_rows(conn, symbol: str, timeframe: str) -> list[dict]:
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT ts_utc, open, high, low, close, vol, vwap, trade_count, source_candles, "
-            "expected_candles, quality_score, source_timeframe, is_partial, deleted_at, "
-            "xmin::text AS xmin, id FROM derived_data_bars "
-            "WHERE canonical_symbol = %s AND timeframe = %s ORDER BY ts_utc, id",
-            (symbol, timeframe))
-        names = [c.name for c in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
 def stored_cursor(conn, symbol: str, timeframe: str) -> datetime:

@@ -37,9 +37,9 @@ from agg_pipeline.defs.assets import AS_OF_TAG, TRANSIENT_RETRIES
 from agg_pipeline.defs.partitions import SYMBOL_TAG, SYMBOLS_PARTITIONS_NAME, range_tags
 from agg_pipeline.demo import seed_demo
 from agg_pipeline.engine.aggregate import advisory_lock_key
-from agg_pipeline_tests import oracle
 from agg_pipeline_tests.helpers import AGG_START, sync, wait_for
 from agg_pipeline_tests.processes import start_daemon, storage_instance
+from agg_pipeline_tests.stored import compare_with_oracle
 
 SYMBOL = "EURUSD"
 DATA_END = datetime(2025, 7, 21, tzinfo=UTC)  # a Monday: two weeks of FX sessions before it
@@ -152,57 +152,15 @@ def advisory_lock_free(admin: psycopg.Connection, timeframe: str) -> bool:
                              (advisory_lock_key(SYMBOL, timeframe),)).fetchone()[0]
 
 
-def stored_bars(conn: psycopg.Connection, timeframe: str) -> dict[datetime, dict]:
-    with conn.cursor() as cur:
-        cur.execute(
-            f"SELECT ts_utc, {', '.join(oracle.BAR_FIELDS)} FROM derived_data_bars "
-            "WHERE canonical_symbol = %s AND timeframe = %s AND deleted_at IS NULL",
-            (SYMBOL, timeframe))
-        names = [c.name for c in cur.description]
-        return {row[0]: dict(zip(names[1:], row[1:], strict=True)) for row in cur.fetchall()}
-
-
-def oracle_bars(conn: psycopg.Connection) -> dict[str, dict[datetime, dict]]:
-    """5m and 1h computed from scratch from the data_bars rows (no engine code involved)."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT ts_utc, open, high, low, close, vol, vwap, trade_count, is_partial "
-                    "FROM data_bars WHERE canonical_symbol = %s AND timeframe = '1m'", (SYMBOL,))
-        names = [c.name for c in cur.description]
-        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-    five = oracle.derive(oracle.source_frame(rows, 1), oracle.SPECS["5m"], start=AGG_START,
-                         end=DATA_END, now=AS_OF, agg_start=AGG_START, skip_zero_volume=False)
-    five_rows = [{"ts_utc": ts, **bar, "is_partial": False} for ts, bar in five.bars.items()]
-    hourly = oracle.derive(oracle.source_frame(five_rows, 5), oracle.SPECS["1h"],
-                           start=AGG_START, end=DATA_END, now=AS_OF, agg_start=AGG_START,
-                           skip_zero_volume=False)
-    return {"5m": five.bars, "1h": hourly.bars}
-
-
-def assert_bars_equal_oracle(url: str) -> None:
-    """Every active 5m/1h bar equals the from-scratch computation, column by column; no
-    window missing or extra; no soft-deleted leftovers of an aborted write."""
+def assert_bars_equal_oracle(url: str) -> dict[str, int]:
+    """Every active 5m/1h bar and both cursors equal the from-scratch computation, column by
+    column, no window missing or extra; no soft-deleted leftovers of an aborted write.
+    Returns the compared counts."""
     with connection.connect(url) as conn:
-        expected = oracle_bars(conn)
-        for timeframe in ("5m", "1h"):
-            stored = stored_bars(conn, timeframe)
-            want = expected[timeframe]
-            assert want, f"the oracle derives no {timeframe} bars: the fixture is wrong"
-            assert sorted(stored) == sorted(want), (
-                f"{timeframe}: missing {sorted(set(want) - set(stored))[:5]}, "
-                f"extra {sorted(set(stored) - set(want))[:5]}")
-            problems = {ts: diff for ts in want
-                        if (diff := oracle.bar_difference(want[ts], stored[ts]))}
-            assert not problems, f"{timeframe}: {list(problems.items())[:5]}"
+        figures = compare_with_oracle(conn, [SYMBOL], AS_OF)
+    assert figures["5m bars"] and figures["1h bars"], "the oracle derives no bars: bad fixture"
     assert committed_rows(url)["soft_deleted"] == 0
-
-
-def cursor_end(url: str, timeframe: str) -> datetime:
-    """Where a full run leaves the cursor: the end of the window holding the newest row."""
-    with connection.connect(url) as conn:
-        newest = conn.execute("SELECT max(ts_utc) FROM data_bars WHERE canonical_symbol = %s",
-                              (SYMBOL,)).fetchone()[0]
-    step = oracle.SPECS[timeframe].step
-    return oracle.floor_time(newest, step) + step
+    return figures
 
 
 def run_range(instance, first_day: date = FIRST_DAY, last_day: date = LAST_DAY):
@@ -300,7 +258,6 @@ def test_terminated_backend_mid_statement_is_transient_retried_and_not_counted(
     for timeframe in ("5m", "1h"):
         assert after[timeframe]["hard_fail_streak"] == 0
         assert after[timeframe]["status"] == "idle" and after[timeframe]["last_error"] is None
-        assert after[timeframe]["last_agg_bar_ts_utc"] == cursor_end(database_url, timeframe)
 
 
 def test_transient_failure_at_the_final_retry_does_not_hard_fail_the_task(
@@ -573,9 +530,9 @@ def test_sigkilled_run_worker_leaves_no_partial_range_and_the_retry_completes(
             daemon.stop()
 
     # every bar came from the retry's one committed transaction: the orphan committed nothing
-    assert_bars_equal_oracle(database_url)
+    figures = assert_bars_equal_oracle(database_url)
+    assert inserted_by_retry == figures["5m bars"]
     with connection.connect(database_url) as conn:
-        assert inserted_by_retry == len(stored_bars(conn, "5m"))
         after = {tf: task_state(conn, tf) for tf in ("5m", "1h")}
         total_runs = dict(conn.execute(
             "SELECT timeframe, total_runs FROM data_agg_state WHERE canonical_symbol = %s",
@@ -584,6 +541,5 @@ def test_sigkilled_run_worker_leaves_no_partial_range_and_the_retry_completes(
     for timeframe in ("5m", "1h"):
         assert after[timeframe]["status"] == "idle"
         assert after[timeframe]["hard_fail_streak"] == 0
-        assert after[timeframe]["last_agg_bar_ts_utc"] == cursor_end(database_url, timeframe)
     with connection.connect(database_url, autocommit=True) as admin:
         assert advisory_lock_free(admin, "5m") and advisory_lock_free(admin, "1h")
