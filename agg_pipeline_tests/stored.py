@@ -68,33 +68,43 @@ def oracle_state(conn: psycopg.Connection, symbol: str, now: datetime,
     return state
 
 
+def assert_active_bars_equal(rows: list[dict], expected: dict[datetime, dict],
+                             context: str) -> dict[datetime, dict]:
+    """The active rows among `rows` (derived_rows of one task) are exactly the `expected`
+    bars: one active row per window, none missing, none extra, every column equal, none
+    partial. Returns them by window."""
+    active = [r for r in rows if r["deleted_at"] is None]
+    per_window = Counter(r["ts_utc"] for r in active)
+    doubled = sorted(ts.isoformat() for ts, n in per_window.items() if n > 1)
+    assert not doubled, f"{context}: several active bars at {doubled}"
+    stored = {r["ts_utc"]: r for r in active}
+    missing = sorted(set(expected) - set(stored))
+    extra = sorted(set(stored) - set(expected))
+    assert not missing and not extra, (
+        f"{context}: lost (oracle only) {[t.isoformat() for t in missing][:20]} "
+        f"({len(missing)}); extra (stored only) "
+        f"{[(t.isoformat(), stored[t]) for t in extra][:20]} ({len(extra)})")
+    wrong = {ts.isoformat(): diff for ts, want in expected.items()
+             if (diff := oracle.bar_difference(want, stored[ts]))}
+    assert not wrong, f"{context}: bars differ from the oracle: {wrong}"
+    assert not any(r["is_partial"] for r in active), f"{context}: partial bar"
+    return stored
+
+
 def compare_with_oracle(conn: psycopg.Connection, symbols: Iterable[str],
                         now: datetime) -> dict[str, int]:
     """Every active bar of every symbol's 5m and 1h equals the oracle's over the current
-    source rows, for every window final at `now`: none missing, none extra, one active row
-    per window; soft-deleted history is allowed. Returns counts for the report."""
+    source rows, for every window final at `now` (assert_active_bars_equal), and so does
+    every cursor; soft-deleted history is allowed. Returns counts for the report."""
     figures: Counter = Counter()
     tasks = task_rows(conn)
     for symbol in symbols:
         state = oracle_state(conn, symbol, now)
         for timeframe in TIMEFRAMES:
             rows = derived_rows(conn, symbol, timeframe)
-            active = [r for r in rows if r["deleted_at"] is None]
-            per_window = Counter(r["ts_utc"] for r in active)
-            doubled = sorted(ts.isoformat() for ts, n in per_window.items() if n > 1)
-            assert not doubled, f"{symbol} {timeframe}: several active bars at {doubled}"
-            stored = {r["ts_utc"]: r for r in active}
             expected = state[timeframe]["bars"]
-            missing = sorted(set(expected) - set(stored))
-            extra = sorted(set(stored) - set(expected))
-            assert not missing and not extra, (
-                f"{symbol} {timeframe} at {now.isoformat()}: lost (oracle only) "
-                f"{[t.isoformat() for t in missing][:20]} ({len(missing)}); extra (stored "
-                f"only) {[t.isoformat() for t in extra][:20]} ({len(extra)})")
-            wrong = {ts.isoformat(): diff for ts, want in expected.items()
-                     if (diff := oracle.bar_difference(want, stored[ts]))}
-            assert not wrong, f"{symbol} {timeframe}: bars differ from the oracle: {wrong}"
-            assert not any(r["is_partial"] for r in active), f"{symbol} {timeframe}: partial bar"
+            active = assert_active_bars_equal(rows, expected,
+                                              f"{symbol} {timeframe} at {now.isoformat()}")
             got = tasks[(symbol, timeframe)]["cursor"]
             want = state[timeframe]["cursor"]
             assert got == want, (f"{symbol} {timeframe}: cursor {got}, oracle {want} "

@@ -31,7 +31,7 @@ from agg_pipeline_tests import oracle
 from agg_pipeline_tests.helpers import AGG_START, T0, add_symbol, bar, insert_bars, sync
 from agg_pipeline_tests.oracle import SPECS, OracleStore, ceil_time, final_bound, floor_time
 from agg_pipeline_tests.reporting import report
-from agg_pipeline_tests.stored import derived_rows
+from agg_pipeline_tests.stored import assert_active_bars_equal, derived_rows
 
 SYMBOL = "ORCL.T"
 OTHER = "OTHER^X"  # a second symbol whose rows must never leak into SYMBOL's bars
@@ -324,18 +324,7 @@ def range_of(sc: Scenario) -> tuple[datetime, datetime]:
 
 def check_table(conn, store: OracleStore, timeframe: str, context: str) -> list[dict]:
     rows = derived_rows(conn, SYMBOL, timeframe)
-    active = {r["ts_utc"]: r for r in rows if r["deleted_at"] is None}
-    expected = store.active.get(timeframe, {})
-    missing = sorted(set(expected) - set(active))
-    extra = sorted(set(active) - set(expected))
-    assert not missing and not extra, (
-        f"{context} {timeframe}: bars the oracle has but the engine lacks: "
-        f"{[t.isoformat() for t in missing]}; engine-only bars: "
-        f"{[(t.isoformat(), active[t]) for t in extra]}")
-    for ts, want in expected.items():
-        diff = oracle.bar_difference(want, active[ts])
-        assert not diff, f"{context} {timeframe} bar {ts.isoformat()}: {diff}"
-        assert active[ts]["is_partial"] is False, f"{context} {timeframe} {ts}: derived is_partial"
+    assert_active_bars_equal(rows, store.active.get(timeframe, {}), f"{context} {timeframe}")
     deleted = sorted(((r["ts_utc"], r) for r in rows if r["deleted_at"] is not None),
                      key=lambda pair: pair[0])
     expected_deleted = sorted(((ts, b) for tf, ts, b in store.deleted if tf == timeframe),
