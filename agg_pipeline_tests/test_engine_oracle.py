@@ -615,6 +615,9 @@ def check_cursor_run(db, store: OracleStore, timeframe: str, start_mode: str, st
     7, 29, ("insert", [(0, 130, "usable")]),
     [("aggregate", "5m then 1h", "cursor window", 0, 600, 200, 0),
      ("aggregate", "5m then 1h", "cursor", 0, 600, 300, 0)])
+@example(  # an off-grid cursor does not pass a window that is not final yet
+    1, 0, ("insert", [(0, 1, "usable")]),
+    [("aggregate", "5m", "cursor", 0, 1, 0, 0)] * 2)
 @example(  # the default agg_start, days before the data
     None, 0, ("insert", [(0, 60, "usable")]),
     [("aggregate", "5m then 1h", "cursor", 0, 600 * 60, 100, 0)])

@@ -235,7 +235,10 @@ def aggregate(
             # contract 7: forward only, never past the end of the window holding the newest
             # source row; contract 8: empty windows behind newer data are passed over
             frontier_end = windows.floor(newest, tf.step) + tf.step
-            cursor_after = max(task.cursor, min(hi, frontier_end))
+            # and never past the first window not yet final (contract 6): `hi` alone is not
+            # that bound when nothing of the range is final (it is raised to `lo` then)
+            first_not_final = windows.floor(as_of - task.delay, tf.step)
+            cursor_after = max(task.cursor, min(hi, frontier_end, first_not_final))
 
         conn.execute(
             queries.query("task_record_success"),
