@@ -75,6 +75,19 @@ def test_second_run_writes_nothing(eurusd):
     assert eurusd.execute("SELECT max(updated_at) FROM derived_data_bars").fetchone()[0] == stamps
 
 
+def test_range_statement_is_planned_for_its_bounds_every_time(eurusd):
+    # a run calls the engine once per symbol and range on one connection; a generic plan of
+    # the range statement (psycopg prepares it, PostgreSQL then stops re-planning) is slower
+    insert_bars(eurusd, "EURUSD", minute_bars(T0, 60))
+    for _ in range(12):
+        build(eurusd, timeframes=("5m",))
+    generic = eurusd.execute(
+        "SELECT count(*) FROM pg_prepared_statements "
+        "WHERE statement LIKE '%%INSERT INTO derived_data_bars%%' AND generic_plans > 0"
+    ).fetchone()[0]
+    assert generic == 0
+
+
 def test_corrected_source_bar_updates_exactly_the_affected_bars(eurusd):
     insert_bars(eurusd, "EURUSD", minute_bars(T0, 120))
     build(eurusd)
