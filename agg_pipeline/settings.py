@@ -91,3 +91,36 @@ def freshness_cron() -> str | None:
     """Deadlines of Dagster's freshness policy on the mandatory bars assets; None when off."""
     raw = os.environ.get(FRESHNESS_CRON_VAR, DEFAULT_FRESHNESS_CRON).strip()
     return None if raw.lower() in ("", "off") else raw
+
+
+def _positive_int(var: str, raw: str) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{var}={raw!r} must be a positive integer")
+    return int(raw)
+
+
+SCHEDULE_MAX_RUNS_VAR = "AGG_SCHEDULE_MAX_RUNS"
+DEFAULT_SCHEDULE_MAX_RUNS = 10  # the cron worker's MAX_TASKS
+
+
+def schedule_max_runs() -> int:
+    """Runs the catch-up schedule may request per tick."""
+    raw = os.environ.get(SCHEDULE_MAX_RUNS_VAR, "").strip()
+    return _positive_int(SCHEDULE_MAX_RUNS_VAR, raw) if raw else DEFAULT_SCHEDULE_MAX_RUNS
+
+
+BACKFILL_BATCH_VAR = "AGG_BACKFILL_MAX_PARTITIONS_PER_RUN"
+
+
+def backfill_max_partitions_per_run() -> int | None:
+    """None: a backfill is a single run (per symbol); N: runs of at most N partitions."""
+    raw = os.environ.get(BACKFILL_BATCH_VAR, "").strip()
+    return _positive_int(BACKFILL_BATCH_VAR, raw) if raw else None
+
+
+ALERT_WEBHOOK_VAR = "AGG_ALERT_WEBHOOK_URL"
+
+
+def alert_webhook_url() -> str | None:
+    """Where alerts are POSTed (a secret: never logged); None for log lines only."""
+    return os.environ.get(ALERT_WEBHOOK_VAR, "").strip() or None

@@ -16,7 +16,7 @@ from agg_pipeline.defs.assets import AS_OF_TAG, bars_1m, derived_bars_assets
 from agg_pipeline.defs.checks import all_checks
 from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, range_tags
 from agg_pipeline.defs.resources import MarketDatabase
-from agg_pipeline.engine.alerts import WEBHOOK_VAR
+from agg_pipeline.settings import ALERT_WEBHOOK_VAR
 from agg_pipeline_tests.helpers import T0, add_symbol, insert_bars, minute_bars, sync
 
 SECRET_PATH = "/hooks/T0KEN-s3cret-value"
@@ -61,7 +61,7 @@ class Receiver:
 @pytest.fixture
 def receiver(monkeypatch):
     receiver = Receiver()
-    monkeypatch.setenv(WEBHOOK_VAR, receiver.url)
+    monkeypatch.setenv(ALERT_WEBHOOK_VAR, receiver.url)
     yield receiver
     receiver.server.shutdown()
 

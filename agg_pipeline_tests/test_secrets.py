@@ -18,7 +18,7 @@ from agg_pipeline.defs.assets import AS_OF_TAG
 from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, range_tags
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.defs.sensors import registry_sync_sensor, source_frontier_sensor
-from agg_pipeline.engine.alerts import WEBHOOK_VAR
+from agg_pipeline.settings import ALERT_WEBHOOK_VAR
 from agg_pipeline_tests.helpers import T0, add_symbol, insert_bars, minute_bars, sync
 
 WEBHOOK_SECRET = "/hook/WEBHOOK-SECRET-4f9a"
@@ -50,7 +50,7 @@ def receiver(monkeypatch):
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv(WEBHOOK_VAR, f"http://127.0.0.1:{server.server_port}{WEBHOOK_SECRET}")
+    monkeypatch.setenv(ALERT_WEBHOOK_VAR, f"http://127.0.0.1:{server.server_port}{WEBHOOK_SECRET}")
     yield bodies
     server.shutdown()
 

@@ -62,7 +62,6 @@ from dagster._core.events import DagsterEventType
 
 from agg_pipeline import settings
 from agg_pipeline.db import connection, migrations
-from agg_pipeline.defs.assets import BACKFILL_BATCH_VAR
 from agg_pipeline.defs.partitions import (
     RANGE_END_TAG,
     RANGE_START_TAG,
@@ -71,6 +70,7 @@ from agg_pipeline.defs.partitions import (
 )
 from agg_pipeline.engine import aggregate as engine
 from agg_pipeline.engine import tasks
+from agg_pipeline.settings import BACKFILL_BATCH_VAR
 from bench.common import (
     Scratch,
     load_note,

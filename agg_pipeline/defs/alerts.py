@@ -6,6 +6,7 @@ import json
 import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
+from agg_pipeline import settings
 from agg_pipeline.defs.checks import all_checks
 from agg_pipeline.defs.partitions import SYMBOL_TAG
 from agg_pipeline.defs.requests import database_now
@@ -67,8 +68,8 @@ def failed_runs(instance: dg.DagsterInstance) -> list[Incident]:
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "Failed asset checks, failed runs and hard_failed tasks become alerts: a structured "
-        f"log line, and a JSON POST to {alerts.WEBHOOK_VAR} when set. One alert per incident "
-        "until it clears, then a recovery notice."
+        f"log line, and a JSON POST to {settings.ALERT_WEBHOOK_VAR} when set. One alert per "
+        "incident until it clears, then a recovery notice."
     ),
 )
 def alerts_sensor(context: dg.SensorEvaluationContext,

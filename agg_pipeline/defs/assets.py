@@ -6,7 +6,6 @@ days), and the engine's counts become numeric metadata the UI plots.
 """
 
 
-import os
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 
@@ -29,7 +28,6 @@ from agg_pipeline.engine.timeframes import Timeframe
 AS_OF_TAG = "agg/as_of"  # optional run tag: evaluate finality at this instant (ISO 8601)
 GROUP = "bars"
 TRANSIENT_RETRIES = 3
-BACKFILL_BATCH_VAR = "AGG_BACKFILL_MAX_PARTITIONS_PER_RUN"
 
 
 def backfill_policy() -> dg.BackfillPolicy:
@@ -40,12 +38,10 @@ def backfill_policy() -> dg.BackfillPolicy:
     day range (the launch dialog's "Single run" makes it one run for everything). Batches
     only cut those runs smaller; measured in bench/backfill_bench.py and the README.
     """
-    raw = os.environ.get(BACKFILL_BATCH_VAR, "").strip()
-    if not raw:
+    batch = settings.backfill_max_partitions_per_run()
+    if batch is None:
         return dg.BackfillPolicy.single_run()
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"{BACKFILL_BATCH_VAR}={raw!r} must be a positive integer or unset")
-    return dg.BackfillPolicy.multi_run(max_partitions_per_run=int(raw))
+    return dg.BackfillPolicy.multi_run(max_partitions_per_run=batch)
 
 
 FRESHNESS_LOWER_BOUND = timedelta(minutes=30)

@@ -1,25 +1,14 @@
 """The schedule that replaces the cron worker."""
 
 
-import os
-
 import dagster as dg
 
+from agg_pipeline import settings
 from agg_pipeline.defs.jobs import aggregate_bars_job
 from agg_pipeline.defs.partitions import FIRST_DAY, SYMBOLS_PARTITIONS_NAME
 from agg_pipeline.defs.requests import database_now, run_request, symbols_in_flight
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.engine import planning
-
-MAX_RUNS_VAR = "AGG_SCHEDULE_MAX_RUNS"
-DEFAULT_MAX_RUNS = 10  # the cron worker's MAX_TASKS
-
-
-def max_runs_per_tick() -> int:
-    raw = os.environ.get(MAX_RUNS_VAR, str(DEFAULT_MAX_RUNS))
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"{MAX_RUNS_VAR}={raw!r} must be a positive integer")
-    return int(raw)
 
 
 @dg.schedule(
@@ -30,7 +19,8 @@ def max_runs_per_tick() -> int:
     description=(
         "Every 5 minutes, brings every enabled task up to its frontier in the order of SPEC "
         "contract 12 (mandatory, 5m before 1h, task_priority, least recently successful), at "
-        f"most {MAX_RUNS_VAR} runs per tick, never for a symbol with a run already in flight."
+        f"most {settings.SCHEDULE_MAX_RUNS_VAR} runs per tick, never for a symbol with a run "
+        "already in flight."
     ),
 )
 def catchup_schedule(context: dg.ScheduleEvaluationContext,
@@ -43,7 +33,7 @@ def catchup_schedule(context: dg.ScheduleEvaluationContext,
     known = set(context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
     busy = symbols_in_flight(context.instance)
     pending = [w for w in plan.work if w.symbol in known and w.symbol not in busy]
-    limit = max_runs_per_tick()
+    limit = settings.schedule_max_runs()
     tick = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
     requests = [
         run_request(w.symbol, w.timeframes, w.first_day, w.last_day,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -14,9 +13,9 @@ from datetime import datetime
 import psycopg
 from psycopg.rows import dict_row
 
+from agg_pipeline import settings
 from agg_pipeline.db import queries
 
-WEBHOOK_VAR = "AGG_ALERT_WEBHOOK_URL"
 TIMEOUT_SECONDS = 10
 
 log = logging.getLogger("agg_pipeline.alerts")
@@ -51,7 +50,7 @@ def deliver(message: dict, url: str | None = None) -> str | None:
     containing the URL) when the POST failed, else None."""
     line = json.dumps(message, default=str, sort_keys=True)
     log.warning("alert %s", line)
-    url = url if url is not None else os.environ.get(WEBHOOK_VAR, "").strip()
+    url = url if url is not None else settings.alert_webhook_url()
     if not url:
         return None
     request = urllib.request.Request(url, data=line.encode(), method="POST",
