@@ -157,7 +157,8 @@ def test_frontier_sensor_requests_new_complete_windows_and_skips_when_idle(eurus
     start = now - timedelta(minutes=30)
     eurusd.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s",
                    (start.replace(minute=start.minute - start.minute % 5),))
-    insert_bars(eurusd, "EURUSD", minute_bars(start - timedelta(minutes=start.minute % 5), 25))
+    first_bar = start - timedelta(minutes=start.minute % 5)
+    insert_bars(eurusd, "EURUSD", minute_bars(first_bar, 25))
     eurusd.commit()
     context = dg.build_sensor_context(instance=instance, resources=RESOURCES)
     result = source_frontier_sensor(context)
@@ -165,7 +166,9 @@ def test_frontier_sensor_requests_new_complete_windows_and_skips_when_idle(eurus
     request = result.run_requests[0]
     assert request.tags[SYMBOL_TAG] == "EURUSD"
     assert request.tags[RANGE_START_TAG].endswith("|EURUSD")
-    assert request.tags[RANGE_END_TAG] == str(partition_key("EURUSD", now.date()))
+    # the range ends on the day of the newest bar (yesterday, just after midnight UTC)
+    newest_bar = first_bar + timedelta(minutes=24)
+    assert request.tags[RANGE_END_TAG] == str(partition_key("EURUSD", newest_bar.date()))
     assert {k.to_user_string() for k in request.asset_selection} == {"bars_5m", "bars_1h"}
     assert [o.asset_key.to_user_string() for o in result.asset_events] == ["bars_1m"]
     # the run happens; the same tick again has nothing to do
