@@ -62,6 +62,21 @@ def configured_database_url() -> str | None:
     return url or None
 
 
+# Dagster reads these only from the environment, never from dagster.yaml: the webserver and
+# the daemon (which create runs and their planned events) and the code server (whose run
+# workers store the events) must all carry them. `agg-pipeline dev`, deploy/compose.yaml and
+# deploy/helm/values.yaml set them; a test keeps those in step with this dict.
+#  - a run's per-partition materialisations are stored in batches of up to 1000 rows instead
+#    of one INSERT each;
+#  - a run over N partitions writes one "planned" event per asset instead of N. Trade-off,
+#    read in dagster/_core/storage/event_log/base.py: a failed run then marks none of its
+#    partitions failed in the UI (the run itself fails, alerts_sensor reports it, and the
+#    task table books it).
+DAGSTER_PROCESS_ENV: dict[str, str] = {
+    "DAGSTER_EVENT_BATCH_SIZE": "1000",
+    "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true",
+}
+
 START_VAR = "AGG_START_UTC"
 DEFAULT_START = "2025-07-01T00:00:00+00:00"
 
