@@ -96,6 +96,19 @@ def default_agg_start() -> datetime:
     return value
 
 
+TIME_PARTITION_VAR = "AGG_TIME_PARTITION"
+TIME_PARTITION_GRAINS = ("day", "month")
+
+
+def time_partition() -> str:
+    """The time dimension of the bars assets' partitions: `day` (default) or `month`."""
+    raw = os.environ.get(TIME_PARTITION_VAR, "").strip().lower() or "day"
+    if raw not in TIME_PARTITION_GRAINS:
+        raise ValueError(f"{TIME_PARTITION_VAR}={raw!r} is not one of "
+                         f"{', '.join(TIME_PARTITION_GRAINS)}")
+    return raw
+
+
 FRESHNESS_CRON_VAR = "AGG_FRESHNESS_CRON"
 # Every half hour from Monday 00:00 to Friday 20:30 UTC: always inside the FX week (Sunday
 # ~21:00 to Friday ~21:00 UTC), so a closed market never counts as stale.

@@ -18,7 +18,7 @@ import pytest
 from dagster import MultiPartitionKey
 
 from agg_pipeline.db import connection, embedded
-from agg_pipeline.defs.partitions import DAY_DIMENSION, SYMBOL_DIMENSION
+from agg_pipeline.defs.partitions import SYMBOL_DIMENSION, TIME_DIMENSION
 from agg_pipeline_tests.browser import VIEWPORT, Screenshots, chromium_executable, launch
 from agg_pipeline_tests.processes import DevServer, start_dev
 
@@ -95,7 +95,7 @@ def latest_two_days(market_url: str, symbol: str) -> tuple[date, date]:
 
 def partition_key(symbol: str, day: date) -> str:
     """As Dagster spells a symbol x day key: dimensions in name order, day|symbol."""
-    return str(MultiPartitionKey({SYMBOL_DIMENSION: symbol, DAY_DIMENSION: day.isoformat()}))
+    return str(MultiPartitionKey({SYMBOL_DIMENSION: symbol, TIME_DIMENSION: day.isoformat()}))
 
 
 def backfill(server: DevServer, backfill_id: str) -> dict:
@@ -156,7 +156,7 @@ def test_backfill_bars_5m_from_the_ui_in_chromium(chromium: str, dev_server: Dev
     first_day, last_day = latest_two_days(market_url, SYMBOL)
     chosen = [partition_key(SYMBOL, first_day), partition_key(SYMBOL, last_day)]
     dims = wait_for_symbol_partitions(dev_server)
-    symbols, days = dims[SYMBOL_DIMENSION], dims[DAY_DIMENSION]
+    symbols, days = dims[SYMBOL_DIMENSION], dims[TIME_DIMENSION]
     print(f"\nUI {dev_server.url} loaded, symbols {symbols} synced after "
           f"{time.monotonic() - started:.0f}s; backfilling {SYMBOL} {first_day}..{last_day}")
     # Dagster asks a new local user to join its community once (after a second); Skip.

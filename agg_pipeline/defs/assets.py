@@ -16,8 +16,8 @@ from agg_pipeline import settings
 from agg_pipeline.db import queries
 from agg_pipeline.defs.partitions import (
     day_bounds,
-    day_ranges_by_symbol,
-    symbol_day_partitions,
+    day_spans_by_symbol,
+    symbol_time_partitions,
     symbols_partitions,
 )
 from agg_pipeline.defs.resources import MarketDatabase
@@ -169,7 +169,7 @@ def materialize_timeframe(
     context: dg.AssetExecutionContext, market_db: MarketDatabase, tf: Timeframe
 ) -> dg.MaterializeResult:
     as_of = run_as_of(context)
-    ranges = day_ranges_by_symbol(context.partition_keys)
+    ranges = day_spans_by_symbol(context.partition_keys)
     try:
         with market_db.connect() as conn:
             results, skipped, failed = _aggregate_ranges(context, market_db, conn, tf, ranges,
@@ -242,7 +242,7 @@ def build_bars_asset(tf: Timeframe) -> dg.AssetsDefinition:
     @dg.asset(
         name=tf.asset_name,
         deps=[dep],
-        partitions_def=symbol_day_partitions,
+        partitions_def=symbol_time_partitions,
         backfill_policy=backfill_policy(),
         freshness_policy=freshness_policy(tf),
         group_name=GROUP,

@@ -19,8 +19,8 @@ from agg_pipeline.defs.assets import ASSET_KEY_BY_TIMEFRAME
 from agg_pipeline.defs.partitions import (
     RANGE_END_TAG,
     RANGE_START_TAG,
-    day_ranges_by_symbol,
-    symbol_day_partitions,
+    day_spans_by_symbol,
+    symbol_time_partitions,
 )
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.engine import monitoring, timeframes
@@ -42,11 +42,11 @@ def run_scope(context: dg.AssetCheckExecutionContext) -> Scope:
     tags = context.run.tags
     if RANGE_START_TAG not in tags or RANGE_END_TAG not in tags:
         return Scope()
-    keys = symbol_day_partitions.get_partition_keys_in_range(
+    keys = symbol_time_partitions.get_partition_keys_in_range(
         dg.PartitionKeyRange(tags[RANGE_START_TAG], tags[RANGE_END_TAG]),
         dynamic_partitions_store=context.instance,
     )
-    return Scope(day_ranges_by_symbol(keys))
+    return Scope(day_spans_by_symbol(keys))
 
 
 def _plain(value: object) -> object:

@@ -1,10 +1,16 @@
-"""Partitions: symbol (dynamic, synced from the registry) x day (UTC, from agg_start_utc).
+"""Partitions: symbol (dynamic, synced from the registry) x time (UTC, from AGG_START_UTC).
 
-Finer time partitions do not fit Dagster (SPEC, Dagster mapping): a run over a range of
-days calls the engine once per (symbol, timeframe), whatever the range's length.
+The time dimension is a UTC day by default, or a calendar month (`AGG_TIME_PARTITION=month`)
+for universes that would pass Dagster's recommended ~100,000 partitions per asset in days
+(symbols x days: 190 symbols over 18 months). Whatever the grain, a run over a rectangle of
+partitions calls the engine once per (symbol, run of consecutive days), and everything that
+reads partitions (runs, checks, sensors, metadata) works in UTC days through
+`day_spans_by_symbol` and `partition_key`. Finer time partitions do not fit Dagster (SPEC,
+Dagster mapping).
 """
 
 
+import calendar
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 
@@ -13,60 +19,88 @@ import dagster as dg
 from agg_pipeline import settings
 
 SYMBOL_DIMENSION = "symbol"
-DAY_DIMENSION = "day"
 SYMBOLS_PARTITIONS_NAME = "symbols"
+TIME_GRAIN: str = settings.time_partition()  # "day" or "month"
+TIME_DIMENSION = TIME_GRAIN  # the dimension's name, as the UI shows it
+FIRST_DAY: date = settings.default_agg_start().date()
 
 symbols_partitions = dg.DynamicPartitionsDefinition(name=SYMBOLS_PARTITIONS_NAME)
-FIRST_DAY: date = settings.default_agg_start().date()
-days_partitions = dg.DailyPartitionsDefinition(
-    start_date=FIRST_DAY.isoformat(),
-    timezone="UTC",
-    end_offset=1,  # today's partition exists: live bars land in it
-)
-symbol_day_partitions = dg.MultiPartitionsDefinition(
-    {SYMBOL_DIMENSION: symbols_partitions, DAY_DIMENSION: days_partitions}
+
+
+def period_start(day: date) -> date:
+    """The first day of the time partition holding `day`."""
+    return day if TIME_GRAIN == "day" else day.replace(day=1)
+
+
+def period_last_day(period: date) -> date:
+    """The last day (inclusive) of the time partition starting on `period`."""
+    if TIME_GRAIN == "day":
+        return period
+    return period.replace(day=calendar.monthrange(period.year, period.month)[1])
+
+
+def _time_partitions() -> dg.TimeWindowPartitionsDefinition:
+    # end_offset=1: the current day's (month's) partition exists, live bars land in it
+    if TIME_GRAIN == "day":
+        return dg.DailyPartitionsDefinition(start_date=FIRST_DAY.isoformat(), timezone="UTC",
+                                            end_offset=1)
+    return dg.MonthlyPartitionsDefinition(start_date=period_start(FIRST_DAY).isoformat(),
+                                          timezone="UTC", end_offset=1)
+
+
+time_partitions = _time_partitions()
+symbol_time_partitions = dg.MultiPartitionsDefinition(
+    {SYMBOL_DIMENSION: symbols_partitions, TIME_DIMENSION: time_partitions}
 )
 
-# Run tags: a run's symbol (run-queue concurrency limits, in-flight checks) and the
-# single-run partition range Dagster executes.
+# Run tags: the single-run partition range Dagster executes (a rectangle: a block of
+# consecutive symbols of the `symbols` partitions, times a range of periods), and the symbol
+# of a run that covers only one.
 SYMBOL_TAG = "agg/symbol"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 def partition_key(symbol: str, day: date) -> dg.MultiPartitionKey:
-    return dg.MultiPartitionKey({SYMBOL_DIMENSION: symbol, DAY_DIMENSION: day.isoformat()})
+    """The key of the symbol's partition holding `day`."""
+    return dg.MultiPartitionKey({SYMBOL_DIMENSION: symbol,
+                                 TIME_DIMENSION: period_start(day).isoformat()})
 
 
-def range_tags(symbol: str, first_day: date, last_day: date) -> dict[str, str]:
-    """Tags asking for one run over the symbol's days [first_day, last_day]."""
-    return {
-        SYMBOL_TAG: symbol,
+def range_tags(symbol: str, first_day: date, last_day: date, *,
+               last_symbol: str | None = None) -> dict[str, str]:
+    """Tags asking for one run over the rectangle [symbol .. last_symbol] (in the `symbols`
+    partitions' order; default: the one symbol) x the periods holding [first_day, last_day]."""
+    tags = {
         RANGE_START_TAG: str(partition_key(symbol, first_day)),
-        RANGE_END_TAG: str(partition_key(symbol, last_day)),
+        RANGE_END_TAG: str(partition_key(last_symbol or symbol, last_day)),
     }
+    if last_symbol in (None, symbol):
+        tags[SYMBOL_TAG] = symbol
+    return tags
 
 
-def day_ranges_by_symbol(partition_keys: Iterable[str]) -> dict[str, list[tuple[date, date]]]:
-    """Group symbol|day keys into each symbol's runs of consecutive days (inclusive)."""
+def day_spans_by_symbol(partition_keys: Iterable[str]) -> dict[str, list[tuple[date, date]]]:
+    """Group symbol x period keys into each symbol's runs of consecutive UTC days
+    (inclusive), whatever the time grain."""
     days: dict[str, set[date]] = {}
     for key in partition_keys:
         if not isinstance(key, dg.MultiPartitionKey):
-            key = symbol_day_partitions.get_partition_key_from_str(key)
+            key = symbol_time_partitions.get_partition_key_from_str(key)
         by_dim = key.keys_by_dimension
-        days.setdefault(by_dim[SYMBOL_DIMENSION], set()).add(
-            date.fromisoformat(by_dim[DAY_DIMENSION]))
-    ranges: dict[str, list[tuple[date, date]]] = {}
-    for symbol, found in sorted(days.items()):
-        ordered = sorted(found)
+        period = date.fromisoformat(by_dim[TIME_DIMENSION])
+        days.setdefault(by_dim[SYMBOL_DIMENSION], set()).add(period)
+    spans_by_symbol: dict[str, list[tuple[date, date]]] = {}
+    for symbol, periods in sorted(days.items()):
         spans: list[tuple[date, date]] = []
-        for day in ordered:
-            if spans and day == spans[-1][1] + timedelta(days=1):
-                spans[-1] = (spans[-1][0], day)
+        for period in sorted(periods):
+            last = period_last_day(period)
+            if spans and period == spans[-1][1] + timedelta(days=1):
+                spans[-1] = (spans[-1][0], last)
             else:
-                spans.append((day, day))
-        ranges[symbol] = spans
-    return ranges
+                spans.append((period, last))
+        spans_by_symbol[symbol] = spans
+    return spans_by_symbol
 
 
 def day_bounds(first_day: date, last_day: date) -> tuple[datetime, datetime]:
