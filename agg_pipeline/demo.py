@@ -60,6 +60,11 @@ def fx_session_mask(ts: pd.DatetimeIndex) -> np.ndarray:
     return ~closed
 
 
+def every_minute(ts: pd.DatetimeIndex) -> np.ndarray:
+    """True for every minute: a market that never closes (the live demo feed's week)."""
+    return np.ones(len(ts), dtype=bool)
+
+
 def generate_bars(
     spec: DemoSymbol,
     start: datetime,
@@ -70,11 +75,12 @@ def generate_bars(
     missing_fraction: float = MISSING_FRACTION,
     late_fraction: float = LATE_FRACTION,
     now: datetime | None = None,
+    trading: Callable[[pd.DatetimeIndex], np.ndarray] = fx_session_mask,
 ) -> pd.DataFrame:
-    """1m bars for the session minutes of [start, end), columns as data_bars."""
+    """1m bars for the `trading` minutes of [start, end), columns as data_bars."""
     rng = np.random.default_rng(seed)
     minutes = pd.date_range(start, end, freq="1min", inclusive="left", tz=UTC)
-    minutes = minutes[fx_session_mask(minutes)]
+    minutes = minutes[trading(minutes)]
     n = len(minutes)
     # volatility peaks in the London/New York overlap, is quiet in the Asian late session
     hour = minutes.hour.to_numpy() + minutes.minute.to_numpy() / 60
@@ -83,7 +89,7 @@ def generate_bars(
     log_close = np.log(start_price or spec.start_price) + np.cumsum(returns)
     close = np.exp(log_close)
     open_ = np.empty(n)
-    open_[0] = start_price or spec.start_price
+    open_[:1] = start_price or spec.start_price  # a slice: a range without minutes is empty
     open_[1:] = close[:-1]
     wick = np.abs(rng.normal(0.0, spec.sigma_per_minute * 0.6, (2, n))) * season
     high = np.maximum(open_, close) * np.exp(wick[0])
@@ -159,13 +165,26 @@ def _binary_copy(frame: pd.DataFrame, has_volume: bool) -> bytes:
     return COPY_HEADER + records.tobytes() + COPY_TRAILER
 
 
-def _copy_frame(
+def write_bars(
     conn: psycopg.Connection, symbol: str, frame: pd.DataFrame, has_volume: bool
 ) -> int:
+    """COPY `frame` (generate_bars' columns) into data_bars as source 'demo'; rows already
+    present are kept as they are. Returns the rows inserted."""
     conn.execute(queries.query("demo_bars_stage"))
     with conn.cursor().copy("COPY demo_bars_stage FROM STDIN (FORMAT binary)") as copy:
         copy.write(_binary_copy(frame, has_volume))
     return conn.execute(queries.query("demo_bars_insert"), {"symbol": symbol}).rowcount
+
+
+def bar_seed(seed: int, index: int, start: datetime) -> int:
+    """The random seed of symbol number `index`'s bars from `start`: reproducible, and
+    different for every symbol and every starting minute."""
+    return seed * 1000 + index * 100_003 + int(start.timestamp() // 60)
+
+
+def first_minute(conn: psycopg.Connection) -> datetime | None:
+    """The earliest demo 1m bar (of the registry's demo symbols), or None without demo data."""
+    return conn.execute(queries.query("demo_first_minute")).fetchone()[0]
 
 
 def seed_demo(
@@ -197,14 +216,13 @@ def seed_demo(
         chunk_start = start
         while chunk_start < end:
             chunk_end = min(chunk_start + CHUNK, end)
-            frame = generate_bars(
-                spec, chunk_start, chunk_end, seed=seed * 1000 + index * 100_003
-                + int(chunk_start.timestamp() // 60), start_price=price, now=now,
-            )
+            frame = generate_bars(spec, chunk_start, chunk_end,
+                                  seed=bar_seed(seed, index, chunk_start), start_price=price,
+                                  now=now)
             if len(frame):
                 price = float(frame["close"].iloc[-1])
                 with conn.transaction():
-                    inserted[symbol] += _copy_frame(conn, symbol, frame, spec.has_volume)
+                    inserted[symbol] += write_bars(conn, symbol, frame, spec.has_volume)
             progress(int((chunk_end - chunk_start).total_seconds() // 60))
             chunk_start = chunk_end
     return inserted

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from agg_pipeline import demo
 
@@ -56,3 +56,12 @@ def test_closing_minutes_are_friday_22_utc():
     assert weekend.empty
     assert frame.ts_utc.max() == datetime(2026, 3, 1, 23, 59, tzinfo=UTC)
     assert (frame.open.iloc[1:].to_numpy() == frame.close.iloc[:-1].to_numpy()).all()
+
+
+def test_first_minute_is_the_earliest_demo_bar(db):
+    assert demo.first_minute(db) is None
+    demo.seed_demo(db, ["EURUSD", "XAUUSD"], days=3, end=END)
+    db.commit()
+    earliest = db.execute("SELECT min(ts_utc) FROM data_bars").fetchone()[0]
+    assert demo.first_minute(db) == earliest
+    assert END - timedelta(days=3) <= earliest < END - timedelta(days=3) + timedelta(hours=1)
