@@ -34,9 +34,9 @@ DAY = T0.date()
 
 
 def run_range(instance, symbol, first_day, last_day, *, assets=("bars_5m", "bars_1h"),
-              as_of: datetime | None = None):
+              as_of: datetime | None = None, last_symbol: str | None = None):
     job = defs.resolve_job_def("aggregate_bars")
-    tags = range_tags(symbol, first_day, last_day)
+    tags = range_tags(symbol, first_day, last_day, last_symbol=last_symbol)
     if as_of:
         tags[AS_OF_TAG] = as_of.isoformat()
     return job.execute_in_process(
@@ -88,6 +88,11 @@ def test_definitions_snapshot():
     assert graph.get(dg.AssetKey("bars_5m")).parent_keys == {dg.AssetKey("bars_1m")}
 
 
+def run_totals_lines(instance, run_id: str) -> list[str]:
+    return [e.user_message for e in instance.all_logs(run_id)
+            if e.user_message.startswith("run totals")]
+
+
 def test_multi_day_range_run_is_one_engine_call_per_timeframe(eurusd, instance):
     for day in range(3):
         insert_bars(eurusd, "EURUSD", minute_bars(T0 + timedelta(days=day), 24 * 60))
@@ -96,14 +101,20 @@ def test_multi_day_range_run_is_one_engine_call_per_timeframe(eurusd, instance):
     result = run_range(instance, "EURUSD", AGG_START.date(), DAY + timedelta(days=2),
                        as_of=T0 + timedelta(days=4))
     assert result.success
-    five = instance.get_latest_materialization_event(dg.AssetKey("bars_5m")).asset_materialization
-    meta = {k: v.value for k, v in five.metadata.items()}
-    assert meta["engine_calls"] == 1 and meta["bars_inserted"] == 3 * 288
-    assert meta["cursor_after"] == (T0 + timedelta(days=3)).timestamp()
-    hourly = instance.get_latest_materialization_event(dg.AssetKey("bars_1h")).asset_materialization
-    assert hourly.metadata["bars_inserted"].value == 72
+    # the run's totals are logged once per timeframe, labelled as the run's
+    totals = run_totals_lines(instance, result.run_id)
+    assert [line.splitlines()[0] for line in totals] == [
+        "run totals, bars_5m, 9 partitions of 1 symbols (1 engine calls): inserted 864, "
+        "updated 0, soft-deleted 0, unchanged 0, skipped windows 0; source rows 4320 "
+        "(0 invalid)",
+        "run totals, bars_1h, 9 partitions of 1 symbols (1 engine calls): inserted 72, "
+        "updated 0, soft-deleted 0, unchanged 0, skipped windows 0; source rows 864 "
+        "(0 invalid)"]
+    cursors = dict(eurusd.execute("SELECT timeframe, last_agg_bar_ts_utc FROM data_agg_state "
+                                  "WHERE canonical_symbol = 'EURUSD'").fetchall())
+    assert cursors == {"5m": T0 + timedelta(days=3), "1h": T0 + timedelta(days=3)}
     # one run, every partition of the range materialised
-    keys = [str(partition_key("EURUSD", DAY + timedelta(days=d))) for d in range(3)]
+    keys = [str(partition_key("EURUSD", AGG_START.date() + timedelta(days=d))) for d in range(9)]
     status = instance.get_status_by_partition(
         dg.AssetKey("bars_5m"), partition_keys=keys,
         partitions_def=defs.get_assets_def("bars_5m").partitions_def)
@@ -119,7 +130,10 @@ def test_optional_timeframe_without_task_is_skipped_not_failed(eurusd, instance)
     assert result.success
     meta = instance.get_latest_materialization_event(
         dg.AssetKey("bars_15m")).asset_materialization.metadata
-    assert meta["engine_calls"].value == 0 and "EURUSD" in meta["skipped"].value
+    assert meta["partition_note"].value.startswith("skipped: no task")
+    assert meta["bars_inserted"].value == 0
+    (totals,) = [line for line in run_totals_lines(instance, result.run_id) if "bars_15m" in line]
+    assert "(0 engine calls)" in totals and "EURUSD: skipped, no task" in totals
 
 
 def test_registry_sync_sensor_adds_and_removes_partitions(db, instance):

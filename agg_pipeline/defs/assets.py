@@ -1,12 +1,12 @@
 """Assets: the observed 1m source and one derived-bars asset per rung of the timeframe ladder.
 
-Every derived asset is partitioned symbol x day with a single-run backfill policy: a run
-over any rectangle of partitions calls the engine once per (symbol, run of consecutive
-days), and the engine's counts become numeric metadata the UI plots.
+Every derived asset is partitioned symbol x time (day or month) with a single-run backfill
+policy: a run over any rectangle of partitions calls the engine once per (symbol, run of
+consecutive days), and each partition's materialisation carries its own days' counts
+(defs/metadata.py), numeric metadata the UI plots.
 """
 
 
-from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
@@ -14,9 +14,11 @@ import psycopg
 
 from agg_pipeline import settings
 from agg_pipeline.db import queries
+from agg_pipeline.defs import metadata
 from agg_pipeline.defs.partitions import (
     day_bounds,
     day_spans_by_symbol,
+    split_key,
     symbol_time_partitions,
     symbols_partitions,
 )
@@ -169,7 +171,8 @@ def materialize_timeframe(
     context: dg.AssetExecutionContext, market_db: MarketDatabase, tf: Timeframe
 ) -> dg.MaterializeResult:
     as_of = run_as_of(context)
-    ranges = day_spans_by_symbol(context.partition_keys)
+    keys = context.partition_keys
+    ranges = day_spans_by_symbol(keys)
     try:
         with market_db.connect() as conn:
             results, skipped, failed = _aggregate_ranges(context, market_db, conn, tf, ranges,
@@ -183,48 +186,21 @@ def materialize_timeframe(
         context.log.warning(f"{tf.name}: database unavailable ({type(exc).__name__}: {exc}); "
                             "retrying")
         raise _transient_retry(context) from exc
+    context.log.info(metadata.run_totals(tf.name, len(keys), results, skipped))
+    by_partition = metadata.partition_metadata(keys, results, skipped, as_of)
     if failed:
+        # the symbols that succeeded are written: their partitions say so, the others do not
+        for key, entry in by_partition.items():
+            if split_key(key)[0] not in failed:
+                context.log_event(dg.AssetMaterialization(
+                    asset_key=context.assets_def.key, partition=key, metadata=entry))
         raise dg.Failure(
             description=f"{tf.name} failed for {', '.join(sorted(failed))}",
             metadata={"failures": dg.MetadataValue.json(failed),
                       "succeeded_engine_calls": len(results)},
         )
-    return dg.MaterializeResult(metadata=_metadata(results, skipped, as_of))
-
-
-def _metadata(results: list[engine.AggregationResult], skipped: dict[str, str],
-              as_of: datetime) -> dict[str, object]:
-    totals: dict[str, int] = defaultdict(int)
-    for result in results:
-        for name, value in result.counts().items():
-            if name != "derivation_version":
-                totals[name] += value
-    metadata: dict[str, object] = dict(totals)
-    metadata["engine_calls"] = len(results)
-    metadata["as_of"] = dg.MetadataValue.timestamp(as_of)
-    if len(results) == 1:
-        only = results[0]
-        metadata["cursor_before"] = dg.MetadataValue.timestamp(only.cursor_before)
-        metadata["cursor_after"] = dg.MetadataValue.timestamp(only.cursor_after)
-        if only.newest_source_ts is not None:
-            metadata["source_frontier"] = dg.MetadataValue.timestamp(only.newest_source_ts)
-    if results:
-        rows = ["| symbol | cursor before | cursor after | source frontier | inserted | "
-                "updated | soft-deleted | invalid rows |", "|---|---|---|---|---|---|---|---|"]
-        rows += [
-            f"| {r.symbol} | {_minute(r.cursor_before)} | {_minute(r.cursor_after)} | "
-            f"{_minute(r.newest_source_ts)} | {r.bars_inserted} | {r.bars_updated} | "
-            f"{r.bars_soft_deleted} | {r.source_rows_invalid} |"
-            for r in results
-        ]
-        metadata["per_symbol"] = dg.MetadataValue.md("\n".join(rows))
-    if skipped:
-        metadata["skipped"] = dg.MetadataValue.json(skipped)
-    return metadata
-
-
-def _minute(value: datetime | None) -> str:
-    return "-" if value is None else f"{value:%Y-%m-%d %H:%M}"
+    metadata.attach_partition_metadata(context, by_partition)
+    return dg.MaterializeResult()
 
 
 def build_bars_asset(tf: Timeframe) -> dg.AssetsDefinition:

@@ -80,16 +80,21 @@ def range_tags(symbol: str, first_day: date, last_day: date, *,
     return tags
 
 
+def split_key(key: str) -> tuple[str, date]:
+    """(symbol, first day of the period) of a symbol x period key."""
+    if not isinstance(key, dg.MultiPartitionKey):
+        key = symbol_time_partitions.get_partition_key_from_str(key)
+    by_dim = key.keys_by_dimension
+    return by_dim[SYMBOL_DIMENSION], date.fromisoformat(by_dim[TIME_DIMENSION])
+
+
 def day_spans_by_symbol(partition_keys: Iterable[str]) -> dict[str, list[tuple[date, date]]]:
     """Group symbol x period keys into each symbol's runs of consecutive UTC days
     (inclusive), whatever the time grain."""
     days: dict[str, set[date]] = {}
     for key in partition_keys:
-        if not isinstance(key, dg.MultiPartitionKey):
-            key = symbol_time_partitions.get_partition_key_from_str(key)
-        by_dim = key.keys_by_dimension
-        period = date.fromisoformat(by_dim[TIME_DIMENSION])
-        days.setdefault(by_dim[SYMBOL_DIMENSION], set()).add(period)
+        symbol, period = split_key(key)
+        days.setdefault(symbol, set()).add(period)
     spans_by_symbol: dict[str, list[tuple[date, date]]] = {}
     for symbol, periods in sorted(days.items()):
         spans: list[tuple[date, date]] = []

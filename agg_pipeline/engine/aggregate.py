@@ -10,8 +10,8 @@ keeps two writers off the same (symbol, timeframe) (contract 13).
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field, fields, replace
+from datetime import date, datetime, timedelta
 
 import psycopg
 from psycopg import sql
@@ -44,28 +44,59 @@ NO_FILLER_RULE = sql.SQL("false")
 
 
 @dataclass(frozen=True)
+class DayCounts:
+    """What one `aggregate` call saw and did in one UTC day (a partition's own counts)."""
+
+    windows_seen: int = 0  # final windows of the day in the range, on or after agg_start_utc
+    windows_with_source: int = 0
+    windows_skipped: int = 0  # had source rows, too few usable ones for the quality ladder
+    bars_inserted: int = 0
+    bars_updated: int = 0
+    bars_soft_deleted: int = 0
+    bars_unchanged: int = 0
+    bars_poor_quality: int = 0  # written with quality_score <= 0
+    source_rows_read: int = 0
+    source_rows_invalid: int = 0
+    source_rows_partial: int = 0  # is_partial source rows, left for when they are final
+    newest_source_ts: datetime | None = None  # newest usable source row read that day
+
+    def __add__(self, other: DayCounts) -> DayCounts:
+        newest = [t for t in (self.newest_source_ts, other.newest_source_ts) if t is not None]
+        return DayCounts(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name)
+               for f in fields(self) if f.name != "newest_source_ts"},
+            newest_source_ts=max(newest, default=None),
+        )
+
+    def counts(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.type == "int"}
+
+
+@dataclass(frozen=True)
 class AggregationResult:
-    """What one `aggregate` call saw and did."""
+    """What one `aggregate` call saw and did: totals, and the same per UTC day."""
 
     symbol: str
     timeframe: str
     as_of: datetime
-    windows_seen: int  # final windows in the range on or after agg_start_utc
+    windows_seen: int
     windows_with_source: int
-    windows_skipped: int  # had source rows, too few usable ones for the quality ladder
+    windows_skipped: int
     bars_inserted: int
     bars_updated: int
     bars_soft_deleted: int
     bars_unchanged: int
-    bars_poor_quality: int  # written with quality_score <= 0
+    bars_poor_quality: int
     source_rows_read: int
     source_rows_invalid: int
-    source_rows_partial: int  # is_partial source rows, left for when they are final
-    newest_source_ts: datetime | None
+    source_rows_partial: int
+    newest_source_ts: datetime | None  # the task's source frontier (newest usable row) now
     cursor_before: datetime
     cursor_after: datetime
     final_through: datetime  # windows ending at or before this were final and processed
     derivation_version: int
+    # every UTC day of the request that had final windows, source rows or bars
+    days: dict[date, DayCounts] = field(default_factory=dict, compare=False)
 
     @property
     def rows_written(self) -> int:
@@ -73,9 +104,6 @@ class AggregationResult:
 
     def counts(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.type == "int"}
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -141,6 +169,21 @@ def _bounds(
     hi = max(hi, lo)
     read_from = max(lo, windows.ceil(task.agg_start, step))
     return lo, hi, read_from
+
+
+def _day_counts(rows: list[dict], step: timedelta, read_from: datetime,
+                hi: datetime) -> dict[date, DayCounts]:
+    """The statement's rows per UTC day, plus every day holding final windows of the range
+    (windows_seen), so a day without source rows is there with zeros."""
+    days = {row["day"]: DayCounts(**{k: v for k, v in row.items() if k != "day"})
+            for row in rows}
+    day = windows.day_start(read_from)
+    while day < hi:
+        seen = (min(day + windows.DAY, hi) - max(day, read_from)) // step
+        key = day.date()
+        days[key] = replace(days.get(key, DayCounts()), windows_seen=seen)
+        day += windows.DAY
+    return dict(sorted(days.items()))
 
 
 def _validate_request(symbol: str, timeframe: str, start: datetime, end: datetime):
@@ -210,7 +253,7 @@ def aggregate(
             # and after 5 more PostgreSQL switches a prepared statement to a generic plan,
             # which for this one (bounds and step unknown) runs ~1.5x slower. Planning it
             # afresh costs about a millisecond.
-            counts = cur.execute(
+            day_rows = cur.execute(
                 statement,
                 {
                     "symbol": symbol,
@@ -228,7 +271,9 @@ def aggregate(
                     "record_to": record_to,
                 },
                 prepare=False,
-            ).fetchone()
+            ).fetchall()
+        days = _day_counts(day_rows, tf.step, read_from, hi)
+        totals = sum(days.values(), DayCounts())
 
         newest = conn.execute(
             "SELECT agg_source_frontier(%s, %s, %s)", (symbol, tf.source, as_of)
@@ -251,8 +296,8 @@ def aggregate(
                 "symbol": symbol,
                 "timeframe": tf.name,
                 "cursor": cursor_after,
-                "bars_inserted": counts["bars_inserted"],
-                "bars_poor_quality": counts["bars_poor_quality"],
+                "bars_inserted": totals.bars_inserted,
+                "bars_poor_quality": totals.bars_poor_quality,
             },
         )
 
@@ -260,22 +305,13 @@ def aggregate(
         symbol=symbol,
         timeframe=tf.name,
         as_of=as_of,
-        windows_seen=max(0, (hi - read_from) // tf.step),
-        windows_with_source=counts["windows_with_source"],
-        windows_skipped=counts["windows_skipped"],
-        bars_inserted=counts["bars_inserted"],
-        bars_updated=counts["bars_updated"],
-        bars_soft_deleted=counts["bars_soft_deleted"],
-        bars_unchanged=counts["bars_unchanged"],
-        bars_poor_quality=counts["bars_poor_quality"],
-        source_rows_read=counts["source_rows_read"],
-        source_rows_invalid=counts["source_rows_invalid"],
-        source_rows_partial=counts["source_rows_partial"],
+        **{**totals.counts(), "windows_seen": max(0, (hi - read_from) // tf.step)},
         newest_source_ts=newest,
         cursor_before=task.cursor,
         cursor_after=cursor_after,
         final_through=hi,
         derivation_version=version,
+        days=days,
     )
     if result.source_rows_invalid:
         log.warning(
@@ -314,4 +350,4 @@ def rebuild_range(
             {"symbol": symbol, "timeframe": tf.name, "lo": lo, "hi": hi},
         ).rowcount
         result = aggregate(conn, symbol, tf.name, start, end, now=as_of, derivation_version=version)
-    return AggregationResult(**{**result.as_dict(), "bars_soft_deleted": deleted})
+    return replace(result, bars_soft_deleted=deleted)

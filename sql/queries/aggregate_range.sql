@@ -1,7 +1,8 @@
 -- Materialise every final window of one (symbol, timeframe) in [%(lo)s, %(hi)s) in one
 -- statement (SPEC contracts 2-5, 8, 9): roll up the source rows, score them on the quality
 -- ladder, then insert new bars, update changed ones, soft-delete active bars that no longer
--- qualify, and leave unchanged bars unwritten. Returns one row of counts.
+-- qualify, and leave unchanged bars unwritten. Returns one row of counts per UTC day that had
+-- source rows or bars (SPEC contract 14: each day partition shows its own counts).
 --
 -- {source_table} is data_bars for 5m and derived_data_bars otherwise ({active_only} then
 -- keeps soft-deleted rows out); the two tables are never combined. {window_traded} is
@@ -41,6 +42,7 @@ windows AS (
         sum(vwap * vol) FILTER (WHERE usable AND vwap IS NOT NULL AND vol > 0) AS pv,
         sum(vol) FILTER (WHERE usable AND vwap IS NOT NULL AND vol > 0)        AS pv_vol,
         sum(trade_count) FILTER (WHERE usable)              AS trade_count,
+        max(ts_utc) FILTER (WHERE usable)                   AS newest_ts,
         count(*)                                            AS rows_read,
         max(ingested_at)                                    AS ingested_max,
         -- integer microseconds: an exact, order-independent fingerprint
@@ -69,7 +71,7 @@ computed AS (
         w.trade_count::integer                              AS trade_count,
         w.n::integer                                        AS source_candles,
         (%(score_by_count)s::integer[])[least(w.n, %(expected)s) + 1] AS quality_score,
-        w.invalid_rows, w.partial_rows, w.rows_read, w.ingested_max, w.ingested_sum
+        w.invalid_rows, w.partial_rows, w.rows_read, w.newest_ts, w.ingested_max, w.ingested_sum
     FROM windows w
 ),
 existing AS (
@@ -108,7 +110,7 @@ inserted AS (
            %(expected)s, x.quality_score, %(derivation_version)s, now(), now(), '{{}}'::jsonb
     FROM diff x
     WHERE x.existing_id IS NULL
-    RETURNING quality_score
+    RETURNING ts_utc, quality_score
 ),
 updated AS (
     UPDATE derived_data_bars d
@@ -119,14 +121,14 @@ updated AS (
         ingested_at = now(), updated_at = now()
     FROM diff x
     WHERE d.id = x.existing_id AND x.ts_utc IS NOT NULL AND NOT x.unchanged
-    RETURNING d.quality_score
+    RETURNING d.ts_utc, d.quality_score
 ),
 soft_deleted AS (
     UPDATE derived_data_bars d
     SET deleted_at = now(), updated_at = now()
     FROM diff x
     WHERE d.id = x.existing_id AND x.ts_utc IS NULL
-    RETURNING d.id
+    RETURNING d.ts_utc
 ),
 source_days AS (
     SELECT date_bin(interval '24 hours', ts_utc, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS day,
@@ -162,23 +164,36 @@ recorded AS (
         source_rows = excluded.source_rows, source_ingested_max = excluded.source_ingested_max,
         source_ingested_sum = excluded.source_ingested_sum,
         materialized_at = excluded.materialized_at
-    RETURNING 1
 ),
-window_stats AS (
-    SELECT count(*) FILTER (WHERE rows_read > 0)                          AS windows_with_source,
-           count(*) FILTER (WHERE rows_read > 0 AND quality_score IS NULL) AS windows_skipped,
-           COALESCE(sum(invalid_rows), 0)::bigint                         AS source_rows_invalid,
-           COALESCE(sum(partial_rows), 0)::bigint                         AS source_rows_partial,
-           COALESCE(sum(rows_read), 0)::bigint                            AS source_rows_read
+-- every window's part in its UTC day's counts: what was read, and what was written
+day_rows (ts_utc, with_source, skipped, invalid_rows, partial_rows, rows_read, newest_ts,
+          inserted, updated, soft_deleted, unchanged, poor_quality) AS (
+    SELECT ts_utc, (rows_read > 0)::int, (rows_read > 0 AND quality_score IS NULL)::int,
+           invalid_rows, partial_rows, rows_read, newest_ts, 0, 0, 0, 0, 0
     FROM computed
+    UNION ALL
+    SELECT ts_utc, 0, 0, 0, 0, 0, NULL, 1, 0, 0, 0, (quality_score <= 0)::int FROM inserted
+    UNION ALL
+    SELECT ts_utc, 0, 0, 0, 0, 0, NULL, 0, 1, 0, 0, (quality_score <= 0)::int FROM updated
+    UNION ALL
+    SELECT ts_utc, 0, 0, 0, 0, 0, NULL, 0, 0, 1, 0, 0 FROM soft_deleted
+    UNION ALL
+    SELECT ts_utc, 0, 0, 0, 0, 0, NULL, 0, 0, 0, 1, 0 FROM diff WHERE unchanged
 )
 SELECT
-    w.*,
-    (SELECT count(*) FROM inserted)                                        AS bars_inserted,
-    (SELECT count(*) FROM updated)                                         AS bars_updated,
-    (SELECT count(*) FROM soft_deleted)                                    AS bars_soft_deleted,
-    (SELECT count(*) FROM diff WHERE unchanged)                            AS bars_unchanged,
-    (SELECT count(*) FROM inserted WHERE quality_score <= 0)
-      + (SELECT count(*) FROM updated WHERE quality_score <= 0)            AS bars_poor_quality,
-    (SELECT count(*) FROM recorded)                                        AS days_recorded
-FROM window_stats w
+    (date_bin(interval '24 hours', ts_utc, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+        AT TIME ZONE 'UTC')::date                AS day,
+    sum(with_source)::bigint                     AS windows_with_source,
+    sum(skipped)::bigint                         AS windows_skipped,
+    sum(inserted)::bigint                        AS bars_inserted,
+    sum(updated)::bigint                         AS bars_updated,
+    sum(soft_deleted)::bigint                    AS bars_soft_deleted,
+    sum(unchanged)::bigint                       AS bars_unchanged,
+    sum(poor_quality)::bigint                    AS bars_poor_quality,
+    sum(rows_read)::bigint                       AS source_rows_read,
+    sum(invalid_rows)::bigint                    AS source_rows_invalid,
+    sum(partial_rows)::bigint                    AS source_rows_partial,
+    max(newest_ts)                               AS newest_source_ts
+FROM day_rows
+GROUP BY 1
+ORDER BY 1

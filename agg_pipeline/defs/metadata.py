@@ -1,0 +1,114 @@
+"""What a bars asset's materialisations say: each partition its own counts (SPEC contract 14).
+
+The engine counts per UTC day in the same statement that writes the bars; a partition (a
+symbol's day, or month) carries the sum of its days, so the asset's Plots tab and a
+partition's detail describe that partition. What the whole run did is logged once, as the
+run's totals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import date, datetime, timedelta
+
+import dagster as dg
+from dagster._core.execution.context.metadata_logging import (
+    AssetMetadataHandle,
+    OutputMetadataAccumulator,
+)
+
+from agg_pipeline.defs.partitions import period_last_day, split_key
+from agg_pipeline.engine.aggregate import AggregationResult, DayCounts
+
+NO_SOURCE = "no source rows in this partition"
+RUN_TOTALS_SYMBOL_LINES = 50  # the run-totals log line lists at most this many symbols
+
+
+def partition_metadata(
+    partition_keys: Iterable[str], results: list[AggregationResult], skipped: Mapping[str, str],
+    as_of: datetime,
+) -> dict[str, dict[str, object]]:
+    """Each partition key's metadata: the sum of its own days' counts."""
+    by_day: dict[tuple[str, date], DayCounts] = {}
+    final_through: dict[str, datetime] = {}
+    for result in results:
+        final_through[result.symbol] = max(result.final_through,
+                                           final_through.get(result.symbol, result.final_through))
+        for day, counts in result.days.items():
+            key = (result.symbol, day)
+            by_day[key] = by_day[key] + counts if key in by_day else counts
+    metadata: dict[str, dict[str, object]] = {}
+    for key in partition_keys:
+        symbol, period = split_key(key)
+        counts = DayCounts()
+        day = period
+        while day <= period_last_day(period):
+            counts = counts + by_day.get((symbol, day), DayCounts())
+            day += timedelta(days=1)
+        entry: dict[str, object] = dict(counts.counts())
+        if counts.newest_source_ts is not None:
+            entry["newest_source_ts"] = dg.MetadataValue.timestamp(counts.newest_source_ts)
+        entry["as_of"] = dg.MetadataValue.timestamp(as_of)
+        end = datetime.combine(period_last_day(period) + timedelta(days=1), datetime.min.time(),
+                               tzinfo=as_of.tzinfo)
+        through = final_through.get(symbol)
+        if symbol in skipped:
+            entry["partition_note"] = f"skipped: {skipped[symbol]}"
+        elif counts.source_rows_read == 0:
+            entry["partition_note"] = NO_SOURCE
+        elif through is not None and through < end:
+            entry["partition_note"] = f"final through {through:%Y-%m-%d %H:%M} UTC"
+        if through is not None and through < end:
+            entry["final_through"] = dg.MetadataValue.timestamp(through)
+        metadata[str(key)] = entry
+    return metadata
+
+
+def attach_partition_metadata(context: dg.AssetExecutionContext,
+                              metadata: Mapping[str, Mapping[str, object]]) -> None:
+    """Give each partition of the asset's output its own metadata, in one step.
+
+    Dagster's public `context.add_asset_metadata(..., partition_key=k)` does the same for one
+    partition, but each call re-derives every partition key of the run and copies its whole
+    accumulator: 10 ms per call at 730 partitions, quadratic beyond (measured on 1.13.27).
+    The accumulator it fills is built here at once instead; Dagster then writes each
+    partition's materialisation with its own entry, batched (DAGSTER_EVENT_BATCH_SIZE). The
+    partition-metadata tests fail if a Dagster upgrade changes this internal.
+    """
+    step = context.op_execution_context._step_execution_context
+    asset_key = context.assets_def.key
+    step._metadata_accumulator = OutputMetadataAccumulator(
+        per_output_metadata={
+            **step._metadata_accumulator.per_output_metadata,
+            **{AssetMetadataHandle(asset_key=asset_key, partition_key=key): dict(entry)
+               for key, entry in metadata.items()},
+        })
+
+
+def run_totals(timeframe: str, partitions: int, results: list[AggregationResult],
+               skipped: Mapping[str, str]) -> str:
+    """One log line: what the whole run did for one timeframe, labelled as the run's."""
+    totals = sum((counts for r in results for counts in r.days.values()), DayCounts())
+    symbols = sorted({r.symbol for r in results})
+    lines = [
+        f"run totals, bars_{timeframe}, {partitions} partitions of {len(symbols)} symbols "
+        f"({len(results)} engine calls): inserted {totals.bars_inserted}, updated "
+        f"{totals.bars_updated}, soft-deleted {totals.bars_soft_deleted}, unchanged "
+        f"{totals.bars_unchanged}, skipped windows {totals.windows_skipped}; source rows "
+        f"{totals.source_rows_read} ({totals.source_rows_invalid} invalid)"
+    ]
+    for result in results[:RUN_TOTALS_SYMBOL_LINES]:
+        lines.append(
+            f"  {result.symbol}: cursor {_minute(result.cursor_before)} -> "
+            f"{_minute(result.cursor_after)}, source frontier {_minute(result.newest_source_ts)}"
+            f", inserted {result.bars_inserted}, updated {result.bars_updated}, soft-deleted "
+            f"{result.bars_soft_deleted}, invalid rows {result.source_rows_invalid}")
+    if len(results) > RUN_TOTALS_SYMBOL_LINES:
+        lines.append(f"  ... and {len(results) - RUN_TOTALS_SYMBOL_LINES} more engine calls")
+    for symbol, reason in sorted(skipped.items()):
+        lines.append(f"  {symbol}: skipped, {reason}")
+    return "\n".join(lines)
+
+
+def _minute(value: datetime | None) -> str:
+    return "-" if value is None else f"{value:%Y-%m-%d %H:%M}"

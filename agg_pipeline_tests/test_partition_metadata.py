@@ -1,0 +1,177 @@
+"""SPEC contract 14: each partition's materialisation describes that partition.
+
+Real runs of the aggregate_bars job on a real instance; the expected counts are read back
+from the tables, not from the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, date, datetime, timedelta
+
+import dagster as dg
+import pytest
+
+from agg_pipeline.defs.metadata import NO_SOURCE
+from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, partition_key
+from agg_pipeline_tests.helpers import T0, add_symbol, bar, insert_bars, minute_bars, sync
+from agg_pipeline_tests.test_orchestration import run_range
+
+DAYS = [T0.date() + timedelta(days=d) for d in range(4)]  # Monday .. Thursday
+AS_OF = T0 + timedelta(days=6)
+
+
+def partition_events(instance, asset: str, symbol: str, days: list[date]) -> dict[date, dict]:
+    """The newest materialisation's metadata of each of the symbol's day partitions."""
+    keys = {str(partition_key(symbol, day)): day for day in days}
+    result = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=list(keys)),
+        limit=1000)
+    newest: dict[date, dict] = {}
+    for record in sorted(result.records, key=lambda r: r.storage_id):
+        event = record.asset_materialization
+        newest[keys[event.partition]] = {k: v.value for k, v in event.metadata.items()}
+    return newest
+
+
+def stored_per_day(conn, symbol: str, timeframe: str) -> dict[date, int]:
+    rows = conn.execute(
+        "SELECT (ts_utc AT TIME ZONE 'UTC')::date, count(*) FROM derived_data_bars "
+        "WHERE canonical_symbol = %s AND timeframe = %s AND deleted_at IS NULL GROUP BY 1",
+        (symbol, timeframe)).fetchall()
+    return dict(rows)
+
+
+def source_per_day(conn, symbol: str) -> dict[date, tuple[int, datetime]]:
+    rows = conn.execute(
+        "SELECT (ts_utc AT TIME ZONE 'UTC')::date, count(*), max(ts_utc) FROM data_bars "
+        "WHERE canonical_symbol = %s GROUP BY 1", (symbol,)).fetchall()
+    return {day: (count, newest) for day, count, newest in rows}
+
+
+@pytest.fixture
+def two_days_and_a_gap(db, instance):
+    """EURUSD: Monday full, Tuesday half a day with one invalid row, Wednesday nothing (an
+    outage), Thursday full."""
+    add_symbol(db, "EURUSD")
+    sync(db)
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["EURUSD"])
+    insert_bars(db, "EURUSD", minute_bars(T0, 24 * 60))
+    insert_bars(db, "EURUSD", minute_bars(T0 + timedelta(days=1), 12 * 60, skip=[30]))
+    insert_bars(db, "EURUSD", [bar(T0 + timedelta(days=1, minutes=30), 1.1, high=0.5)])  # high<low
+    insert_bars(db, "EURUSD", minute_bars(T0 + timedelta(days=3), 24 * 60))
+    db.commit()
+    return db
+
+
+def test_each_day_partition_carries_its_own_days_counts(two_days_and_a_gap, instance):
+    db = two_days_and_a_gap
+    assert run_range(instance, "EURUSD", DAYS[0], DAYS[-1], as_of=AS_OF).success
+    five = partition_events(instance, "bars_5m", "EURUSD", DAYS)
+    bars = stored_per_day(db, "EURUSD", "5m")
+    source = source_per_day(db, "EURUSD")
+    assert set(five) == set(DAYS)
+    for day in DAYS:
+        meta = five[day]
+        rows, newest = source.get(day, (0, None))
+        assert meta["bars_inserted"] == bars.get(day, 0), day
+        assert meta["source_rows_read"] == rows, day
+        assert (meta["bars_updated"], meta["bars_soft_deleted"], meta["bars_unchanged"]) == (
+            0, 0, 0)
+        assert meta["windows_seen"] == 288
+        assert meta.get("newest_source_ts") == (newest.timestamp() if newest else None)
+    assert (five[DAYS[0]]["bars_inserted"], five[DAYS[1]]["bars_inserted"]) == (288, 144)
+    assert five[DAYS[1]]["source_rows_invalid"] == 1 and five[DAYS[0]]["source_rows_invalid"] == 0
+    # the day without source says so, with zeros
+    gap = five[DAYS[2]]
+    assert gap["partition_note"] == NO_SOURCE
+    assert gap["bars_inserted"] == gap["source_rows_read"] == gap["windows_with_source"] == 0
+    hourly = partition_events(instance, "bars_1h", "EURUSD", DAYS)
+    assert [hourly[d]["bars_inserted"] for d in DAYS] == [24, 12, 0, 24]
+    assert [hourly[d]["source_rows_read"] for d in DAYS] == [288, 144, 0, 288]
+
+    # a correction of Tuesday 03:07 lands; the same range again: only Tuesday changed
+    insert_bars(db, "EURUSD", [bar(T0 + timedelta(days=1, hours=3, minutes=7), 1.5,
+                                   ingested_at=AS_OF)], upsert=True)
+    db.commit()
+    assert run_range(instance, "EURUSD", DAYS[0], DAYS[-1], as_of=AS_OF).success
+    five = partition_events(instance, "bars_5m", "EURUSD", DAYS)
+    assert [(five[d]["bars_inserted"], five[d]["bars_updated"], five[d]["bars_unchanged"])
+            for d in DAYS] == [(0, 0, 288), (0, 1, 143), (0, 0, 0), (0, 0, 288)]
+    hourly = partition_events(instance, "bars_1h", "EURUSD", DAYS)
+    assert [(hourly[d]["bars_updated"], hourly[d]["bars_unchanged"]) for d in DAYS] == [
+        (0, 24), (1, 11), (0, 0), (0, 24)]
+
+
+def test_a_failing_symbol_leaves_the_others_partitions_materialised(two_days_and_a_gap,
+                                                                    instance):
+    db = two_days_and_a_gap
+    add_symbol(db, "USDJPY")
+    sync(db)
+    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = NULL "
+               "WHERE canonical_symbol = 'USDJPY' AND timeframe = '5m'")
+    db.commit()
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["USDJPY"])
+    # one run over the rectangle EURUSD..USDJPY x Monday..Thursday
+    result = run_range(instance, "EURUSD", DAYS[0], DAYS[-1], as_of=AS_OF,
+                       last_symbol="USDJPY")
+    assert not result.success
+    good = partition_events(instance, "bars_5m", "EURUSD", DAYS)
+    assert [good[d]["bars_inserted"] for d in DAYS] == [288, 144, 0, 288]
+    assert partition_events(instance, "bars_5m", "USDJPY", DAYS) == {}
+    # the downstream step did not run on a failed bars_5m
+    assert partition_events(instance, "bars_1h", "EURUSD", DAYS) == {}
+
+
+MONTH_RUN = textwrap.dedent("""
+    import json, os, sys, tempfile
+    from datetime import datetime
+    from pathlib import Path
+    import dagster as dg
+    from agg_pipeline.definitions import defs
+    from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, TIME_GRAIN, range_tags
+    from agg_pipeline.defs.assets import AS_OF_TAG
+    from agg_pipeline_tests.processes import storage_instance
+
+    assert TIME_GRAIN == "month", TIME_GRAIN
+    first, last, as_of = (datetime.fromisoformat(v) for v in sys.argv[2:5])
+    with storage_instance(sys.argv[1], Path(tempfile.mkdtemp())) as instance:
+        instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["EURUSD"])
+        tags = {**range_tags("EURUSD", first.date(), last.date()), AS_OF_TAG: as_of.isoformat()}
+        result = defs.resolve_job_def("aggregate_bars").execute_in_process(
+            instance=instance, tags=tags, asset_selection=[dg.AssetKey("bars_5m")])
+        assert result.success
+        events = instance.fetch_materializations(dg.AssetKey("bars_5m"), limit=10).records
+        print(json.dumps({r.asset_materialization.partition: {
+            k: v.value for k, v in r.asset_materialization.metadata.items()} for r in events}))
+""")
+
+
+def test_a_month_partition_carries_the_sum_of_its_days(two_days_and_a_gap, instance,
+                                                       dagster_storage_url):
+    """AGG_TIME_PARTITION=month (read at import: a fresh interpreter)."""
+    db = two_days_and_a_gap
+    out = subprocess.run(
+        [sys.executable, "-c", MONTH_RUN, dagster_storage_url, DAYS[0].isoformat(),
+         DAYS[-1].isoformat(), AS_OF.isoformat()],
+        env={**os.environ, "AGG_TIME_PARTITION": "month"}, capture_output=True, text=True,
+        timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    metadata = json.loads(out.stdout.strip().splitlines()[-1])
+    assert list(metadata) == ["2025-07-01|EURUSD"]
+    month = metadata["2025-07-01|EURUSD"]
+    bars, source = stored_per_day(db, "EURUSD", "5m"), source_per_day(db, "EURUSD")
+    assert month["bars_inserted"] == sum(bars.values()) == 720
+    assert month["source_rows_read"] == sum(rows for rows, _ in source.values())
+    assert month["source_rows_invalid"] == 1
+    # July's windows from agg_start_utc (July 1) were final up to the run's instant (July 13
+    # 00:00) less the 60 s confirmation delay: the 23:55 window of July 12 was not yet
+    final_through = AS_OF - timedelta(minutes=5)
+    assert month["windows_seen"] == (final_through - datetime(2025, 7, 1, tzinfo=UTC)) // (
+        timedelta(minutes=5))
+    assert month["final_through"] == final_through.timestamp()
+    assert month["partition_note"] == f"final through {final_through:%Y-%m-%d %H:%M} UTC"
