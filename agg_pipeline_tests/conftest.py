@@ -20,7 +20,8 @@ from agg_pipeline.db import connection, embedded, migrations
 
 RUNTIME_ROLE = "agg_pipeline_runtime"  # created by sql/008_least_privilege.sql
 MARKET_TABLES = (
-    "data_agg_source_days, data_agg_state, derived_data_bars, data_bars, core_asset_registry_all"
+    "data_agg_source_days, data_agg_state, derived_data_bars, data_bars, core_asset_registry_all, "
+    "data_agg_source_changes"
 )
 
 
