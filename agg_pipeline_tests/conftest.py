@@ -19,10 +19,6 @@ from agg_pipeline import settings
 from agg_pipeline.db import connection, embedded, migrations
 
 RUNTIME_ROLE = "agg_pipeline_runtime"  # created by sql/008_least_privilege.sql
-MARKET_TABLES = (
-    "data_agg_source_days, data_agg_state, derived_data_bars, data_bars, core_asset_registry_all, "
-    "data_agg_source_changes"
-)
 
 
 @pytest.fixture(scope="session")
@@ -109,10 +105,18 @@ def runtime_url(database_url: str) -> str:
 
 @pytest.fixture
 def clean_database(database_url: str) -> str:
-    """The session database with every table emptied (and runbook backups dropped) before
-    the test."""
+    """The session database with every table but the migration ledger emptied (and runbook
+    backups dropped) before the test."""
     with connection.connect(database_url, autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {MARKET_TABLES} RESTART IDENTITY CASCADE")
+        tables = [psycopg.sql.Identifier(name) for (name,) in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
+            "AND tablename <> 'agg_schema_migrations'").fetchall()]
+        truncate = psycopg.sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(
+            psycopg.sql.SQL(", ").join(tables))
+        # twice: data_bars' truncate trigger (migration 012) records the days it empties,
+        # which the second pass removes (nothing is left for it to record)
+        conn.execute(truncate)
+        conn.execute(truncate)
         for (table,) in conn.execute("SELECT backup_table FROM v_agg_state_backups").fetchall():
             conn.execute(psycopg.sql.SQL("DROP TABLE {}").format(psycopg.sql.Identifier(table)))
     return database_url

@@ -95,6 +95,21 @@ def run_as_of(context: dg.AssetExecutionContext) -> datetime:
     return created if created.tzinfo else created.replace(tzinfo=UTC)
 
 
+REASON_TAG = "agg/reason"  # set by the planner's runs: catch-up, late data on ..., ...
+BACKFILL_TAG = "dagster/backfill"
+
+
+def run_reason(tags: dict[str, str]) -> str:
+    """Why this run writes bars, in the words of derived_bar_revisions.reason."""
+    reason = tags.get(REASON_TAG, "")
+    for prefix, name in (("late data", "late_data"), ("correction", "correction"),
+                         ("deletion", "deletion"), ("reconciliation", "reconciliation"),
+                         ("catch-up", "catch_up"), ("new complete windows", "catch_up")):
+        if reason.startswith(prefix):
+            return name
+    return "backfill" if BACKFILL_TAG in tags else "manual"
+
+
 def _task_status(conn: psycopg.Connection, symbol: str, timeframe: str) -> tuple | None:
     return conn.execute(queries.query("task_status"),
                         {"symbol": symbol, "timeframe": timeframe}).fetchone()
@@ -143,6 +158,7 @@ def _aggregate_ranges(
     results: list[engine.AggregationResult] = []
     skipped: dict[str, str] = {}
     failed: dict[str, str] = {}
+    why = run_reason(context.run.tags)
     for symbol, spans in ranges.items():
         reason = _skip_reason(_task_status(conn, symbol, tf.name))
         conn.rollback()
@@ -153,7 +169,8 @@ def _aggregate_ranges(
         for first_day, last_day in spans:
             start, end = day_bounds(first_day, last_day)
             try:
-                results.append(engine.aggregate(conn, symbol, tf.name, start, end, now=as_of))
+                results.append(engine.aggregate(conn, symbol, tf.name, start, end, now=as_of,
+                                                reason=why, run_id=context.run_id))
                 conn.commit()
             except Exception as exc:
                 transient = tasks.is_transient(exc)

@@ -129,7 +129,7 @@ def rebuild_range_op(context: dg.OpExecutionContext, market_db: MarketDatabase,
     start, end = _instant(config.start, "start"), _instant(config.end, "end")
     with market_db.connect() as conn:
         results = runbook.rebuild_range(conn, config.symbols, start, end,
-                                        config.timeframes or None)
+                                        config.timeframes or None, run_id=context.run_id)
     rows = [{"symbol": r.symbol, "timeframe": r.timeframe, "version": r.derivation_version,
              "soft_deleted": r.bars_soft_deleted, "inserted": r.bars_inserted} for r in results]
     context.add_output_metadata({"rebuilt": md_table(rows),

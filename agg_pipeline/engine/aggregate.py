@@ -31,6 +31,10 @@ from agg_pipeline.engine.timeframes import Timeframe
 log = logging.getLogger(__name__)
 
 LOCK_NAMESPACE = "agg_pipeline"
+# Why bars were (re)written, recorded with every version a restatement replaces
+# (derived_bar_revisions.reason).
+REASONS = ("catch_up", "late_data", "correction", "deletion", "reconciliation", "backfill",
+           "rebuild", "manual")
 # Sorts and hashes of a year-long range fit in memory with this, not in temp files.
 WORK_MEM = "64MB"
 
@@ -201,6 +205,13 @@ def _validate_request(symbol: str, timeframe: str, start: datetime, end: datetim
     return tf, start, end
 
 
+def _validate_reason(reason: object, run_id: object) -> None:
+    if reason not in REASONS:
+        raise ValueError(f"reason={reason!r} is not one of {', '.join(REASONS)}")
+    if run_id is not None and (not isinstance(run_id, str) or not 0 < len(run_id) <= 64):
+        raise ValueError(f"run_id={run_id!r} must be a run id string (1-64 characters) or None")
+
+
 def _resolve_as_of(conn: psycopg.Connection, now: datetime | None) -> datetime:
     if now is None:
         return conn.execute("SELECT now()").fetchone()[0]
@@ -216,15 +227,19 @@ def aggregate(
     *,
     now: datetime | None = None,
     derivation_version: int | None = None,
+    reason: str = "manual",
+    run_id: str | None = None,
 ) -> AggregationResult:
     """Materialise every final window of [start, end) for one symbol and target timeframe.
 
     A window is labelled by its start; windows whose start lies in [start, end) are
     considered, those not yet final at `now` (window end + aggregation delay) are left alone.
     `now` defaults to the database clock. Runs in one transaction (a savepoint when the
-    caller already holds one).
+    caller already holds one). Every bar it restates or withdraws keeps its previous version
+    in derived_bar_revisions, labelled with `reason` (one of REASONS) and `run_id`.
     """
     tf, start, end = _validate_request(symbol, timeframe, start, end)
+    _validate_reason(reason, run_id)
     with conn.transaction():
         as_of = _resolve_as_of(conn, now)
         task = _lock_and_load(conn, symbol, tf)
@@ -269,6 +284,8 @@ def aggregate(
                     "derivation_version": version,
                     "record_from": record_from,
                     "record_to": record_to,
+                    "reason": reason,
+                    "run_id": run_id,
                 },
                 prepare=False,
             ).fetchall()
@@ -329,13 +346,16 @@ def rebuild_range(
     end: datetime,
     *,
     now: datetime | None = None,
+    run_id: str | None = None,
 ) -> AggregationResult:
     """Soft-delete the range's active bars and recompute them under a bumped derivation_version.
 
     For operators: after a change of derivation rules, or to rewrite a range from scratch.
-    History rows remain; the task's derivation_version stays bumped for later runs.
+    The soft-deleted rows remain and their versions go to derived_bar_revisions (reason
+    `rebuild`); the task's derivation_version stays bumped for later runs.
     """
     tf, start, end = _validate_request(symbol, timeframe, start, end)
+    _validate_reason("rebuild", run_id)
     with conn.transaction():
         as_of = _resolve_as_of(conn, now)
         task = _lock_and_load(conn, symbol, tf)
@@ -347,7 +367,8 @@ def rebuild_range(
         lo, hi, _ = _bounds(task, start, end, as_of)
         deleted = conn.execute(
             queries.query("soft_delete_range"),
-            {"symbol": symbol, "timeframe": tf.name, "lo": lo, "hi": hi},
-        ).rowcount
-        result = aggregate(conn, symbol, tf.name, start, end, now=as_of, derivation_version=version)
+            {"symbol": symbol, "timeframe": tf.name, "lo": lo, "hi": hi, "run_id": run_id},
+        ).fetchone()[0]
+        result = aggregate(conn, symbol, tf.name, start, end, now=as_of,
+                           derivation_version=version, reason="rebuild", run_id=run_id)
     return replace(result, bars_soft_deleted=deleted)

@@ -101,9 +101,10 @@ def restore_agg_state(conn: psycopg.Connection, backup: str) -> dict[str, int]:
 
 
 def rebuild_range(conn: psycopg.Connection, symbols: list[str], start: datetime, end: datetime,
-                  timeframe_names: list[str] | None = None) -> list[engine.AggregationResult]:
+                  timeframe_names: list[str] | None = None, *,
+                  run_id: str | None = None) -> list[engine.AggregationResult]:
     """Soft-delete and recompute [start, end) with a new derivation_version, each timeframe
-    after its source (ladder order)."""
+    after its source (ladder order); the replaced versions keep `run_id`."""
     chosen = timeframe_names or [tf.name for tf in timeframes.ORDERED]
     for name in chosen:
         timeframes.get(name)
@@ -116,7 +117,8 @@ def rebuild_range(conn: psycopg.Connection, symbols: list[str], start: datetime,
                                   "AND timeframe = %s", (symbol, tf.name)).fetchone()
             if exists is None and timeframe_names is None:
                 continue  # optional timeframe this symbol does not have
-            results.append(engine.rebuild_range(conn, symbol, tf.name, start, end))
+            results.append(engine.rebuild_range(conn, symbol, tf.name, start, end,
+                                                run_id=run_id))
             conn.commit()
     return results
 

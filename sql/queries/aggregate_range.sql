@@ -1,7 +1,8 @@
 -- Materialise every final window of one (symbol, timeframe) in [%(lo)s, %(hi)s) in one
 -- statement (SPEC contracts 2-5, 8, 9): roll up the source rows, score them on the quality
 -- ladder, then insert new bars, update changed ones, soft-delete active bars that no longer
--- qualify, and leave unchanged bars unwritten. Returns one row of counts per UTC day that had
+-- qualify, and leave unchanged bars unwritten; the version a restated or withdrawn bar had
+-- goes to derived_bar_revisions, with %(reason)s and %(run_id)s. Returns one row of counts per UTC day that had
 -- source rows or bars (SPEC contract 14: each day partition shows its own counts).
 --
 -- {source_table} is data_bars for 5m and derived_data_bars otherwise ({active_only} then
@@ -76,7 +77,8 @@ computed AS (
 ),
 existing AS (
     SELECT d.id, d.ts_utc, d.open, d.high, d.low, d.close, d.vol, d.vwap, d.trade_count,
-           d.source_timeframe, d.source_candles, d.expected_candles, d.quality_score
+           d.source_timeframe, d.source_candles, d.expected_candles, d.quality_score,
+           d.derivation_version, d.updated_at
     FROM derived_data_bars d
     WHERE d.canonical_symbol = %(symbol)s
       AND d.timeframe = %(timeframe)s
@@ -129,6 +131,21 @@ soft_deleted AS (
     FROM diff x
     WHERE d.id = x.existing_id AND x.ts_utc IS NULL
     RETURNING d.ts_utc
+),
+-- the version each restated or withdrawn bar had until now (SPEC contract 9)
+revised AS (
+    INSERT INTO derived_bar_revisions (
+        bar_id, canonical_symbol, timeframe, ts_utc, open, high, low, close, vol, vwap,
+        trade_count, source_timeframe, source_candles, expected_candles, quality_score,
+        derivation_version, valid_from, valid_to, change, reason, run_id)
+    SELECT e.id, %(symbol)s, %(timeframe)s, e.ts_utc, e.open, e.high, e.low, e.close, e.vol,
+           e.vwap, e.trade_count, e.source_timeframe, e.source_candles, e.expected_candles,
+           e.quality_score, e.derivation_version, e.updated_at, now(),
+           CASE WHEN x.ts_utc IS NULL THEN 'withdrawn' ELSE 'restated' END,
+           %(reason)s, %(run_id)s
+    FROM diff x
+    JOIN existing e ON e.id = x.existing_id
+    WHERE NOT x.unchanged
 ),
 source_days AS (
     SELECT date_bin(interval '24 hours', ts_utc, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS day,
