@@ -103,11 +103,10 @@ def runtime_url(database_url: str) -> str:
     return os.environ[settings.DATABASE_URL_VAR]
 
 
-@pytest.fixture
-def clean_database(database_url: str) -> str:
-    """The session database with every table but the migration ledger emptied (and runbook
-    backups dropped) before the test."""
-    with connection.connect(database_url, autocommit=True) as conn:
+def empty_tables(url: str) -> None:
+    """Empty every table of the database's schema but the migration ledger, and drop the
+    runbook's backup tables."""
+    with connection.connect(url, autocommit=True) as conn:
         tables = [psycopg.sql.Identifier(name) for (name,) in conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
             "AND tablename <> 'agg_schema_migrations'").fetchall()]
@@ -119,6 +118,12 @@ def clean_database(database_url: str) -> str:
         conn.execute(truncate)
         for (table,) in conn.execute("SELECT backup_table FROM v_agg_state_backups").fetchall():
             conn.execute(psycopg.sql.SQL("DROP TABLE {}").format(psycopg.sql.Identifier(table)))
+
+
+@pytest.fixture
+def clean_database(database_url: str) -> str:
+    """The session database, emptied before the test."""
+    empty_tables(database_url)
     return database_url
 
 

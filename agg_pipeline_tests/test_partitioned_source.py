@@ -17,7 +17,7 @@ from agg_pipeline import settings
 from agg_pipeline.db import connection, migrations, queries
 from agg_pipeline.engine import aggregate as engine
 from agg_pipeline.engine import timeframes
-from agg_pipeline_tests.conftest import MARKET_TABLES
+from agg_pipeline_tests.conftest import empty_tables
 from agg_pipeline_tests.helpers import active_bars, add_symbol, bar, insert_bars, minute_bars, sync
 
 # data_bars as seed 004 (B.1) defines it, partitioned: a primary or unique key of a
@@ -80,11 +80,6 @@ def partitions(conn: psycopg.Connection) -> dict[str, tuple]:
         "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), pg_relation_filenode(c.oid) "
         "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
         "WHERE i.inhparent = 'data_bars'::regclass")}
-
-
-def empty_tables(url: str) -> None:
-    with connection.connect(url, autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {MARKET_TABLES} RESTART IDENTITY CASCADE")
 
 
 @pytest.fixture(scope="session")
