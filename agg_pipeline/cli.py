@@ -1,24 +1,23 @@
-"""`agg-pipeline`: run the project locally and operate its database.
+"""Derived market bars (5m, 1h and more) from the 1m bars in PostgreSQL, run by Dagster.
 
-  agg-pipeline dev         embedded PostgreSQL + migrations + demo data + Dagster UI/daemon
-  agg-pipeline migrate     apply sql/ migrations to the market-data database
-  agg-pipeline seed-demo   write demo registry rows and realistic 1m bars
-  agg-pipeline status      the frontier-health view as a table
-  agg-pipeline db ...      manage the embedded server
+Every command works on AGG_DATABASE_URL, or, when it is unset, on the embedded PostgreSQL
+server in AGG_HOME (started when needed). `agg-pipeline COMMAND --help` shows a command's
+options; README.md has the rest.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import shutil
-import sys
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
 
 import click
 
-from agg_pipeline import settings
+from agg_pipeline import devserver, settings
 from agg_pipeline.db import connection, embedded, migrations
 
 
@@ -29,13 +28,64 @@ def _clean_errors(command: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (connection.DatabaseConfigError, migrations.MigrationError, ValueError) as exc:
+        except (connection.DatabaseConfigError, migrations.MigrationError,
+                devserver.DevServerError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
 
     return wrapper
 
 
-@click.group(help=__doc__)
+# The test suite has no agg-pipeline command (pytest runs in the project's environment), but
+# a user looking for it starts here.
+RUN_ONLY_COMMANDS = (("./run test [PYTEST ARGS]",
+                      "The test suite against a real PostgreSQL (AGG_TEST_DATABASE_URL, else "
+                      "the embedded server). Only through ./run."),)
+COMMAND_ORDER = ("dev", "migrate", "seed-demo", "status", "db")
+
+
+def _synopsis(ctx: click.Context, path: str, command: click.Command) -> str:
+    """`path` and the command's options, e.g. `dev [--port 3000] [--no-demo]` (a default
+    where there is one, else the option's metavar)."""
+    parts = [path]
+    for param in command.params:
+        if not isinstance(param, click.Option) or param.hidden:
+            continue
+        name = max(param.opts, key=len)
+        if param.is_flag:
+            parts.append(f"[{name}]")
+        elif isinstance(param.default, int | str):
+            parts.append(f"[{name} {param.default}]")
+        else:
+            parts.append(f"[{name} {param.make_metavar(ctx)}]")
+    return " ".join(parts)
+
+
+class _CommandList(click.Group):
+    """Lists every command with its options and what it does, sub-commands and `./run test`
+    included, instead of click's one truncated line per top-level command."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self.commands, key=lambda n: (*COMMAND_ORDER, n).index(n))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        entries: list[tuple[str, str]] = []
+        for name in self.list_commands(ctx):
+            command = self.commands[name]
+            commands = (command.commands.items() if isinstance(command, click.Group)
+                        else [("", command)])
+            for sub_name, sub in commands:
+                entries.append((_synopsis(ctx, f"{name} {sub_name}".strip(), sub),
+                                sub.get_short_help_str(limit=300)))
+        entries.extend(RUN_ONLY_COMMANDS)
+        with formatter.section("Commands"):
+            for synopsis, text in entries:
+                formatter.write(f"{'':>{formatter.current_indent}}{synopsis}\n")  # unwrapped
+                with formatter.indentation():
+                    formatter.write_text(text)
+
+
+@click.group(cls=_CommandList, help=__doc__,
+             context_settings={"max_content_width": 100, "help_option_names": ["-h", "--help"]})
 def main() -> None:
     pass
 
@@ -63,7 +113,8 @@ def _split_symbols(values: tuple[str, ...]) -> list[str]:
 
 
 @main.command("seed-demo")
-@click.option("--symbols", "-s", multiple=True, help="Symbols (comma-separated or repeated).")
+@click.option("--symbols", "-s", multiple=True, metavar="SYMBOLS",
+              help="Symbols (comma-separated or repeated).")
 @click.option("--days", default=30, show_default=True, type=click.IntRange(min=1))
 @_clean_errors
 def seed_demo_command(symbols: tuple[str, ...], days: int) -> None:
@@ -110,18 +161,85 @@ def status() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface for the Dagster webserver (default: this machine only).")
-@click.option("--port", default=3000, show_default=True, type=int)
+@click.option("--port", default=3000, show_default=True, type=click.IntRange(1, 65535),
+              help="Port of the Dagster UI.")
 @click.option("--demo-days", default=30, show_default=True, type=click.IntRange(min=1),
               help="Days of demo data written when the registry is empty.")
-@click.option("--no-demo", is_flag=True, help="Never write demo data.")
+@click.option("--no-demo", is_flag=True, help="Never write demo data (nor feed it).")
+@click.option("--no-feed", is_flag=True, help="No live 1m feed for the demo symbols.")
 @_clean_errors
-def dev(host: str, port: int, demo_days: int, no_demo: bool) -> None:
-    """Run the Dagster webserver and daemon against the configured (or embedded) database."""
-    env = dict(os.environ)
+def dev(host: str, port: int, demo_days: int, no_demo: bool, no_feed: bool) -> None:
+    """The pipeline locally, in the Dagster UI: migrations, demo data (when the registry is
+    empty) and its live 1m feed, Dagster's code server, webserver and daemon.
+
+    One dev per AGG_HOME; Ctrl-C stops everything. With demo data and no AGG_START_UTC,
+    the day partitions start on the demo's first day.
+    """
+    started = time.monotonic()
     home = settings.agg_home()
-    env[settings.HOME_VAR] = str(home)
+    ui_url = devserver.http_url(host, port)
+    with devserver.exclusive_home(home, ui_url):
+        devserver.check_port_free(host, port)
+        _console_logging()
+        market_url = _prepare_databases(home)
+        demo_start = None if no_demo else _demo_data(market_url, demo_days)
+        if demo_start is not None and settings.START_VAR not in os.environ:
+            os.environ[settings.START_VAR] = demo_start.isoformat()
+        # the children inherit this process's environment; the user's own values win
+        os.environ[settings.HOME_VAR] = str(home)
+        for name, value in settings.DAGSTER_PROCESS_ENV.items():
+            os.environ.setdefault(name, value)
+        dagster_home = home / "dagster_home"
+        devserver.write_instance(dagster_home, _project_file("dagster.yaml"))
+        os.environ["DAGSTER_HOME"] = str(dagster_home)
+        location = devserver.project_code_location(_project_file("workspace.yaml"))
+        code_port = devserver.free_port()
+        workspace = devserver.write_workspace(dagster_home, location, code_port)
+        symbols = _sync_registry(market_url)
+
+        stop_feed = None
+        with devserver.Supervisor(cwd=_project_file("workspace.yaml").parent,
+                                  echo=click.echo) as supervisor:
+            try:
+                supervisor.start_code_server(location, code_port)
+                supervisor.wait_for_port(code_port, "the code server")
+                supervisor.start_webserver(workspace, host, port)
+                supervisor.start_daemon(workspace)
+                supervisor.wait_for_http(
+                    devserver.http_url(devserver.probe_host(host), port) + "/server_info",
+                    "the Dagster UI")
+                feed = demo_start is not None and not no_feed
+                if feed:
+                    from agg_pipeline import demo_feed
+
+                    _, stop_feed = demo_feed.start(market_url)
+                click.echo(_summary(ui_url, market_url, symbols, demo_start, feed, no_demo,
+                                    no_feed, time.monotonic() - started))
+                supervisor.watch()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                if stop_feed is not None:
+                    stop_feed.set()
+
+
+def _console_logging() -> None:
+    """The project's INFO lines (the demo feed's, the embedded server's) on the console, in
+    Dagster's format; other libraries' loggers stay at Python's default (warnings only)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s - %(name)s - %(levelname)s - %(message)s", datefmt="%Y-%m-%d %H:%M:%S %z"))
+    logger = logging.getLogger("agg_pipeline")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def _prepare_databases(home: Path) -> str:
+    """The market-data database, migrated (and DAGSTER_POSTGRES_URL set for the embedded
+    server); returns its URL."""
     if settings.configured_database_url():
-        if not env.get(settings.DAGSTER_STORAGE_URL_VAR):
+        if not os.environ.get(settings.DAGSTER_STORAGE_URL_VAR):
             raise click.ClickException(
                 f"{settings.DATABASE_URL_VAR} is set but {settings.DAGSTER_STORAGE_URL_VAR} is "
                 "not: set both (Dagster keeps its runs in its own database), or neither to use "
@@ -132,32 +250,80 @@ def dev(host: str, port: int, demo_days: int, no_demo: bool) -> None:
         server = embedded.ensure_server(home)
         click.echo(f"embedded PostgreSQL {embedded.PG_MAJOR} running in {server.pgdata}")
         market_url = server.database_url(embedded.MARKET_DATABASE)
-        env.setdefault(
+        os.environ.setdefault(
             settings.DAGSTER_STORAGE_URL_VAR, server.database_url(embedded.DAGSTER_DATABASE)
         )
     applied = migrations.migrate(market_url, echo=click.echo)
     click.echo(f"market data: {connection.describe_url(market_url)} "
                f"({len(applied)} migration(s) applied)")
-    if not no_demo:
-        with connection.connect(market_url) as conn:
-            empty = conn.execute(
-                "SELECT NOT EXISTS (SELECT 1 FROM core_asset_registry_all)"
-            ).fetchone()[0]
-        if empty:
-            from agg_pipeline import demo
+    return market_url
 
-            click.echo("registry is empty: writing demo data")
-            _seed(market_url, list(demo.DEFAULT_SYMBOLS), demo_days)
 
-    dagster_home = home / "dagster_home"
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_project_file("dagster.yaml"), dagster_home / "dagster.yaml")
-    env["DAGSTER_HOME"] = str(dagster_home)
-    workspace = _project_file("workspace.yaml")
-    command = [sys.executable, "-m", "dagster", "dev", "-h", host, "-p", str(port),
-               "-w", str(workspace)]
-    click.echo(f"Dagster UI: http://{host}:{port}")
-    os.execvpe(command[0], command, env)
+def _demo_data(market_url: str, days: int) -> datetime | None:
+    """Seed the demo when the registry is empty; midnight UTC of the demo's first day, or
+    None when the database holds no demo data (then dev feeds nothing and leaves
+    AGG_START_UTC alone). Read from the data, so a second start finds the same day."""
+    from agg_pipeline import demo
+
+    with connection.connect(market_url) as conn:
+        empty = conn.execute(
+            "SELECT NOT EXISTS (SELECT 1 FROM core_asset_registry_all)").fetchone()[0]
+    if empty:
+        click.echo("registry is empty: writing demo data")
+        _seed(market_url, list(demo.DEFAULT_SYMBOLS), days)
+    with connection.connect(market_url) as conn:
+        first = demo.first_minute(conn)
+    if first is None:
+        return None
+    return datetime.combine(first.astimezone(UTC).date(), datetime.min.time(), tzinfo=UTC)
+
+
+def _sync_registry(market_url: str) -> list[str]:
+    """Tasks and `symbols` partitions before the daemon starts, so that its first sensor
+    tick can already build bars (registry_sync_sensor keeps them in step afterwards). The
+    instance is created here first, before any child touches a fresh storage database."""
+    import dagster as dg
+
+    from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
+    from agg_pipeline.engine import tasks
+
+    with connection.connect(market_url) as conn:
+        result = tasks.sync_tasks(conn, settings.environment(),
+                                  agg_start=settings.default_agg_start())
+    for symbol, problem in sorted(result.rejected.items()):
+        click.echo(f"registry symbol {symbol!r} not synced: {problem}")
+    with dg.DagsterInstance.get() as instance:
+        known = set(instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
+        missing = [s for s in result.symbols if s not in known]
+        if missing:
+            instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, missing)
+    return result.symbols
+
+
+def _summary(ui_url: str, market_url: str, symbols: list[str], demo_start: datetime | None,
+             feed: bool, no_demo: bool, no_feed: bool, seconds: float) -> str:
+    storage = connection.describe_url(os.environ[settings.DAGSTER_STORAGE_URL_VAR])
+    start = settings.default_agg_start()
+    if demo_start is not None:
+        data = f"demo data from {demo_start:%Y-%m-%d}"
+    else:
+        data = "no demo data (--no-demo)" if no_demo else "the registry's own data"
+    if feed:
+        next_step = ("bars appear within ~30 s; the feed writes a bar per symbol every minute, "
+                     "now and then a late correction or a missing minute")
+    else:
+        why = "--no-feed" if no_feed else "no demo data"
+        next_step = f"bars appear within ~30 s of new 1m rows (no live feed: {why})"
+    lines = [
+        f"agg-pipeline dev is up ({seconds:.0f} s)",
+        f"  UI          {ui_url}",
+        f"  database    {connection.describe_url(market_url)}  (Dagster's storage: {storage})",
+        f"  symbols     {', '.join(symbols) or 'none in the registry yet'}  ({data})",
+        f"  partitions  days from {start:%Y-%m-%d} (AGG_START_UTC)",
+        f"  next        {next_step}",
+        "  stop        Ctrl-C",
+    ]
+    return "\n".join(lines)
 
 
 def _project_file(name: str) -> Path:
@@ -176,6 +342,7 @@ def db() -> None:
 @db.command("start")
 @_clean_errors
 def db_start() -> None:
+    """Start the embedded server (it keeps running between sessions)."""
     server = embedded.ensure_server()
     click.echo(f"running in {server.pgdata}")
 
@@ -183,6 +350,7 @@ def db_start() -> None:
 @db.command("stop")
 @_clean_errors
 def db_stop() -> None:
+    """Stop the embedded server."""
     click.echo("stopped" if embedded.stop_server() else "not running")
 
 
