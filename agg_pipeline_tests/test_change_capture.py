@@ -139,7 +139,7 @@ def test_delete_records_its_days_and_merges_with_pending_updates(conn):
     conn.execute("DELETE FROM data_bars WHERE ts_utc >= %s AND ts_utc < %s",
                  (MIDNIGHT - timedelta(minutes=10), MIDNIGHT + timedelta(minutes=5)))
     assert summary(conn) == {JUL31: (["delete"], 10, MIDNIGHT - timedelta(minutes=10)),
-                             AUG1: (["delete", "update"], 6, MIDNIGHT)}
+                             AUG1: (["update", "delete"], 6, MIDNIGHT)}
 
 
 def test_a_consumed_day_starts_a_new_batch(conn):
@@ -165,7 +165,7 @@ def test_truncate_records_every_materialised_day_without_reading_data_bars(conn)
     conn.execute("UPDATE data_bars SET close = close WHERE ts_utc = %s", (MIDNIGHT - MINUTE,))
     conn.execute("TRUNCATE data_bars")
     assert summary(conn) == {
-        JUL31: (["truncate", "update"], 2, MIDNIGHT - timedelta(days=1)),
+        JUL31: (["update", "truncate"], 2, MIDNIGHT - timedelta(days=1)),
     }
     assert all(k[1] == "1m" for k in changes(conn))  # the source timeframe, not 5m
 
@@ -207,7 +207,7 @@ def test_an_ingester_without_grants_on_the_change_table_is_captured(conn, ingest
         ingester.execute("UPDATE data_bars SET vol = 5 WHERE ts_utc = %s", (MIDNIGHT,))
         ingester.execute("DELETE FROM data_bars WHERE ts_utc = %s", (MIDNIGHT + MINUTE,))
         assert summary(conn) == {JUL31: (["update"], 1, MIDNIGHT - MINUTE),
-                                 AUG1: (["delete", "update"], 2, MIDNIGHT)}
+                                 AUG1: (["update", "delete"], 2, MIDNIGHT)}
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             ingester.execute("SELECT * FROM data_agg_source_changes")
         consume_all(conn)

@@ -64,7 +64,13 @@ CREATE TABLE IF NOT EXISTS data_agg_source_changes (
         CHECK (cardinality(kinds) > 0 AND kinds <@ ARRAY['update', 'delete', 'truncate']),
     -- a consumer can only consume what was recorded, never a change still to come
     CONSTRAINT data_agg_source_changes_consumed CHECK (consumed_seq BETWEEN 0 AND seq)
-);
+)
+-- Every change statement rewrites its days' rows. No index but the primary key, and room on
+-- each page, keep those updates HOT (no index writes): an index on the pending rows (seq >
+-- consumed_seq) made every update write two index entries and doubled the triggers' cost
+-- (bench/ingest_bench.py). Readers of the pending days scan the table, which
+-- agg_prune_source_changes keeps small.
+WITH (fillfactor = 70);
 
 COMMENT ON TABLE data_agg_source_changes IS
     'UTC days of data_bars changed by UPDATE, DELETE or TRUNCATE (migration 012). Pending '
@@ -75,15 +81,12 @@ COMMENT ON COLUMN data_agg_source_changes.changes IS
     'Rows updated or deleted since the day was last consumed (an update counts once per day '
     'its row was in or moved to); a truncate counts 1.';
 COMMENT ON COLUMN data_agg_source_changes.kinds IS
-    'update / delete / truncate: what changed the day since it was last consumed.';
+    'update / delete / truncate: what changed the day since it was last consumed, in the '
+    'order they first did.';
 COMMENT ON COLUMN data_agg_source_changes.earliest_ts_utc IS
     'Earliest ts_utc among the changed rows (old and new images) since the day was last '
     'consumed; the day''s start for a truncate. A change at or after what was materialised '
     '(final_through) is new data, not late data.';
-
--- The consumer asks for pending days only; consumed rows are history.
-CREATE INDEX IF NOT EXISTS data_agg_source_changes_pending_idx
-    ON data_agg_source_changes (canonical_symbol, timeframe, day) WHERE seq > consumed_seq;
 
 -- Once per statement: AFTER UPDATE and AFTER DELETE record the days of the old (and new) row
 -- images in the statement's transition tables; BEFORE TRUNCATE records every day the pipeline
@@ -155,10 +158,9 @@ BEGIN
         last_changed_at = excluded.last_changed_at,
         changes = CASE WHEN c.seq > c.consumed_seq THEN c.changes + excluded.changes
                        ELSE excluded.changes END,
-        kinds = CASE WHEN c.seq > c.consumed_seq
-                     THEN ARRAY(SELECT DISTINCT k FROM unnest(c.kinds || excluded.kinds) k
-                                ORDER BY k)
-                     ELSE excluded.kinds END,
+        kinds = CASE WHEN c.seq <= c.consumed_seq THEN excluded.kinds
+                     WHEN excluded.kinds <@ c.kinds THEN c.kinds
+                     ELSE c.kinds || excluded.kinds END,
         earliest_ts_utc = CASE WHEN c.seq > c.consumed_seq
                                THEN least(c.earliest_ts_utc, excluded.earliest_ts_utc)
                                ELSE excluded.earliest_ts_utc END,
