@@ -132,7 +132,29 @@ soft_deleted AS (
     WHERE d.id = x.existing_id AND x.ts_utc IS NULL
     RETURNING d.ts_utc
 ),
--- the version each restated or withdrawn bar had until now (SPEC contract 9)
+-- Pending changes (migration 012: updates, deletes, truncates of data_bars) of the days this
+-- statement fingerprints, read in the statement's snapshot of the source, and marked
+-- consumed: a change recorded after that snapshot has a new seq, fails the re-check and
+-- stays pending for the next run (SPEC contract 10). Empty for timeframes that read
+-- derived bars (their record range is empty).
+changes_seen AS (
+    SELECT c.canonical_symbol, c.timeframe, c.day, c.seq, c.kinds
+    FROM data_agg_source_changes c
+    WHERE c.canonical_symbol = %(symbol)s
+      AND c.timeframe = %(source_timeframe)s
+      AND c.day >= (%(record_from)s::timestamptz AT TIME ZONE 'UTC')::date
+      AND c.day < (%(record_to)s::timestamptz AT TIME ZONE 'UTC')::date
+      AND c.seq > c.consumed_seq
+),
+consumed AS (
+    UPDATE data_agg_source_changes c
+    SET consumed_seq = s.seq
+    FROM changes_seen s
+    WHERE c.canonical_symbol = s.canonical_symbol AND c.timeframe = s.timeframe
+      AND c.day = s.day AND c.seq = s.seq
+),
+-- the version each restated or withdrawn bar had until now (SPEC contract 9); a change of
+-- the source recorded for its day says why better than the run's reason does
 revised AS (
     INSERT INTO derived_bar_revisions (
         bar_id, canonical_symbol, timeframe, ts_utc, open, high, low, close, vol, vwap,
@@ -142,9 +164,16 @@ revised AS (
            e.vwap, e.trade_count, e.source_timeframe, e.source_candles, e.expected_candles,
            e.quality_score, e.derivation_version, e.updated_at, now(),
            CASE WHEN x.ts_utc IS NULL THEN 'withdrawn' ELSE 'restated' END,
-           %(reason)s, %(run_id)s
+           CASE WHEN %(reason)s = 'rebuild' THEN %(reason)s
+                WHEN ch.kinds && ARRAY['delete', 'truncate'] THEN 'deletion'
+                WHEN 'update' = ANY (ch.kinds) THEN 'correction'
+                ELSE %(reason)s END,
+           %(run_id)s
     FROM diff x
     JOIN existing e ON e.id = x.existing_id
+    LEFT JOIN changes_seen ch
+      ON ch.day = (date_bin(interval '24 hours', e.ts_utc, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+                   AT TIME ZONE 'UTC')::date
     WHERE NOT x.unchanged
 ),
 source_days AS (
