@@ -60,7 +60,7 @@ def test_a_restated_bar_keeps_its_previous_version_and_why(eurusd):
     build(eurusd)
     first_high = as_of(eurusd, "5m", WINDOW, clock(eurusd))[0]["high"]
     before = clock(eurusd)
-    # a correction of 00:07 lands late
+    # a correction of 00:07 lands late: the row is updated in place
     insert_bars(eurusd, "EURUSD", [bar(T0 + timedelta(minutes=7), 1.5, ingested_at=AS_OF)],
                 upsert=True)
     eurusd.commit()
@@ -72,7 +72,9 @@ def test_a_restated_bar_keeps_its_previous_version_and_why(eurusd):
     (old,) = as_of(eurusd, "5m", WINDOW, before)
     (new,) = as_of(eurusd, "5m", WINDOW, after)
     assert (old["high"], new["high"]) == (first_high, 1.501)
-    assert (old["change"], old["reason"], old["run_id"]) == ("restated", "late_data", "run-1234")
+    # the 5m bar read the updated row: a correction (the source change was recorded)
+    assert (old["change"], old["reason"], old["run_id"]) == ("restated", "correction",
+                                                             "run-1234")
     assert new["change"] == "current" and new["valid_to"] is None
     assert old["valid_to"] == new["valid_from"]  # no gap, no overlap
     # the 1h bar above it was restated by the same run
@@ -131,9 +133,12 @@ def test_a_late_data_run_labels_the_versions_it_replaced(eurusd, instance, runti
     instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["EURUSD"])
     job = defs.resolve_job_def("aggregate_bars")
     tags = {**range_tags("EURUSD", T0.date(), T0.date()), AS_OF_TAG: AS_OF.isoformat()}
+    late_minute = T0 + timedelta(minutes=7)
+    eurusd.execute("DELETE FROM data_bars WHERE ts_utc = %s", (late_minute,))
+    eurusd.commit()
     assert job.execute_in_process(instance=instance, tags=tags).success
-    insert_bars(eurusd, "EURUSD", [bar(T0 + timedelta(minutes=7), 1.5, ingested_at=AS_OF)],
-                upsert=True)
+    # the missing minute arrives late (a new row, seen by its ingested_at)
+    insert_bars(eurusd, "EURUSD", [bar(late_minute, 1.5, ingested_at=AS_OF)])
     eurusd.commit()
     late = job.execute_in_process(
         instance=instance, tags={**tags, "agg/reason": f"late data on {T0.date()}"})
