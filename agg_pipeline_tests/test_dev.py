@@ -150,3 +150,22 @@ def test_dev_stops_everything_and_fails_when_its_daemon_dies(dev_server, loaded)
                                  and p.status() != psutil.STATUS_ZOMBIE], 30,
                     "dev's processes to exit", lambda: str(children))
     assert gone
+
+
+def test_dev_again_on_the_same_home_finds_the_demo_and_its_first_day(dev_server, loaded,
+                                                                    market):
+    """After the previous test (dev gone, the home free): no new demo data, the same first
+    day partition, derived from the data; --no-feed says so."""
+    assert dev_server.process.poll() is not None
+    with connection.connect(market) as conn:
+        first_day = demo.first_minute(conn).astimezone(UTC).date().isoformat()
+    again = start_dev(dev_server.home, "--no-feed")
+    try:
+        again.wait_until_loaded()
+        log = wait_for(lambda: "agg-pipeline dev is up" in again.log() and again.log(), 30,
+                       "the start-up summary", again.log)
+        assert "registry is empty" not in log
+        assert f"  partitions  days from {first_day} (AGG_START_UTC)" in log
+        assert "(no live feed: --no-feed)" in log
+    finally:
+        again.stop()
