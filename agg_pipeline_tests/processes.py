@@ -1,4 +1,5 @@
-"""Real Dagster processes for tests and benchmarks: `agg-pipeline dev` and `dagster-daemon`."""
+"""Real Dagster processes for tests and benchmarks: `agg-pipeline dev`, `dagster-daemon`, and
+the production shape (code server, webserver and daemon as separate processes)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,3 +166,131 @@ def failed_runs(instance) -> dict[str, tuple[str, list[str]]]:
         for r in instance.get_run_records()
         if r.dagster_run.status != dg.DagsterRunStatus.SUCCESS
     }
+
+
+# ------------------------------------------------- the production shape (deploy/workspace.yaml)
+
+
+def production_env(home: Path, *, storage_url: str, code_server_port: int,
+                   env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment every process of the production shape gets (deploy/compose.yaml's):
+    the instance of dagster.yaml in DAGSTER_HOME with its storage URL, the code server's
+    address for deploy/workspace.yaml, and settings.DAGSTER_PROCESS_ENV. The market-data URL
+    is the code server's alone (start_code_server)."""
+    from agg_pipeline import settings
+
+    environment = {k: v for k, v in os.environ.items()
+                   if not k.startswith(("AGG_", "DAGSTER_"))}
+    environment.update({
+        "DAGSTER_HOME": str(dagster_home(home / "dagster_home", storage_url)),
+        settings.DAGSTER_STORAGE_URL_VAR: storage_url,
+        settings.HOME_VAR: str(home / "agg_home"),
+        "AGG_CODE_SERVER_HOST": "127.0.0.1",
+        "AGG_CODE_SERVER_PORT": str(code_server_port),
+        **settings.DAGSTER_PROCESS_ENV,
+        **(env or {}),
+    })
+    return environment
+
+
+def _spawn(command: list[str], log_path: Path, env: dict[str, str],
+           cwd: Path) -> subprocess.Popen:
+    """A process in its own session, as in its own container. SIGINT is reset to its
+    default first: Dagster maps SIGTERM onto SIGINT's handler, so a SIGINT ignored by
+    whatever started the tests would make SIGTERM ignored too."""
+    with open(log_path, "a") as log:
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+
+
+@dataclass
+class CodeServer:
+    """`dagster code-server start`: deploy/Dockerfile's command, on a port of this host."""
+
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_until_serving(self, timeout: float = 120) -> None:
+        """Until the gRPC health check answers (the image's HEALTHCHECK) and the definitions
+        load."""
+        from dagster._core.errors import DagsterUserCodeUnreachableError
+        from dagster._grpc.client import DagsterGrpcClient
+
+        client = DagsterGrpcClient(host="127.0.0.1", port=self.port)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the code server exited:\n{self.log()[-4000:]}")
+            try:
+                # list_repositories first: it raises while nothing listens (the health check
+                # prints gRPC's error instead)
+                if client.list_repositories() and client.health_check_query() == "SERVING":
+                    return
+            except DagsterUserCodeUnreachableError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"the code server did not serve in {timeout:.0f} s\n"
+                             f"{self.log()[-4000:]}")
+
+    def deploy_stop(self, grace: float = 30) -> float:
+        """What a container stop does to the code server: SIGTERM to every process of it (the
+        image's init, tini -g, forwards it to the process group: run workers fail their runs),
+        SIGKILL to what is left after `grace` seconds. Returns the seconds it took to exit."""
+        started = time.monotonic()
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+        with suppress(ProcessLookupError):  # run workers left in the group
+            os.killpg(self.process.pid, signal.SIGKILL)
+        return time.monotonic() - started
+
+
+def start_code_server(home: Path, env: dict[str, str], *, market_url: str) -> CodeServer:
+    """The code location's own gRPC server, on the port production_env names; it (and its run
+    workers) reach the market data at `market_url`."""
+    from agg_pipeline import settings
+
+    env = {**env, settings.DATABASE_URL_VAR: market_url}
+    home.mkdir(parents=True, exist_ok=True)
+    port = int(env["AGG_CODE_SERVER_PORT"])
+    log_path = home / "code_server.log"
+    process = _spawn(
+        [sys.executable, "-m", "dagster", "code-server", "start", "-h", "127.0.0.1",
+         "-p", str(port), "-m", "agg_pipeline.definitions", "--location-name", "agg_pipeline"],
+        log_path, env, cwd=home)
+    return CodeServer(process=process, port=port, log_path=log_path)
+
+
+def production_workspace() -> Path:
+    from agg_pipeline import settings
+
+    return settings.project_root() / "deploy" / "workspace.yaml"
+
+
+def start_webserver(home: Path, env: dict[str, str]) -> DevServer:
+    """dagster-webserver on deploy/workspace.yaml (a grpc_server entry), on a free port."""
+    port = free_port()
+    log_path = home / "webserver.log"
+    process = _spawn(
+        [sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port),
+         "-w", str(production_workspace())], log_path, env, cwd=home)
+    return DevServer(process=process, port=port, home=home, log_path=log_path)
+
+
+def start_workspace_daemon(home: Path, env: dict[str, str]) -> Daemon:
+    """dagster-daemon on deploy/workspace.yaml (a grpc_server entry)."""
+    log_path = home / "daemon.log"
+    process = _spawn([sys.executable, "-m", "dagster._daemon", "run", "-w",
+                      str(production_workspace())], log_path, env, cwd=home)
+    return Daemon(process=process, home=home, log_path=log_path)
