@@ -307,7 +307,7 @@ def _summary(ui_url: str, market_url: str, symbols: list[str], demo_start: datet
     if demo_start is not None:
         data = f"demo data from {demo_start:%Y-%m-%d}"
     else:
-        data = "no demo data (--no-demo)" if no_demo else "the registry's own data"
+        data = "--no-demo" if no_demo else "no demo data"
     if feed:
         next_step = ("bars appear within ~30 s; the feed writes a bar per symbol every minute, "
                      "now and then a late correction or a missing minute")

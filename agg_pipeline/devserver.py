@@ -10,12 +10,14 @@ edits still load without restarting dev.
 
 Guards: one dev per AGG_HOME (an flock'd pid file that names the running one's pid and URL);
 the UI's port is checked before anything starts; a child that dies stops dev (non-zero exit,
-and the other children are stopped); Ctrl-C and SIGTERM stop every child.
+and the other children are stopped); Ctrl-C, SIGTERM and SIGHUP stop every child, and on
+Linux the children get SIGTERM from the kernel when dev itself is killed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import os
 import signal
@@ -169,7 +171,10 @@ class Supervisor:
     def __enter__(self) -> Supervisor:
         # Dagster's processes treat SIGTERM like SIGINT: a SIGINT ignored here (dev started in
         # the background of a script) would be inherited and make them ignore both.
+        # SIGHUP (the terminal closed) too: the children, in their own process groups, would
+        # not get it.
         self._previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt),
+                          signal.SIGHUP: signal.signal(signal.SIGHUP, _interrupt),
                           signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
         return self
 
@@ -184,7 +189,7 @@ class Supervisor:
         # Each child leads its own process group: a Ctrl-C in the terminal reaches only dev,
         # which stops each child once, with what it started (code server's workers, runs).
         child = Child(name, subprocess.Popen([sys.executable, *args], cwd=self.cwd,
-                                             process_group=0))
+                                             process_group=0, preexec_fn=_parent_death_signal()))
         self.children.append(child)
         return child
 
@@ -250,7 +255,7 @@ class Supervisor:
     def stop(self) -> None:
         """SIGTERM to every child's process group; SIGKILL to what still runs after
         STOP_TIMEOUT_S. Another Ctrl-C meanwhile is ignored: the wait is bounded."""
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)
         running = [c for c in self.children if c.process.poll() is None]
         if running:
@@ -269,6 +274,24 @@ class Supervisor:
                 _signal_group(child, signal.SIGKILL)
                 child.process.wait()
         self.echo("agg-pipeline dev stopped")
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """Linux: a function for Popen's preexec_fn that has the kernel send the child SIGTERM
+    when dev dies, however it dies (SIGKILL included), so no webserver or daemon outlives it
+    (a second dev would then run a duplicate daemon). Children are started before dev starts
+    any thread (preexec_fn is not safe with threads); elsewhere, None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def set_signal() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return set_signal
 
 
 def _signal_group(child: Child, signum: int) -> None:

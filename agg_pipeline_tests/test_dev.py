@@ -5,6 +5,7 @@ The last test ends the session."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 import psutil
 import pytest
 
-from agg_pipeline import demo, demo_feed
+from agg_pipeline import demo, demo_feed, settings
 from agg_pipeline.db import connection, embedded, migrations
 from agg_pipeline_tests.helpers import wait_for
 from agg_pipeline_tests.processes import free_port, start_dev
@@ -25,6 +26,15 @@ from agg_pipeline_tests.reporting import report
 pytestmark = pytest.mark.embedded_only
 
 DEMO_SYMBOLS = set(demo.DEMO_SYMBOLS)
+
+
+def running(processes: list[psutil.Process]) -> list[psutil.Process]:
+    alive = []
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+    return alive
 
 
 @pytest.fixture(scope="module")
@@ -136,26 +146,31 @@ def test_the_live_feed_writes_every_demo_symbols_next_minute(dev_server, loaded,
              "a minute from the feed for every demo symbol", dev_server.log, interval=2)
 
 
-def test_dev_stops_everything_and_fails_when_its_daemon_dies(dev_server, loaded):
+def test_dev_stops_everything_and_fails_when_its_daemon_dies(dev_server, loaded, market):
     """Last in the module: it ends the session."""
     dev = psutil.Process(dev_server.process.pid)
     children = dev.children(recursive=True)
+    # every child runs with the Dagster process settings and the demo's first day
+    with connection.connect(market) as conn:
+        first_day = demo.first_minute(conn).astimezone(UTC).date()
+    for child in dev.children():
+        environment = child.environ()
+        assert settings.DAGSTER_PROCESS_ENV.items() <= environment.items(), child.cmdline()
+        assert environment[settings.START_VAR].startswith(first_day.isoformat())
     [daemon] = [p for p in dev.children() if "dagster._daemon" in " ".join(p.cmdline())]
     daemon.send_signal(signal.SIGKILL)
     assert dev_server.process.wait(timeout=90) == 1
     log = dev_server.log()
     assert f"dagster-daemon (pid {daemon.pid}) was killed by signal 9" in log
     assert "agg-pipeline dev stopped" in log
-    gone = wait_for(lambda: not [p for p in children if p.is_running()
-                                 and p.status() != psutil.STATUS_ZOMBIE], 30,
-                    "dev's processes to exit", lambda: str(children))
-    assert gone
+    wait_for(lambda: not running(children), 30, "dev's processes to exit",
+             lambda: str(running(children)))
 
 
 def test_dev_again_on_the_same_home_finds_the_demo_and_its_first_day(dev_server, loaded,
                                                                     market):
     """After the previous test (dev gone, the home free): no new demo data, the same first
-    day partition, derived from the data; --no-feed says so."""
+    day partition, derived from the data; --no-feed says so; SIGTERM stops it all."""
     assert dev_server.process.poll() is not None
     with connection.connect(market) as conn:
         first_day = demo.first_minute(conn).astimezone(UTC).date().isoformat()
@@ -167,5 +182,12 @@ def test_dev_again_on_the_same_home_finds_the_demo_and_its_first_day(dev_server,
         assert "registry is empty" not in log
         assert f"  partitions  days from {first_day} (AGG_START_UTC)" in log
         assert "(no live feed: --no-feed)" in log
+        # SIGTERM (what Ctrl-C does too) stops every child, then dev, cleanly
+        children = psutil.Process(again.process.pid).children(recursive=True)
+        again.process.send_signal(signal.SIGTERM)
+        assert again.process.wait(timeout=90) == 0
+        wait_for(lambda: not running(children), 30, "dev's processes to exit",
+                 lambda: str(running(children)))
+        assert "agg-pipeline dev stopped" in again.log()
     finally:
         again.stop()
