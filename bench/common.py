@@ -12,6 +12,7 @@ import shutil
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -24,6 +25,38 @@ def load_note(before: tuple[float, float, float]) -> str:
     after = os.getloadavg()
     return (f"load average (1 min) {before[0]:.1f} at launch, {after[0]:.1f} at the end, "
             f"on {os.cpu_count()} CPUs")
+
+
+def alternating(rounds: int, sides: Sequence[str]) -> Iterator[tuple[int, list[str]]]:
+    """(round number, the sides in that round's order) for A/B measurements within one run:
+    every round reverses the previous one's order, so neither side always goes first (warm
+    caches, background writes and the machine's load drift between the two)."""
+    for number in range(rounds):
+        yield number, list(sides) if number % 2 == 0 else list(sides)[::-1]
+
+
+class BackendClock:
+    """CPU time of one connection's server backend, read from /proc/<pid>/schedstat when the
+    server runs on this machine (`None` otherwise): on a shared, busy machine wall-clock time
+    swells with other work, the CPU a statement took much less. The backend is recognised by
+    its database's name in its process title, so another server's process is never misread."""
+
+    def __init__(self, pid: int, dbname: str) -> None:
+        self.path: str | None = None
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if dbname.encode() in handle.read():
+                    self.path = f"/proc/{pid}/schedstat"
+        except OSError:
+            pass
+
+    def read(self) -> tuple[float, float] | None:
+        """(seconds on a CPU, seconds runnable but waiting for one) so far."""
+        if self.path is None:
+            return None
+        with open(self.path) as handle:
+            on_cpu, waiting = handle.read().split()[:2]
+        return int(on_cpu) / 1e9, int(waiting) / 1e9
 
 
 def log(message: str) -> None:
