@@ -206,6 +206,24 @@ def _spawn(command: list[str], log_path: Path, env: dict[str, str],
         )
 
 
+def image_command() -> list[str]:
+    """deploy/Dockerfile's CMD: the code server's command line in the image."""
+    from agg_pipeline import settings
+
+    text = (settings.project_root() / "deploy" / "Dockerfile").read_text().replace("\\\n", " ")
+    (cmd,) = [line for line in text.splitlines() if line.startswith("CMD ")]
+    return json.loads(cmd.removeprefix("CMD "))
+
+
+def image_user() -> int:
+    """deploy/Dockerfile's USER uid (the image's uid and gid are the same)."""
+    from agg_pipeline import settings
+
+    text = (settings.project_root() / "deploy" / "Dockerfile").read_text()
+    (user,) = [line for line in text.splitlines() if line.startswith("USER ")]
+    return int(user.split()[1].split(":")[0])
+
+
 @dataclass
 class CodeServer:
     """`dagster code-server start`: deploy/Dockerfile's command, on a port of this host."""
@@ -257,18 +275,20 @@ class CodeServer:
 
 
 def start_code_server(home: Path, env: dict[str, str], *, market_url: str) -> CodeServer:
-    """The code location's own gRPC server, on the port production_env names; it (and its run
-    workers) reach the market data at `market_url`."""
+    """The image's command (deploy/Dockerfile's CMD) outside a container, on this host's
+    loopback and the port production_env names; it and its run workers reach the market data
+    at `market_url`."""
     from agg_pipeline import settings
 
     env = {**env, settings.DATABASE_URL_VAR: market_url}
     home.mkdir(parents=True, exist_ok=True)
     port = int(env["AGG_CODE_SERVER_PORT"])
+    command = image_command()
+    assert command[:3] == ["dagster", "code-server", "start"], command
+    for flag, value in (("-h", "127.0.0.1"), ("-p", str(port))):
+        command[command.index(flag) + 1] = value
     log_path = home / "code_server.log"
-    process = _spawn(
-        [sys.executable, "-m", "dagster", "code-server", "start", "-h", "127.0.0.1",
-         "-p", str(port), "-m", "agg_pipeline.definitions", "--location-name", "agg_pipeline"],
-        log_path, env, cwd=home)
+    process = _spawn([sys.executable, "-m", *command], log_path, env, cwd=home)
     return CodeServer(process=process, port=port, log_path=log_path)
 
 

@@ -123,7 +123,8 @@ def test_code_server_deploy_mid_run_loses_nothing(db, database_url, runtime_url,
     # the market-data URL goes to the code server only: the webserver and the daemon never
     # touch market data (sensors, schedule and runs execute in the code server)
     env = production_env(tmp_path, storage_url=storage_url, code_server_port=free_port())
-    code_server = start_code_server(tmp_path / "code", env, market_url=runtime_url)
+    code_home = tmp_path / "code"
+    code_server = start_code_server(code_home, env, market_url=runtime_url)
     webserver = daemon = None
     figures: dict[str, float] = {}
     with storage_instance(storage_url, tmp_path / "watch") as watch, \
@@ -135,8 +136,8 @@ def test_code_server_deploy_mid_run_loses_nothing(db, database_url, runtime_url,
 
         try:
             code_server.wait_until_serving()
-            webserver, daemon = start_webserver(tmp_path, env), start_workspace_daemon(tmp_path,
-                                                                                       env)
+            webserver = start_webserver(tmp_path, env)
+            daemon = start_workspace_daemon(tmp_path, env)
             webserver.wait_until_loaded()
 
             # 1. the schedule and sensors build the live hour
@@ -165,7 +166,7 @@ def test_code_server_deploy_mid_run_loses_nothing(db, database_url, runtime_url,
                 figures["code server stop s"] = code_server.deploy_stop(grace=DEPLOY_GRACE)
             assert watch.get_run_by_id(interrupted).status == dg.DagsterRunStatus.FAILURE, \
                 context()
-            code_server = start_code_server(tmp_path / "code", env, market_url=runtime_url)
+            code_server = start_code_server(code_home, env, market_url=runtime_url)
             code_server.wait_until_serving()
             daemon = start_workspace_daemon(tmp_path, env)
 

@@ -63,6 +63,7 @@ echo "== user, packages, SQL, environment"
 run python - <<'PY'
 import importlib.metadata as md
 import os
+from pathlib import Path
 
 import dagster_k8s  # noqa: F401  (the k8s extra)
 
@@ -77,6 +78,12 @@ assert (settings.sql_dir() / "queries" / "aggregate_range.sql").is_file()
 wrong = {k: os.environ.get(k) for k, v in settings.DAGSTER_PROCESS_ENV.items()
          if os.environ.get(k) != v}
 assert not wrong, f"DAGSTER_PROCESS_ENV not in the image's environment: {wrong}"
+# what uid 10001 may write: run workers' compute logs, AGG_HOME; not the instance config
+home = Path(os.environ["DAGSTER_HOME"])
+for folder in (home / "storage", settings.agg_home()):
+    (folder / "smoke").touch()
+    (folder / "smoke").unlink()
+assert not os.access(home / "dagster.yaml", os.W_OK) and not os.access(home, os.W_OK)
 print(f"ok: {len(installed)} distributions, dagster {md.version('dagster')}, "
       f"dagster-k8s {md.version('dagster-k8s')}, SQL in {settings.sql_dir()}")
 PY
