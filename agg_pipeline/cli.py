@@ -198,8 +198,8 @@ def dev(host: str, port: int, demo_days: int, no_demo: bool, no_feed: bool) -> N
         symbols = _sync_registry(market_url)
 
         stop_feed = None
-        with devserver.Supervisor(cwd=_project_file("workspace.yaml").parent,
-                                  echo=click.echo) as supervisor:
+        with devserver.Supervisor(cwd=_project_file("workspace.yaml").parent, echo=click.echo,
+                                  runs_in_flight=_runs_in_flight()) as supervisor:
             try:
                 supervisor.start_code_server(location, code_port)
                 supervisor.wait_for_port(code_port, "the code server")
@@ -298,6 +298,22 @@ def _sync_registry(market_url: str) -> list[str]:
         if missing:
             instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, missing)
     return result.symbols
+
+
+def _runs_in_flight() -> Callable[[], int]:
+    """Counts the instance's started, unfinished runs (dev lets them finish when it stops;
+    queued runs stay queued for the next start)."""
+    import dagster as dg
+
+    started = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED])
+    instance = None
+
+    def count() -> int:
+        nonlocal instance
+        instance = instance or dg.DagsterInstance.get()
+        return len(instance.get_run_ids(started))
+
+    return count
 
 
 def _summary(ui_url: str, market_url: str, symbols: list[str], demo_start: datetime | None,

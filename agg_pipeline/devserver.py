@@ -38,6 +38,8 @@ PID_FILE = "dev.pid"
 LOCAL_HOST = "127.0.0.1"  # the code server listens here only: it runs code on request
 START_TIMEOUT_S = 300.0  # code loading and the first UI answer on a busy 2-CPU machine
 STOP_TIMEOUT_S = 30.0  # then the children still running are killed
+DRAIN_S = 20.0  # a live run takes seconds; longer ones (backfills) are interrupted
+CODE_SERVER, WEBSERVER, DAEMON = "code server", "dagster-webserver", "dagster-daemon"
 POLL_S = 0.5
 # The console of a run worker (printed through the code server) and of the instance's
 # python loggers: INFO, not one DEBUG line per Dagster event (thousands a minute during a
@@ -166,6 +168,7 @@ class Supervisor:
 
     cwd: Path
     echo: Callable[[str], None]
+    runs_in_flight: Callable[[], int] | None = None  # runs started and not finished
     children: list[Child] = field(default_factory=list)
 
     def __enter__(self) -> Supervisor:
@@ -194,18 +197,18 @@ class Supervisor:
         return child
 
     def start_code_server(self, location: CodeLocation, port: int) -> Child:
-        return self.spawn("code server", [
+        return self.spawn(CODE_SERVER, [
             "-m", "dagster", "code-server", "start", "--host", LOCAL_HOST, "--port", str(port),
             "--module-name", location.module_name, "--location-name", location.location_name,
             "--log-level", "warning"])
 
     def start_webserver(self, workspace: Path, host: str, port: int) -> Child:
-        return self.spawn("dagster-webserver", [
+        return self.spawn(WEBSERVER, [
             "-m", "dagster_webserver", "--workspace", str(workspace), "--host", host,
             "--port", str(port), "--dagster-log-level", "info"])
 
     def start_daemon(self, workspace: Path) -> Child:
-        return self.spawn("dagster-daemon", [
+        return self.spawn(DAEMON, [
             "-m", "dagster._daemon", "run", "--workspace", str(workspace),
             "--log-level", "info"])
 
@@ -256,17 +259,44 @@ class Supervisor:
             time.sleep(POLL_S)
 
     def stop(self) -> None:
-        """SIGTERM to every child's process group; SIGKILL to what still runs after
-        STOP_TIMEOUT_S. Another Ctrl-C meanwhile is ignored: the wait is bounded."""
+        """The daemon first (no new runs), then, if `runs_in_flight` is given, up to DRAIN_S
+        for the runs it started to finish (instead of being interrupted and failing), then
+        the others. Each: SIGTERM to its process group, SIGKILL after STOP_TIMEOUT_S. Another
+        Ctrl-C meanwhile is ignored: every wait is bounded."""
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)
         running = [c for c in self.children if c.process.poll() is None]
         if running:
             self.echo(f"stopping {', '.join(c.name for c in running)} ...")
-        for child in self.children:  # a dead child's group may hold what it started
+        launchers = [c for c in self.children if c.name == DAEMON]
+        try:
+            self._stop(launchers)
+            code_server_up = any(c.name == CODE_SERVER and c.process.poll() is None
+                                 for c in self.children)
+            if self.runs_in_flight is not None and code_server_up:
+                self._drain(self.runs_in_flight)
+        except Exception as exc:  # e.g. Dagster's storage gone: stop the rest regardless
+            self.echo(f"not waiting for runs in flight: {type(exc).__name__}: {exc}")
+        finally:
+            self._stop([c for c in self.children if c not in launchers])
+        if running:
+            self.echo("agg-pipeline dev stopped")
+
+    def _drain(self, runs_in_flight: Callable[[], int]) -> None:
+        deadline = time.monotonic() + DRAIN_S
+        told = False
+        while (count := runs_in_flight()) and time.monotonic() < deadline:
+            if not told:
+                self.echo(f"letting {count} run(s) in flight finish (up to {DRAIN_S:.0f} s)")
+                told = True
+            time.sleep(POLL_S)
+        if count:
+            self.echo(f"{count} run(s) still in flight: interrupted")
+
+    def _stop(self, children: list[Child]) -> None:
+        running = [c for c in children if c.process.poll() is None]
+        for child in children:  # a dead child's group may hold what it started
             _signal_group(child, signal.SIGTERM)
-        if not running:
-            return
         deadline = time.monotonic() + STOP_TIMEOUT_S
         for child in running:
             try:
@@ -276,7 +306,6 @@ class Supervisor:
                           f"{STOP_TIMEOUT_S:.0f} s: killed, with its process group")
                 _signal_group(child, signal.SIGKILL)
                 child.process.wait()
-        self.echo("agg-pipeline dev stopped")
 
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
