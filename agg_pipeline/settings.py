@@ -127,14 +127,47 @@ def _positive_int(var: str, raw: str) -> int:
     return int(raw)
 
 
-SCHEDULE_MAX_RUNS_VAR = "AGG_SCHEDULE_MAX_RUNS"
-DEFAULT_SCHEDULE_MAX_RUNS = 10  # the cron worker's MAX_TASKS
+def _count(var: str, default: int) -> int:
+    raw = os.environ.get(var, "").strip()
+    return _positive_int(var, raw) if raw else default
 
 
-def schedule_max_runs() -> int:
-    """Runs the catch-up schedule may request per tick."""
-    raw = os.environ.get(SCHEDULE_MAX_RUNS_VAR, "").strip()
-    return _positive_int(SCHEDULE_MAX_RUNS_VAR, raw) if raw else DEFAULT_SCHEDULE_MAX_RUNS
+# The live path's planner (engine/planning.py): the schedule and the sensors.
+MAX_RUNS_PER_TICK_VAR = "AGG_MAX_RUNS_PER_TICK"
+DEFAULT_MAX_RUNS_PER_TICK = 10  # the cron worker's MAX_TASKS, now runs of many symbols each
+
+
+def max_runs_per_tick() -> int:
+    """Runs the schedule or a sensor may request per tick (each covers many symbols)."""
+    return _count(MAX_RUNS_PER_TICK_VAR, DEFAULT_MAX_RUNS_PER_TICK)
+
+
+MAX_PARTITIONS_PER_RUN_VAR = "AGG_MAX_PARTITIONS_PER_RUN"
+# one materialisation event per partition and asset: 1,000 symbols' live day in one run
+DEFAULT_MAX_PARTITIONS_PER_RUN = 1000
+
+
+def max_partitions_per_run() -> int:
+    """Symbol x period partitions one live run may cover."""
+    return _count(MAX_PARTITIONS_PER_RUN_VAR, DEFAULT_MAX_PARTITIONS_PER_RUN)
+
+
+RECONCILE_DAYS_VAR = "AGG_RECONCILE_DAYS"
+DEFAULT_RECONCILE_DAYS = 7
+
+
+def reconcile_days() -> int:
+    """The recent UTC days the reconciliation backstop re-checks (today included)."""
+    return _count(RECONCILE_DAYS_VAR, DEFAULT_RECONCILE_DAYS)
+
+
+RECONCILE_SYMBOLS_VAR = "AGG_RECONCILE_SYMBOLS_PER_TICK"
+DEFAULT_RECONCILE_SYMBOLS = 20
+
+
+def reconcile_symbols_per_tick() -> int:
+    """Symbols the reconciliation backstop re-checks per late-data tick (a rotation)."""
+    return _count(RECONCILE_SYMBOLS_VAR, DEFAULT_RECONCILE_SYMBOLS)
 
 
 BACKFILL_BATCH_VAR = "AGG_BACKFILL_MAX_PARTITIONS_PER_RUN"

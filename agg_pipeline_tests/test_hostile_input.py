@@ -460,6 +460,8 @@ def test_minus_infinity_source_timestamp_is_quarantined(db, instance):
     now = datetime.now(UTC)
     requests = catchup_schedule(schedule_context(instance, now))
     assert [r.tags[SYMBOL_TAG] for r in requests] == ["DXY"]
+    db.execute("DELETE FROM data_agg_plan_claims")  # the schedule's claim, so the sensor plans
+    db.commit()
     assert source_frontier_sensor(sensor_context(instance)).run_requests[0].tags[
         SYMBOL_TAG] == "DXY"
     late = late_data_sensor(sensor_context(instance, cursor=(now - HOUR).isoformat()))
@@ -664,6 +666,8 @@ def test_unknown_timeframe_tasks_are_reported_retired_and_refused(db, instance):
     assert sorted(log.messages(logging.WARNING)) == [
         "task 'EURUSD' / '' not scheduled: unknown timeframe ''",
         "task 'EURUSD' / '7m' not scheduled: unknown timeframe '7m'"]
+    db.execute("DELETE FROM data_agg_plan_claims")  # the schedule's claim, so the sensor plans
+    db.commit()
     assert len(source_frontier_sensor(sensor_context(instance)).run_requests) == 1
     assert late_data_sensor(sensor_context(
         instance, cursor=(now - HOUR).isoformat())).run_requests == []

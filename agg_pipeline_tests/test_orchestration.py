@@ -191,7 +191,7 @@ def test_frontier_sensor_requests_new_complete_windows_and_skips_when_idle(eurus
                                   asset_selection=request.asset_selection).success
     context = dg.build_sensor_context(instance=instance, resources=RESOURCES,
                                       cursor=result.cursor)
-    assert isinstance(source_frontier_sensor(context), dg.SkipReason)
+    assert source_frontier_sensor(context).run_requests == []
 
 
 def test_late_row_rerequests_its_day_for_5m_and_1h(eurusd, instance):
@@ -212,10 +212,10 @@ def test_late_row_rerequests_its_day_for_5m_and_1h(eurusd, instance):
     assert request.tags[RANGE_START_TAG] == request.tags[RANGE_END_TAG] == str(
         partition_key("EURUSD", DAY))
     assert {k.to_user_string() for k in request.asset_selection} == {"bars_5m", "bars_1h"}
-    # the same state asks for the same run (deduplicated by run key)
+    # the same state again, before the run exists: requested once, claimed, not twice
     again = late_data_sensor(dg.build_sensor_context(instance=instance, resources=RESOURCES,
                                                      cursor=quiet.cursor))
-    assert again.run_requests[0].run_key == request.run_key
+    assert again.run_requests == []
     # after the re-materialisation the day matches its fingerprint again
     job = defs.resolve_job_def("aggregate_bars")
     assert job.execute_in_process(instance=instance, tags={**request.tags,
@@ -229,10 +229,14 @@ def test_late_row_rerequests_its_day_for_5m_and_1h(eurusd, instance):
 
 
 def test_schedule_orders_bounds_and_never_duplicates(db, instance, monkeypatch):
+    """Contract 12 under the run bound: with one symbol per run (a partition per run) and two
+    runs per tick, the most urgent symbols come first; the next tick requests neither the work
+    of a run still in flight nor of one within its claim's grace, and does request work whose
+    run failed (a finished run releases its claim)."""
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     start = now - timedelta(hours=2)
     start = start - timedelta(minutes=start.minute % 5)
-    priorities = {"AAA": 200, "BBB": 50, "CCC": 100}
+    priorities = {"AAA": 200, "BBB": 50, "CCC": 100, "DDD": 300}
     for symbol in priorities:
         add_symbol(db, symbol)
         insert_bars(db, symbol, minute_bars(start, 60))
@@ -242,19 +246,28 @@ def test_schedule_orders_bounds_and_never_duplicates(db, instance, monkeypatch):
         db.execute("UPDATE data_agg_state SET task_priority = %s WHERE canonical_symbol = %s",
                    (priority, symbol))
     db.commit()
-    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["AAA", "BBB", "CCC"])
-    monkeypatch.setenv("AGG_SCHEDULE_MAX_RUNS", "2")
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, list(priorities))
+    monkeypatch.setenv("AGG_MAX_RUNS_PER_TICK", "2")
+    monkeypatch.setenv("AGG_MAX_PARTITIONS_PER_RUN", "1")
     context = dg.build_schedule_context(instance=instance, resources=RESOURCES,
                                         scheduled_execution_time=now)
     requests = catchup_schedule(context)
     assert [r.tags[SYMBOL_TAG] for r in requests] == ["BBB", "CCC"]  # priority order, bounded
-    # a run in flight for BBB: the next tick does not request BBB again
+    assert {r.tags["agg/lane"] for r in requests} == {"live"}
+    assert len({r.tags["agg/plan"] for r in requests}) == 2
+    # BBB's run is in flight, CCC's failed: the next tick requests CCC again and AAA, not BBB
     job = defs.resolve_job_def("aggregate_bars")
     instance.create_run_for_job(job, tags=requests[0].tags, status=dg.DagsterRunStatus.STARTED)
+    instance.create_run_for_job(job, tags=requests[1].tags, status=dg.DagsterRunStatus.FAILURE)
     requests = catchup_schedule(dg.build_schedule_context(
         instance=instance, resources=RESOURCES,
         scheduled_execution_time=now + timedelta(minutes=5)))
     assert [r.tags[SYMBOL_TAG] for r in requests] == ["CCC", "AAA"]
+    # and then only DDD is left: AAA's and CCC's runs are not created yet (grace), BBB's runs
+    requests = catchup_schedule(dg.build_schedule_context(
+        instance=instance, resources=RESOURCES,
+        scheduled_execution_time=now + timedelta(minutes=10)))
+    assert [r.tags[SYMBOL_TAG] for r in requests] == ["DDD"]
 
 
 def test_disabled_task_is_not_scheduled_and_resumes_from_its_cursor(eurusd, instance):

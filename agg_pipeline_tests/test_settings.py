@@ -8,7 +8,10 @@ from agg_pipeline import settings
 
 
 @pytest.mark.parametrize(("var", "read", "default"), [
-    (settings.SCHEDULE_MAX_RUNS_VAR, settings.schedule_max_runs, 10),
+    (settings.MAX_RUNS_PER_TICK_VAR, settings.max_runs_per_tick, 10),
+    (settings.MAX_PARTITIONS_PER_RUN_VAR, settings.max_partitions_per_run, 1000),
+    (settings.RECONCILE_DAYS_VAR, settings.reconcile_days, 7),
+    (settings.RECONCILE_SYMBOLS_VAR, settings.reconcile_symbols_per_tick, 20),
     (settings.BACKFILL_BATCH_VAR, settings.backfill_max_partitions_per_run, None),
     (settings.ALERT_WEBHOOK_VAR, settings.alert_webhook_url, None),
 ])
@@ -19,20 +22,27 @@ def test_unset_or_blank_gives_the_default(monkeypatch, var, read, default):
     assert read() == default
 
 
-@pytest.mark.parametrize("var", [settings.SCHEDULE_MAX_RUNS_VAR, settings.BACKFILL_BATCH_VAR])
+COUNTS = {
+    settings.MAX_RUNS_PER_TICK_VAR: settings.max_runs_per_tick,
+    settings.MAX_PARTITIONS_PER_RUN_VAR: settings.max_partitions_per_run,
+    settings.RECONCILE_DAYS_VAR: settings.reconcile_days,
+    settings.RECONCILE_SYMBOLS_VAR: settings.reconcile_symbols_per_tick,
+    settings.BACKFILL_BATCH_VAR: settings.backfill_max_partitions_per_run,
+}
+
+
+@pytest.mark.parametrize("var", sorted(COUNTS))
 @pytest.mark.parametrize("raw", ["0", "-3", "ten", "2.5"])
 def test_counts_must_be_positive_integers(monkeypatch, var, raw):
     monkeypatch.setenv(var, raw)
-    read = (settings.schedule_max_runs if var == settings.SCHEDULE_MAX_RUNS_VAR
-            else settings.backfill_max_partitions_per_run)
     with pytest.raises(ValueError, match=f"{var}='{raw}' must be a positive integer"):
-        read()
+        COUNTS[var]()
 
 
 def test_counts_are_read_as_given(monkeypatch):
-    monkeypatch.setenv(settings.SCHEDULE_MAX_RUNS_VAR, " 3 ")
+    monkeypatch.setenv(settings.MAX_RUNS_PER_TICK_VAR, " 3 ")
     monkeypatch.setenv(settings.BACKFILL_BATCH_VAR, "365")
-    assert settings.schedule_max_runs() == 3
+    assert settings.max_runs_per_tick() == 3
     assert settings.backfill_max_partitions_per_run() == 365
 
 

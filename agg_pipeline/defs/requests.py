@@ -1,41 +1,105 @@
-"""Run requests for the schedule and sensors: one run per symbol over a range of days."""
+"""The live planner's Dagster side: which claimed plans have runs in flight, and the planned
+runs as run requests over rectangles of partitions (the planner itself is engine/planning.py).
+"""
 
 
-from collections.abc import Iterable
-from datetime import date
+from collections.abc import Callable
+from datetime import date, datetime
 
 import dagster as dg
 import psycopg
 
+from agg_pipeline import settings
 from agg_pipeline.defs.assets import ASSET_KEY_BY_TIMEFRAME
 from agg_pipeline.defs.checks import CHECK_KEYS_BY_TIMEFRAME
-from agg_pipeline.defs.partitions import SYMBOL_TAG, range_tags
+from agg_pipeline.defs.partitions import (
+    SYMBOLS_PARTITIONS_NAME,
+    period_last_day,
+    period_start,
+    range_tags,
+)
+from agg_pipeline.engine import planning
+
+# Tags of every run the planner requests: the run queue's live lane (dagster.yaml limits it),
+# why, and the plan whose claims the run holds (the run key too).
+LANE_TAG, LIVE_LANE = "agg/lane", "live"
+REASON_TAG = "agg/reason"
+PLAN_TAG = "agg/plan"
 
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
 ]
 
 
-def symbols_in_flight(instance: dg.DagsterInstance) -> set[str]:
-    """Symbols with a run queued or running: requesting another would duplicate it."""
-    records = instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT), limit=1000)
-    return {r.dagster_run.tags[SYMBOL_TAG] for r in records if SYMBOL_TAG in r.dagster_run.tags}
+def run_states(instance: dg.DagsterInstance, plan_ids: list[str]) -> planning.RunStates:
+    """Which of the claimed plans have a run queued or running, and which only finished ones
+    (a crashed run's retry carries its plan's tag too, so the plan stays live)."""
+    if not plan_ids:
+        return planning.RunStates()
+    records = instance.get_run_records(dg.RunsFilter(tags={PLAN_TAG: plan_ids}))
+    live = {r.dagster_run.tags[PLAN_TAG] for r in records if r.dagster_run.status in IN_FLIGHT}
+    done = {r.dagster_run.tags[PLAN_TAG] for r in records} - live
+    return planning.RunStates(live=frozenset(live), finished=frozenset(done))
 
 
-def run_request(symbol: str, timeframes: Iterable[str], first_day: date, last_day: date,
-                *, run_key: str, reason: str) -> dg.RunRequest:
-    timeframes = list(timeframes)
+def period_bounds(day: date) -> tuple[date, date]:
+    """The first and last UTC day of the time partition holding `day`."""
+    first = period_start(day)
+    return first, period_last_day(first)
+
+
+def limits() -> planning.Limits:
+    return planning.Limits(max_runs=settings.max_runs_per_tick(),
+                           max_partitions=settings.max_partitions_per_run())
+
+
+def synced_symbols(instance: dg.DagsterInstance) -> list[str]:
+    """The `symbols` partitions, in their order (a run's block of symbols is a slice)."""
+    return list(instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
+
+
+def plan(instance: dg.DagsterInstance, conn: psycopg.Connection, requester: str,
+         symbols: list[str], find_work: Callable[[], tuple[planning.Tasks, list[planning.Work]]]
+         ) -> tuple[planning.Tasks, planning.Plan]:
+    """One requester's turn of the planner. Dagster is asked about the claimed plans' runs
+    BEFORE `find_work` reads the tasks and finds the work: a run seen finished then has its
+    effects in what is found, so releasing its claims cannot let done work be requested."""
+    states = run_states(instance, planning.claimed_plans(conn))
+    tasks, work = find_work()
+    conn.rollback()
+    return tasks, planning.plan_runs(conn, work, requester=requester, runs=states,
+                                     symbols=symbols, riders=tasks.riders(), limits=limits(),
+                                     period=period_bounds)
+
+
+def run_request(run: planning.PlannedRun) -> dg.RunRequest:
+    """One run over the rectangle run.symbols x the periods holding its days."""
+    tags = range_tags(run.symbols[0], run.first_day, run.last_day, last_symbol=run.symbols[-1])
+    tags.update({LANE_TAG: LIVE_LANE, REASON_TAG: run.reason, PLAN_TAG: run.plan_id})
     return dg.RunRequest(
-        run_key=run_key,
-        asset_selection=[ASSET_KEY_BY_TIMEFRAME[tf] for tf in timeframes],
-        asset_check_keys=[key for tf in timeframes for key in CHECK_KEYS_BY_TIMEFRAME[tf]],
-        tags={**range_tags(symbol, first_day, last_day), "agg/reason": reason},
+        run_key=run.plan_id,
+        asset_selection=[ASSET_KEY_BY_TIMEFRAME[tf] for tf in run.timeframes],
+        asset_check_keys=[key for tf in run.timeframes for key in CHECK_KEYS_BY_TIMEFRAME[tf]],
+        tags=tags,
     )
 
 
-def database_now(conn: psycopg.Connection):
+def summary(found: planning.Plan) -> str:
+    """What a tick did not request, and why (its skip reason or log line)."""
+    parts = []
+    if found.claimed:
+        parts.append(f"{len(found.claimed)} symbols' work already requested (runs in flight)")
+    if found.waiting:
+        parts.append(f"{len(found.waiting)} symbols' work left for the next tick")
+    if found.unsynced:
+        parts.append(f"{len(found.unsynced)} symbols without a partition yet")
+    return "; ".join(parts)
+
+
+def database_now(conn: psycopg.Connection) -> datetime:
     """Finality is judged on the database clock, as the engine does."""
     return conn.execute("SELECT now()").fetchone()[0]

@@ -1,7 +1,12 @@
-"""Sensors: registry sync, source frontier (new complete windows), late data (contract 10)."""
+"""Sensors: registry sync, source frontier (new complete windows), late data (contract 10).
+
+The frontier and late-data sensors request runs through the live planner (defs/requests.py,
+engine/planning.py), as the schedule does: never work a run in flight was requested for.
+"""
 
 
 import json
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import dagster as dg
@@ -10,13 +15,18 @@ from agg_pipeline import settings
 from agg_pipeline.defs.assets import bars_1m
 from agg_pipeline.defs.jobs import aggregate_bars_job
 from agg_pipeline.defs.partitions import FIRST_DAY, SYMBOLS_PARTITIONS_NAME
-from agg_pipeline.defs.requests import database_now, run_request, symbols_in_flight
+from agg_pipeline.defs.requests import database_now, plan, run_request, summary, synced_symbols
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.engine import planning, tasks, timeframes
 
 # Rows whose ingestion transaction committed up to this long after its ingested_at stamp
 # are still seen by the late-data sensor.
 LATE_DATA_LOOKBACK = timedelta(minutes=10)
+# bars_1m observations: a rotation over the symbols, at most this many per tick, each
+# symbol at most once per cycle and a cycle at most this often, so a tick's events and
+# cursor stay the same size whatever the number of symbols (bench/tick_bench.py).
+OBSERVATIONS_PER_TICK = 25
+OBSERVATION_CYCLE = timedelta(minutes=5)
 
 
 @dg.sensor(
@@ -43,29 +53,39 @@ def registry_sync_sensor(context: dg.SensorEvaluationContext,
         requests.append(dg.AddDynamicPartitionsRequest(SYMBOLS_PARTITIONS_NAME, added))
     if removed:
         requests.append(dg.DeleteDynamicPartitionsRequest(SYMBOLS_PARTITIONS_NAME, removed))
-    summary = (f"env={environment}: {len(wanted)} symbols; tasks created={result.created} "
-               f"updated={result.updated} retired={result.retired}; partitions added={added} "
-               f"removed={removed}; rejected={len(result.rejected)}")
-    context.log.info(summary)
+    summary_line = (f"env={environment}: {len(wanted)} symbols; tasks created={result.created} "
+                    f"updated={result.updated} retired={result.retired}; partitions "
+                    f"added={added} removed={removed}; rejected={len(result.rejected)}")
+    context.log.info(summary_line)
     if not requests:
-        return dg.SkipReason(summary)
+        return dg.SkipReason(summary_line)
     return dg.SensorResult(dynamic_partitions_requests=requests)
 
 
-def _frontier_observations(plan: planning.Plan, cursor: dict[str, str],
-                           known: set[str]) -> tuple[list[dg.AssetObservation], dict[str, str]]:
-    """An observation of bars_1m per symbol whose newest source row moved."""
-    observations, seen = [], dict(cursor)
-    for task in plan.tasks:
-        if not timeframes.get(task.timeframe).reads_data_bars or task.frontier is None:
-            continue
-        stamp = task.frontier.isoformat()
-        if task.symbol in known and cursor.get(task.symbol) != stamp:
-            observations.append(dg.AssetObservation(
-                asset_key=bars_1m.key, partition=task.symbol,
-                metadata={"frontier": dg.MetadataValue.timestamp(task.frontier)}))
-        seen[task.symbol] = stamp
-    return observations, seen
+def frontier_observations(found: planning.Tasks, symbols: list[str], state: dict,
+                          as_of: datetime) -> tuple[list[dg.AssetObservation], dict]:
+    """The next slice of the rotation over the symbols (by name): an observation of bars_1m
+    for each whose frontier is newer than the start of the previous cycle (it may have moved
+    since the symbol's last observation; older, it has not). A new cycle starts when the
+    last one is through and OBSERVATION_CYCLE has passed since it began."""
+    frontiers = {t.symbol: t.frontier for t in found.states
+                 if timeframes.get(t.timeframe).reads_data_bars and t.frontier is not None}
+    names = sorted(set(symbols) & frontiers.keys())
+    after, cycle, previous = state.get("after"), state.get("cycle"), state.get("previous")
+    cycle = cycle or as_of.isoformat()  # the first cycle begins now
+    upcoming = [s for s in names if after is None or s > after]
+    if not upcoming:
+        if as_of - datetime.fromisoformat(cycle) < OBSERVATION_CYCLE:
+            return [], state
+        upcoming, previous, cycle = names, cycle, as_of.isoformat()
+    slice_ = upcoming[:OBSERVATIONS_PER_TICK]
+    moved_after = datetime.fromisoformat(previous) if previous else None
+    observations = [
+        dg.AssetObservation(asset_key=bars_1m.key, partition=symbol,
+                            metadata={"frontier": dg.MetadataValue.timestamp(frontiers[symbol])})
+        for symbol in slice_ if moved_after is None or frontiers[symbol] > moved_after]
+    return observations, {"after": slice_[-1] if slice_ else after, "cycle": cycle,
+                          "previous": previous}
 
 
 @dg.sensor(
@@ -73,30 +93,55 @@ def _frontier_observations(plan: planning.Plan, cursor: dict[str, str],
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
-        "When new 1m rows complete windows (past the confirmation delay), requests the symbol's "
-        "days for bars_5m and everything derived from it. Nothing new, no run."
+        "When new 1m rows complete windows (past the confirmation delay), requests those days "
+        "for bars_5m and everything derived from it, batched: runs over blocks of symbols x "
+        "days through the live planner. Nothing new, no run. Observes bars_1m's per-symbol "
+        f"frontier on a rotation (at most {OBSERVATIONS_PER_TICK} per tick)."
     ),
 )
 def source_frontier_sensor(context: dg.SensorEvaluationContext,
                            market_db: MarketDatabase) -> dg.SensorResult | dg.SkipReason:
+    symbols = synced_symbols(context.instance)
     with market_db.connect() as conn:
         as_of = database_now(conn)
-        plan = planning.plan_catchup(conn, as_of, roots_only=True, first_day=FIRST_DAY)
-    known = set(context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
-    busy = symbols_in_flight(context.instance)
-    requests = []
-    for work in plan.work:
-        if work.symbol not in known or work.symbol in busy:
-            continue
-        requests.append(run_request(
-            work.symbol, work.timeframes, work.first_day, work.last_day,
-            run_key=f"frontier:{work.symbol}:{work.signature}", reason="new complete windows"))
-    observations, frontiers = _frontier_observations(
-        plan, json.loads(context.cursor) if context.cursor else {}, known)
-    if not requests and not observations:
-        return dg.SkipReason("no new complete windows")
-    return dg.SensorResult(run_requests=requests, asset_events=observations,
-                           cursor=json.dumps(frontiers, sort_keys=True))
+
+        def find_work():
+            found = planning.task_states(conn, as_of)
+            return found, planning.catchup_work(found, roots_only=True, first_day=FIRST_DAY)
+
+        found, result = plan(context.instance, conn, "frontier", symbols, find_work)
+    observations, state = frontier_observations(
+        found, symbols, json.loads(context.cursor) if context.cursor else {}, as_of)
+    cursor = json.dumps(state, sort_keys=True)
+    left = summary(result)
+    if left:
+        context.log.info(left)
+    if not result.runs:
+        return dg.SensorResult(asset_events=observations, cursor=cursor,
+                               skip_reason=None if observations else
+                               "no new complete windows" + (f" ({left})" if left else ""))
+    return dg.SensorResult(run_requests=[run_request(r) for r in result.runs],
+                           asset_events=observations, cursor=cursor)
+
+
+@dataclass(frozen=True)
+class LateState:
+    since: datetime | None  # rows landed after this (minus the look-back) are looked at
+    reconcile_after: str | None  # the reconciliation's rotation resumes after this symbol
+
+    @classmethod
+    def parse(cls, cursor: str | None) -> "LateState":
+        if not cursor:
+            return cls(None, None)
+        if not cursor.startswith("{"):  # the cursor before the reconciliation: a timestamp
+            return cls(datetime.fromisoformat(cursor), None)
+        raw = json.loads(cursor)
+        return cls(datetime.fromisoformat(raw["since"]) if raw.get("since") else None,
+                   raw.get("reconcile_after"))
+
+    def dump(self) -> str:
+        return json.dumps({"since": self.since.isoformat() if self.since else None,
+                           "reconcile_after": self.reconcile_after}, sort_keys=True)
 
 
 @dg.sensor(
@@ -104,39 +149,63 @@ def source_frontier_sensor(context: dg.SensorEvaluationContext,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
-        "Source rows that landed (by ingested_at) in days already materialised, or corrected "
-        "there, re-materialise those days for bars_5m and everything derived (SPEC contract 10)."
+        "Every change to the source of days already materialised re-materialises those days "
+        "for bars_5m and everything derived (SPEC contract 10), through the live planner: rows "
+        "that landed late (by ingested_at), and updates, deletes and truncates the change "
+        "capture recorded. The backstop for changes made with the capture bypassed: each tick "
+        f"re-checks {settings.RECONCILE_SYMBOLS_VAR} symbols (a rotation) over the last "
+        f"{settings.RECONCILE_DAYS_VAR} days against their recorded fingerprints and a "
+        "rolled-back re-aggregation (reason: reconciliation)."
     ),
 )
 def late_data_sensor(context: dg.SensorEvaluationContext,
                      market_db: MarketDatabase) -> dg.SensorResult | dg.SkipReason:
+    state = LateState.parse(context.cursor)
+    symbols = synced_symbols(context.instance)
+    checked: list[planning.Reconciliation] = []
+    too_early: list = []
     with market_db.connect() as conn:
         as_of = database_now(conn)
-        since = (datetime.fromisoformat(context.cursor) if context.cursor else as_of)
-        late = planning.late_days(conn, since - LATE_DATA_LOOKBACK, as_of)
-        plan = planning.plan_catchup(conn, as_of)
-    scheduled: dict[str, set[str]] = {}
-    for task in plan.tasks:
-        scheduled.setdefault(task.symbol, set()).add(task.timeframe)
-    known = set(context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
-    requests = []
-    for found in late:
-        days = [d for d in found.days if d >= FIRST_DAY]
-        if found.symbol not in known or not days:
-            context.log.warning(f"late rows for {found.symbol} on {found.days} cannot be "
-                                "requested (no such partition)")
-            continue
-        roots = [tf for tf in timeframes.ORDERED if tf.reads_data_bars]
-        selected = {tf.name for root in roots for tf in [root, *timeframes.downstream(root.name)]}
-        chosen = [tf.name for tf in timeframes.ORDERED
-                  if tf.name in selected & scheduled.get(found.symbol, set())]
-        if not chosen:
-            continue
-        requests.append(run_request(
-            found.symbol, chosen, min(days), max(days),
-            run_key=f"late:{found.symbol}:{found.fingerprint}",
-            reason=f"late data on {', '.join(d.isoformat() for d in days)}"))
-    new_cursor = as_of.isoformat()
-    if not requests:
-        return dg.SensorResult(skip_reason="no late source rows", cursor=new_cursor)
-    return dg.SensorResult(run_requests=requests, cursor=new_cursor)
+        since = state.since or as_of
+
+        def find_work():
+            found = planning.task_states(conn, as_of)
+            late, early = planning.late_work(conn, found, since - LATE_DATA_LOOKBACK, as_of,
+                                             FIRST_DAY)
+            reconciled = planning.reconciliation_work(
+                conn, found, after=state.reconcile_after,
+                budget=settings.reconcile_symbols_per_tick(), days=settings.reconcile_days(),
+                as_of=as_of, first_day=FIRST_DAY)
+            checked.append(reconciled)
+            too_early.extend(early)
+            return found, late + reconciled.work
+
+        _, result = plan(context.instance, conn, "late", symbols, find_work)
+    [reconciled] = checked
+    for symbol, day in too_early:
+        context.log.warning(f"late rows for {symbol} on {day} cannot be requested: before "
+                            f"the first partition ({FIRST_DAY})")
+    for work in result.unsynced:
+        context.log.warning(f"late rows for {work.symbol} on {work.first_day}..{work.last_day} "
+                            "cannot be requested (no such partition)")
+    for symbol, error in sorted(reconciled.errors.items()):
+        context.log.warning(f"reconciliation of {symbol} failed: {error}")
+    shown = ", ".join(reconciled.checked[:5]) + (" ..." if len(reconciled.checked) > 5 else "")
+    context.log.info(f"reconciliation: {len(reconciled.checked)} symbols re-checked ({shown}), "
+                     f"{reconciled.windows_checked} windows, {len(reconciled.work)} changed "
+                     f"spans, {len(reconciled.busy)} busy")
+    # work not requested now must be found again: the landed rows' window and the rotation
+    # hold until it is (a day already handled matches its fingerprint again: no repeat)
+    held = result.claimed + result.waiting
+    new_state = LateState(
+        since if any(w.reason == planning.LATE_DATA for w in held) else as_of,
+        state.reconcile_after if any(planning.RECONCILIATION in w.causes for w in held)
+        else (reconciled.checked[-1] if reconciled.checked else state.reconcile_after))
+    left = summary(result)
+    if not result.runs:
+        return dg.SensorResult(skip_reason="no late source rows" + (f" ({left})" if left else ""),
+                               cursor=new_state.dump())
+    if left:
+        context.log.info(left)
+    return dg.SensorResult(run_requests=[run_request(r) for r in result.runs],
+                           cursor=new_state.dump())

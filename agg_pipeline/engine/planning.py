@@ -1,13 +1,27 @@
-"""What the schedule and the sensors should run: plain functions over the task table.
+"""The live path's one planner: what the schedule and the sensors run (plain Python + SQL).
 
-`plan_catchup` says, per symbol, which timeframes have final windows past their cursor and
-which UTC days a run must cover to bring them up to their frontier (contracts 7, 8, 12).
-`late_days` finds days whose source rows changed after they were materialised (contract 10).
+Work is found per symbol in UTC days:
+- `catchup_work`: timeframes with final windows past their cursor, and what derives from them
+  (contracts 6-8): the schedule (every timeframe) and the frontier sensor (roots only).
+- `late_work`: days already materialised whose source changed (contract 10): rows that landed
+  late (by `ingested_at`) and days the change capture of migration 012 recorded as updated,
+  deleted or truncated and not yet re-read.
+- `reconciliation_work`: the backstop for changes made with the capture bypassed: a budgeted
+  rotation over symbols re-checks recent days' fingerprints and re-aggregates them in a
+  rolled-back transaction.
+
+`plan_runs` turns work into a bounded number of runs, each a rectangle of partitions (a block
+of consecutive symbols in the partitions' order x a range of days), ordered by contract 12,
+and claims that work in `data_agg_plan_claims` in the same transaction, under one
+transaction-scoped advisory lock: requesters ticking at the same moment in other threads or
+processes never request the same work twice. The planner works in UTC days; the caller
+passes the time partitions' bounds (`period`) and maps runs to partition keys.
 """
 
 from __future__ import annotations
 
-import hashlib
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
@@ -15,7 +29,29 @@ import psycopg
 from psycopg.rows import dict_row
 
 from agg_pipeline.db import queries
+from agg_pipeline.engine import aggregate as engine
 from agg_pipeline.engine import timeframes, windows
+from agg_pipeline.engine.errors import AggregationError
+
+PLAN_LOCK_KEY = "agg_pipeline/plan"
+# A claim whose run Dagster does not know (yet) stays live this long: the daemon creates a
+# sensor's or schedule's runs right after the tick returns, within seconds.
+CLAIM_GRACE = timedelta(minutes=2)
+# A symbol with no work of a block may ride along in it (the engine is idempotent; an
+# up-to-date day costs ~2-8 ms per timeframe, a run of its own ~10 s of Dagster start-up)
+# when the block covers at most this many days, and a gap of such riders is bridged when it
+# adds at most this many partitions (~1-3 s of engine time).
+RIDE_ALONG_DAYS = 3
+RIDE_ALONG_GAP_PARTITIONS = 200
+
+CATCH_UP = "catch-up"
+NEW_WINDOWS = "new complete windows"
+LATE_DATA = "late data"
+RECONCILIATION = "reconciliation"
+
+# what a pending change of migration 012 is, for the run's reason
+CHANGE_CAUSES = {"update": "correction", "delete": "deletion", "truncate": "deletion"}
+LATE_ROWS = "late rows"
 
 
 @dataclass(frozen=True)
@@ -26,6 +62,7 @@ class TaskState:
     target: datetime  # the cursor a full catch-up would reach now
     frontier: datetime | None  # newest usable source row
     order: tuple  # contract 12 sort key
+    hard_failed: bool = False
 
     @property
     def behind(self) -> bool:
@@ -33,22 +70,78 @@ class TaskState:
 
 
 @dataclass(frozen=True)
-class SymbolWork:
-    """One run: these timeframes of this symbol over [first_day, last_day]."""
+class Tasks:
+    """The schedulable tasks (contract-12 order) and the ones that cannot be planned."""
+
+    states: list[TaskState]
+    problems: dict[tuple[str, str], str]  # (symbol, timeframe) -> why
+
+    def by_symbol(self) -> dict[str, dict[str, TaskState]]:
+        found: dict[str, dict[str, TaskState]] = {}
+        for state in self.states:
+            found.setdefault(state.symbol, {})[state.timeframe] = state
+        return found
+
+    def riders(self) -> set[str]:
+        """Symbols that may ride along in a run without work of their own: every task of
+        theirs is plannable and none is hard_failed (a rider must not fail a run)."""
+        blocked = {symbol for symbol, _ in self.problems}
+        blocked |= {s.symbol for s in self.states if s.hard_failed}
+        return {s.symbol for s in self.states} - blocked
+
+
+@dataclass(frozen=True)
+class Work:
+    """Days [first_day, last_day] of one symbol to (re)materialise for these timeframes."""
 
     symbol: str
     timeframes: tuple[str, ...]  # ladder order
     first_day: date
     last_day: date
-    signature: str  # changes whenever the work to do changes (run keys)
+    reason: str  # CATCH_UP, NEW_WINDOWS, LATE_DATA or RECONCILIATION
+    order: tuple = field(compare=False)  # contract 12 key of its most urgent task
+    causes: frozenset[str] = frozenset()  # late data: late rows, correction, deletion
+    days: frozenset[date] = frozenset()  # late data: the days that changed
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run: `symbols` (consecutive in the partitions' order) x [first_day, last_day]."""
+
+    plan_id: str
+    symbols: tuple[str, ...]
+    first_day: date
+    last_day: date
+    timeframes: tuple[str, ...]
+    reason: str
+    work: tuple[Work, ...]  # what it was planned for; the other symbols ride along
     order: tuple = field(compare=False)
 
 
 @dataclass(frozen=True)
+class RunStates:
+    """What Dagster knows of the runs of claimed plans: queued/running, or finished."""
+
+    live: frozenset[str] = frozenset()
+    finished: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_runs: int  # per tick
+    max_partitions: int  # symbol x period partitions per run
+
+
+@dataclass(frozen=True)
 class Plan:
-    work: list[SymbolWork]
-    problems: dict[tuple[str, str], str]  # (symbol, timeframe) -> why it cannot be planned
-    tasks: list[TaskState]
+    runs: list[PlannedRun]
+    claimed: list[Work]  # overlaps work a live run was requested for: not requested again
+    waiting: list[Work]  # beyond this tick's run bound: the next tick
+    unsynced: list[Work]  # the symbol has no partition (yet)
+    released: int  # claims released by this planner
+
+
+# ----------------------------------------------------------------------------- tasks
 
 
 def _order(row: dict) -> tuple:
@@ -84,26 +177,14 @@ def _task_state(row: dict, as_of: datetime) -> TaskState | str:
     target = cursor if frontier is None else min(final_end,
                                                   windows.floor(frontier, tf.step) + tf.step)
     return TaskState(row["canonical_symbol"], name, cursor, max(cursor, target), frontier,
-                     _order(row))
+                     _order(row), row["status"] == "hard_failed")
 
 
-def _day(value: datetime) -> date:
-    return windows.day_start(value).date()
-
-
-def plan_catchup(
-    conn: psycopg.Connection, as_of: datetime, *, roots_only: bool = False,
-    first_day: date | None = None,
-) -> Plan:
-    """Per symbol, the timeframes behind their frontier and the days to run.
-
-    A timeframe behind brings along every enabled timeframe derived from it (a run always
-    rebuilds downstream of what it changed). `roots_only` considers only timeframes read from
-    data_bars as triggers (the frontier sensor); the schedule considers all. Days before
-    `first_day` (the first day partition) are never requested. Ordered by contract 12.
-    """
+def task_states(conn: psycopg.Connection, as_of: datetime) -> Tasks:
+    """Every schedulable task with its catch-up target at `as_of` (read-only)."""
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(queries.query("plan_tasks"), {"as_of": as_of}).fetchall()
+    conn.rollback()
     problems: dict[tuple[str, str], str] = {}
     states: list[TaskState] = []
     for row in rows:
@@ -112,56 +193,361 @@ def plan_catchup(
             problems[(row["canonical_symbol"], row["timeframe"])] = state
         else:
             states.append(state)
+    return Tasks(sorted(states, key=lambda s: (s.order, s.symbol)), problems)
 
-    by_symbol: dict[str, dict[str, TaskState]] = {}
-    for state in states:
-        by_symbol.setdefault(state.symbol, {})[state.timeframe] = state
 
-    work: list[SymbolWork] = []
-    for symbol, tasks in by_symbol.items():
-        triggers = [t for t in tasks.values() if t.behind and (
+def _day(value: datetime) -> date:
+    return windows.day_start(value).date()
+
+
+def _with_downstream(names: Iterable[str], enabled: Iterable[str]) -> tuple[str, ...]:
+    """`names` and every enabled timeframe derived from them, in ladder order (a run always
+    rebuilds downstream of what it changed)."""
+    enabled = set(enabled)
+    selected = set(names)
+    for name in names:
+        selected.update(d.name for d in timeframes.downstream(name) if d.name in enabled)
+    return tuple(tf.name for tf in timeframes.ORDERED if tf.name in selected)
+
+
+# ----------------------------------------------------------------------------- work
+
+
+def catchup_work(tasks: Tasks, *, roots_only: bool, first_day: date) -> list[Work]:
+    """Per symbol, the timeframes behind their frontier and the days bringing them up to it.
+
+    `roots_only` considers only timeframes read from data_bars as triggers (the frontier
+    sensor, reason NEW_WINDOWS); otherwise every timeframe (the schedule, CATCH_UP). Days
+    before `first_day` (the first partition) are never requested.
+    """
+    reason = NEW_WINDOWS if roots_only else CATCH_UP
+    work: list[Work] = []
+    for symbol, states in tasks.by_symbol().items():
+        triggers = [t for t in states.values() if t.behind and (
             not roots_only or timeframes.get(t.timeframe).reads_data_bars)]
         if not triggers:
             continue
-        selected = {t.timeframe for t in triggers}
-        for trigger in triggers:
-            selected.update(d.name for d in timeframes.downstream(trigger.timeframe)
-                            if d.name in tasks)
-        chosen = [tasks[tf.name] for tf in timeframes.ORDERED if tf.name in selected]
-        first = min(_day(t.cursor) for t in chosen)
+        chosen = [states[name] for name in _with_downstream([t.timeframe for t in triggers],
+                                                             states)]
+        first = max(min(_day(t.cursor) for t in chosen), first_day)
         last = max(_day(max(t.target, t.cursor) - timedelta(microseconds=1)) for t in chosen)
-        if first_day is not None:
-            first = max(first, first_day)
-        last = max(last, first)
-        signature = hashlib.sha1(
-            "|".join(f"{t.timeframe}:{t.cursor.isoformat()}:{t.target.isoformat()}"
-                     for t in chosen).encode()
-        ).hexdigest()[:12]
-        work.append(SymbolWork(symbol, tuple(t.timeframe for t in chosen), first, last,
-                               signature, min(t.order for t in triggers)))
-    work.sort(key=lambda w: (w.order, w.symbol))
-    return Plan(work=work, problems=problems, tasks=sorted(states, key=lambda s: s.order))
+        work.append(Work(symbol, tuple(t.timeframe for t in chosen), first, max(last, first),
+                         reason, min(t.order for t in triggers)))
+    return work
+
+
+def _spans(days: Iterable[date], gap: int) -> list[tuple[date, date]]:
+    """Consecutive runs of `days`, bridging holes of at most `gap` days."""
+    spans: list[tuple[date, date]] = []
+    for day in sorted(set(days)):
+        if spans and (day - spans[-1][1]).days <= gap + 1:
+            spans[-1] = (spans[-1][0], day)
+        else:
+            spans.append((day, day))
+    return spans
+
+
+def _day_work(found: dict[str, dict[date, set[str]]], tasks: Tasks, reason: str,
+              first_day: date) -> list[Work]:
+    """Work re-materialising each symbol's `found` days (day -> causes) for its roots and
+    everything derived from them."""
+    states = tasks.by_symbol()
+    work: list[Work] = []
+    for symbol, days in sorted(found.items()):
+        mine = states.get(symbol, {})
+        roots = [name for name in mine if timeframes.get(name).reads_data_bars]
+        if not roots:
+            continue
+        chosen = _with_downstream(roots, mine)
+        order = min(mine[name].order for name in roots)
+        for first, last in _spans((d for d in days if d >= first_day), RIDE_ALONG_DAYS):
+            inside = [d for d in days if first <= d <= last]
+            causes = frozenset().union(*(days[d] for d in inside))
+            work.append(Work(symbol, chosen, first, last, reason, order, causes,
+                             frozenset(inside)))
+    return work
+
+
+def late_work(conn: psycopg.Connection, tasks: Tasks, since: datetime, as_of: datetime,
+              first_day: date) -> tuple[list[Work], list[tuple[str, date]]]:
+    """Days already materialised whose source changed (contract 10), and the (symbol, day)
+    found before `first_day`, which no partition can hold. Read-only; reads only what
+    changed (rows landed since `since`, pending changes), never the whole source."""
+    found: dict[str, dict[date, set[str]]] = {}
+    for tf in timeframes.ORDERED:
+        if not tf.reads_data_bars:
+            continue
+        with conn.cursor() as cur:
+            rows = cur.execute(queries.query("late_source_days"),
+                               {"since": since, "as_of": as_of, "timeframe": tf.name}).fetchall()
+        for symbol, day, kinds in rows:
+            causes = found.setdefault(symbol, {}).setdefault(day, set())
+            causes.update(LATE_ROWS if kind == LATE_ROWS else CHANGE_CAUSES[kind]
+                          for kind in kinds)
+    conn.rollback()
+    too_early = sorted((s, d) for s, days in found.items() for d in days if d < first_day)
+    return _day_work(found, tasks, LATE_DATA, first_day), too_early
 
 
 @dataclass(frozen=True)
-class LateDays:
-    symbol: str
-    days: tuple[date, ...]
-    fingerprint: str  # of the rows now present: a new landing gives a new fingerprint
+class Reconciliation:
+    work: list[Work]
+    checked: tuple[str, ...]  # the symbols re-checked this time, in rotation order
+    busy: tuple[str, ...]  # skipped: a run held the task (they come round again)
+    errors: dict[str, str]  # symbol -> why its re-aggregation failed (its runs will say too)
+    windows_checked: int
 
 
-def late_days(conn: psycopg.Connection, since: datetime, as_of: datetime) -> list[LateDays]:
-    """Symbols and UTC days whose source rows changed after their materialisation."""
-    roots = [tf for tf in timeframes.ORDERED if tf.reads_data_bars]
-    found: dict[str, list[tuple]] = {}
-    for tf in roots:
-        with conn.cursor() as cur:
-            for row in cur.execute(queries.query("late_source_days"),
-                                   {"since": since, "as_of": as_of, "timeframe": tf.name}):
-                found.setdefault(row[0], []).append(row[1:])
-    result = []
-    for symbol, rows in sorted(found.items()):
-        days = tuple(sorted({r[0] for r in rows}))
-        fingerprint = hashlib.sha1(repr(sorted(rows)).encode()).hexdigest()[:12]
-        result.append(LateDays(symbol, days, fingerprint))
-    return result
+def reconciliation_work(conn: psycopg.Connection, tasks: Tasks, *, after: str | None,
+                        budget: int, days: int, as_of: datetime,
+                        first_day: date) -> Reconciliation:
+    """The backstop for source changes the capture triggers did not see (a trigger
+    disabled, a statement on a partition of data_bars): for the next `budget` symbols after
+    `after` (a rotation over all symbols, by name), the last `days` UTC days are re-checked
+    twice: the recorded day fingerprints against the rows present (rows added or removed),
+    and the engine's own re-aggregation of the span behind the cursor, in a transaction that
+    is rolled back (in-place edits that left ingested_at as it was). Days either finds
+    changed become work, for the roots and what derives from them."""
+    states = tasks.by_symbol()
+    candidates = sorted(s for s, mine in states.items()
+                        if any(timeframes.get(n).reads_data_bars for n in mine))
+    if not candidates:
+        return Reconciliation([], (), (), {}, 0)
+    start = next((i for i, s in enumerate(candidates) if after is None or s > after), 0)
+    checked = tuple((candidates[start:] + candidates[:start])[:budget])
+    window_start = max(windows.day_start(as_of) - timedelta(days=days - 1),
+                       datetime.combine(first_day, datetime.min.time(), tzinfo=as_of.tzinfo))
+    found: dict[str, dict[date, set[str]]] = {}
+    busy: list[str] = []
+    errors: dict[str, str] = {}
+    windows_checked = 0
+    for symbol in checked:
+        for name, task in states[symbol].items():
+            if not timeframes.get(name).reads_data_bars or task.cursor <= window_start:
+                continue
+            bounds = {"symbol": symbol, "timeframe": name, "start": window_start,
+                      "end": task.cursor}
+            changed: set[date] = set()
+            with conn.transaction(force_rollback=True):
+                # a run holding the task has it in hand: skip rather than wait for it
+                if not conn.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))",
+                                    (engine.advisory_lock_key(symbol, name),)).fetchone()[0]:
+                    busy.append(symbol)
+                    continue
+                with conn.cursor() as cur:
+                    changed.update(r[0] for r in cur.execute(
+                        queries.query("check_pending_source_days"), bounds))
+                try:
+                    result = engine.aggregate(conn, symbol, name, window_start, task.cursor,
+                                              now=as_of)
+                except AggregationError as exc:  # the task changed since it was read
+                    errors[symbol] = f"{type(exc).__name__}: {exc}"
+                    continue
+                windows_checked += result.windows_seen
+                if result.rows_written:
+                    with conn.cursor() as cur:
+                        changed.update(_day(r[0]) for r in cur.execute(
+                            queries.query("check_changed_windows"), bounds))
+            for day in changed:
+                found.setdefault(symbol, {}).setdefault(day, set()).add(RECONCILIATION)
+    conn.rollback()
+    return Reconciliation(_day_work(found, tasks, RECONCILIATION, first_day), checked,
+                          tuple(dict.fromkeys(busy)), errors, windows_checked)
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def claimed_plans(conn: psycopg.Connection) -> list[str]:
+    """The plan ids holding claims: the caller asks Dagster about their runs."""
+    plans = [row[0] for row in conn.execute(queries.query("plan_claimed_ids"))]
+    conn.rollback()
+    return plans
+
+
+def _merge(work: Sequence[Work]) -> list[Work]:
+    """One item per symbol and overlapping (or nearly adjacent) days: late data found twice
+    (late rows and reconciliation) is one run's work, not two."""
+    by_symbol: dict[str, list[Work]] = {}
+    for item in work:
+        by_symbol.setdefault(item.symbol, []).append(item)
+    merged: list[Work] = []
+    for items in by_symbol.values():
+        items.sort(key=lambda w: (w.first_day, w.last_day))
+        current = items[0]
+        for item in items[1:]:
+            if (item.first_day - current.last_day).days > RIDE_ALONG_DAYS + 1:
+                merged.append(current)
+                current = item
+                continue
+            reasons = {current.reason, item.reason}
+            current = Work(
+                current.symbol,
+                tuple(tf.name for tf in timeframes.ORDERED
+                      if tf.name in set(current.timeframes) | set(item.timeframes)),
+                current.first_day, max(current.last_day, item.last_day),
+                LATE_DATA if LATE_DATA in reasons else current.reason,
+                min(current.order, item.order), current.causes | item.causes,
+                current.days | item.days)
+        merged.append(current)
+    return merged
+
+
+def _overlaps(item: Work, first: date, last: date,
+              claims: dict[tuple[str, str], list[tuple[date, date]]]) -> bool:
+    return any(a <= last and first <= b
+               for tf in item.timeframes for a, b in claims.get((item.symbol, tf), ()))
+
+
+@dataclass
+class _Cluster:
+    reason: str
+    first_day: date
+    last_day: date
+    items: list[Work]
+
+    @property
+    def days(self) -> int:
+        return (self.last_day - self.first_day).days + 1
+
+
+def _clusters(items: list[Work], period: Callable[[date], tuple[date, date]]) -> list[_Cluster]:
+    """Work with the same reason and day range (widened to whole time partitions, which is
+    what a run reads) forms one cluster; short ranges (RIDE_ALONG_DAYS at most) are merged
+    into short hulls, so yesterday+today and today-only symbols share runs."""
+    clusters: list[_Cluster] = []
+    by_reason: dict[str, list[tuple[date, date, Work]]] = {}
+    for item in items:
+        by_reason.setdefault(item.reason, []).append(
+            (period(item.first_day)[0], period(item.last_day)[1], item))
+    for reason, ranged in by_reason.items():
+        ranged.sort(key=lambda r: (r[0], r[1], r[2].symbol))
+        short: list[_Cluster] = []
+        exact: dict[tuple[date, date], _Cluster] = {}
+        for first, last, item in ranged:
+            if (last - first).days + 1 > RIDE_ALONG_DAYS:
+                exact.setdefault((first, last), _Cluster(reason, first, last, [])).items.append(
+                    item)
+            elif short and (max(last, short[-1].last_day) - short[-1].first_day).days + 1 \
+                    <= RIDE_ALONG_DAYS:
+                short[-1].last_day = max(last, short[-1].last_day)
+                short[-1].items.append(item)
+            else:
+                short.append(_Cluster(reason, first, last, [item]))
+        clusters += short + list(exact.values())
+    return clusters
+
+
+def _periods(first: date, last: date, period: Callable[[date], tuple[date, date]]) -> int:
+    count, day = 0, first
+    while day <= last:
+        count += 1
+        day = period(day)[1] + timedelta(days=1)
+    return count
+
+
+def _blocks(cluster: _Cluster, position: dict[str, int], symbols: Sequence[str],
+            riders: set[str], limits: Limits,
+            period: Callable[[date], tuple[date, date]]) -> list[tuple[int, int]]:
+    """Cut the cluster's symbols, in the partitions' order, into blocks of consecutive
+    symbols: at most `max_partitions` partitions each; symbols without work in between ride
+    along only in short clusters, when they may (`riders`) and the gap is small."""
+    periods = _periods(cluster.first_day, cluster.last_day, period)
+    width = max(1, limits.max_partitions // periods)
+    may_ride = cluster.days <= RIDE_ALONG_DAYS
+    places = sorted({position[w.symbol] for w in cluster.items})
+    blocks: list[tuple[int, int]] = []
+    start = previous = places[0]
+    for place in places[1:]:
+        gap = symbols[previous + 1:place]
+        bridged = not gap or (may_ride and len(gap) * periods <= RIDE_ALONG_GAP_PARTITIONS
+                              and riders.issuperset(gap))
+        if not bridged or place - start + 1 > width:
+            blocks.append((start, previous))
+            start = place
+        previous = place
+    blocks.append((start, previous))
+    return blocks
+
+
+def _reason(cluster_reason: str, work: Sequence[Work], first: date, last: date) -> str:
+    if cluster_reason != LATE_DATA:
+        return cluster_reason
+    days = sorted(set().union(*(w.days for w in work)))
+    shown = (", ".join(d.isoformat() for d in days) if len(days) <= 3
+             else f"{days[0].isoformat()} .. {days[-1].isoformat()} ({len(days)} days)")
+    # (what the reconciliation also found is not news beside the late data itself)
+    causes = sorted(set().union(*(w.causes for w in work)) - {LATE_ROWS, RECONCILIATION})
+    return f"late data on {shown}" + (f": {', '.join(causes)}" if causes else "")
+
+
+def plan_runs(
+    conn: psycopg.Connection,
+    work: Sequence[Work],
+    *,
+    requester: str,
+    runs: RunStates,
+    symbols: Sequence[str],
+    riders: set[str],
+    limits: Limits,
+    period: Callable[[date], tuple[date, date]],
+) -> Plan:
+    """The runs to request for `work`, at most `limits.max_runs`, claimed in one transaction.
+
+    `symbols` is the partitions' order (runs cover blocks of consecutive symbols of it; work
+    of other symbols is `unsynced`), `riders` the symbols that may ride along in a block
+    without work of their own, `period` maps a UTC day to its time partition's first and
+    last day, `runs` says which claimed plans Dagster has queued, running or finished: a
+    claim is live while its run is queued or running, or within CLAIM_GRACE of being made
+    when Dagster does not know it as finished. It must be asked for AFTER the work was found
+    (and before this call), so that any finished run's effects are in what was found.
+
+    Runs on a connection without an open transaction (the advisory lock and the claims
+    commit together); READ COMMITTED, so the claims another planner committed while this
+    one waited for the lock are seen.
+    """
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        raise RuntimeError("plan_runs must begin its own transaction: commit or roll back "
+                           "the connection first")
+    position = {symbol: i for i, symbol in enumerate(symbols)}
+    merged = _merge(work)
+    unsynced = [w for w in merged if w.symbol not in position]
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (PLAN_LOCK_KEY,))
+        released = conn.execute(queries.query("plan_claims_release"), {
+            "live": sorted(runs.live), "finished": sorted(runs.finished),
+            "grace": CLAIM_GRACE}).rowcount
+        claims: dict[tuple[str, str], list[tuple[date, date]]] = {}
+        for symbol, timeframe, first, last in conn.execute(queries.query("plan_claims_live")):
+            claims.setdefault((symbol, timeframe), []).append((first, last))
+        claimed, free = [], []
+        for item in merged:
+            if item.symbol not in position:
+                continue
+            first, last = period(item.first_day)[0], period(item.last_day)[1]
+            (claimed if _overlaps(item, first, last, claims) else free).append(item)
+
+        candidates: list[PlannedRun] = []
+        for cluster in _clusters(free, period):
+            for start, end in _blocks(cluster, position, symbols, riders, limits, period):
+                block = [w for w in cluster.items if start <= position[w.symbol] <= end]
+                names = {tf for w in block for tf in w.timeframes}
+                candidates.append(PlannedRun(
+                    f"{requester}-{uuid.uuid4().hex[:12]}", tuple(symbols[start:end + 1]),
+                    cluster.first_day, cluster.last_day,
+                    tuple(tf.name for tf in timeframes.ORDERED if tf.name in names),
+                    _reason(cluster.reason, block, cluster.first_day, cluster.last_day),
+                    tuple(sorted(block, key=lambda w: position[w.symbol])),
+                    min(w.order for w in block)))
+        candidates.sort(key=lambda r: (r.order, position[r.symbols[0]], r.first_day))
+        chosen, rest = candidates[:limits.max_runs], candidates[limits.max_runs:]
+        rows = [(run.plan_id, w.symbol, tf, run.first_day, run.last_day, run.reason)
+                for run in chosen for w in run.work for tf in w.timeframes]
+        if rows:
+            conn.execute(queries.query("plan_claims_insert"),
+                         dict(zip(("plan_ids", "symbols", "timeframes", "first_days",
+                                   "last_days", "reasons"), map(list, zip(*rows, strict=True)),
+                                  strict=True)))
+    return Plan(runs=chosen, claimed=claimed, waiting=[w for r in rest for w in r.work],
+                unsynced=unsynced, released=released)

@@ -1,0 +1,524 @@
+"""The live path's one planner (engine/planning.py) through the real schedule and sensors, on
+a real Dagster instance and the pipeline's least-privilege role: work requested once, also
+when requesters tick at the same moment; bounded, batched runs over blocks of symbols whose
+bars equal the oracle's; late data, pending changes and the reconciliation backstop; the
+month time grain; bars_1m observations bounded per tick.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from datetime import UTC, date, datetime, timedelta
+
+import dagster as dg
+import pytest
+
+from agg_pipeline.db import connection
+from agg_pipeline.definitions import defs
+from agg_pipeline.defs import sensors
+from agg_pipeline.defs.partitions import (
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    SYMBOL_TAG,
+    SYMBOLS_PARTITIONS_NAME,
+    split_key,
+)
+from agg_pipeline.defs.requests import PLAN_TAG, REASON_TAG
+from agg_pipeline.defs.resources import MarketDatabase
+from agg_pipeline.defs.schedules import catchup_schedule
+from agg_pipeline.defs.sensors import late_data_sensor, source_frontier_sensor
+from agg_pipeline.engine import aggregate as engine
+from agg_pipeline.engine import planning
+from agg_pipeline_tests.helpers import (
+    AGG_START,
+    T0,
+    add_symbol,
+    bar,
+    insert_bars,
+    minute_bars,
+    sync,
+    wait_for,
+)
+from agg_pipeline_tests.oracle import floor_time
+from agg_pipeline_tests.reporting import report
+from agg_pipeline_tests.stored import compare_with_oracle, derived_rows
+
+RESOURCES = {"market_db": MarketDatabase()}
+MINUTE, HOUR, DAY = timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
+SYMBOLS = ("AAA", "BBB", "CCC", "DDD", "EEE", "FFF")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def db_now(conn) -> datetime:
+    value = conn.execute("SELECT now()").fetchone()[0]
+    conn.rollback()
+    return value
+
+
+def schedule(instance, when: datetime | None = None):
+    # the context is closed: its instance (made from the test instance's ref) leaves
+    # Dagster's current defs-state storage as it found it
+    with dg.build_schedule_context(instance=instance, resources=RESOURCES,
+                                   scheduled_execution_time=when or datetime.now(UTC)) as context:
+        result = catchup_schedule(context)
+    return [] if isinstance(result, dg.SkipReason) else result
+
+
+def frontier(instance, cursor: str | None = None) -> dg.SensorResult:
+    with dg.build_sensor_context(instance=instance, resources=RESOURCES,
+                                 cursor=cursor) as context:
+        return source_frontier_sensor(context)
+
+
+def late(instance, cursor: str | None = None) -> dg.SensorResult:
+    with dg.build_sensor_context(instance=instance, resources=RESOURCES,
+                                 cursor=cursor) as context:
+        return late_data_sensor(context)
+
+
+def rectangle(instance, request: dg.RunRequest) -> tuple[list[str], date, date]:
+    """The request's block of symbols (in the partitions' order) and its periods."""
+    order = list(instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
+    first_symbol, first = split_key(request.tags[RANGE_START_TAG])
+    last_symbol, last = split_key(request.tags[RANGE_END_TAG])
+    return order[order.index(first_symbol):order.index(last_symbol) + 1], first, last
+
+
+def covered(instance, requests) -> list[tuple[str, date, date]]:
+    """(symbol, first period, last period) of every symbol each request covers."""
+    found = []
+    for request in requests:
+        block, first, last = rectangle(instance, request)
+        found += [(symbol, first, last) for symbol in block]
+    return found
+
+
+def execute(instance, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+    """The requested run, as the daemon would launch it (its tags, selection and checks)."""
+    return defs.resolve_job_def("aggregate_bars").execute_in_process(
+        instance=instance, tags=request.tags, asset_selection=request.asset_selection,
+        raise_on_error=False)
+
+
+def claims(owner) -> list[tuple]:
+    rows = owner.execute("SELECT plan_id, canonical_symbol, timeframe, first_day, last_day "
+                         "FROM data_agg_plan_claims ORDER BY 2, 3, 1").fetchall()
+    owner.rollback()
+    return rows
+
+
+def live_setup(db, instance, symbols=SYMBOLS, *, minutes: int = 60) -> datetime:
+    """`symbols` with `minutes` of 1m bars ending ~an hour ago and their cursors at the first
+    bar: every symbol has 5m and 1h work today (or from yesterday, just after midnight)."""
+    now = db_now(db)
+    start = floor_time(now - 2 * HOUR, timedelta(minutes=5))
+    for symbol in symbols:
+        add_symbol(db, symbol)
+        insert_bars(db, symbol, minute_bars(start, minutes))
+    sync(db)
+    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s", (start,))
+    db.commit()
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, list(symbols))
+    return start
+
+
+# ====================================================================== once, also at once
+
+
+def test_schedule_and_frontier_sensor_together_request_each_symbols_work_once(
+        db, instance, monkeypatch):
+    """Protects "never the same work twice" (issue 11 item 3): the schedule and the frontier
+    sensor evaluated back to back on one instance, in either order, request every symbol's
+    work exactly once between them, batched (one run over the block of six symbols, not six),
+    with the live lane, reason and plan tags and no agg/symbol (several symbols); a second
+    tick of either right after requests nothing. With a bound of 2 partitions per run and 2
+    runs per tick, a tick requests 2 runs and the next one the rest, nothing twice."""
+    start = live_setup(db, instance)
+    first = schedule(instance)
+    second = frontier(instance)
+    assert len(first) == 1 and second.run_requests == []
+    block, first_day, last_day = rectangle(instance, first[0])
+    assert block == list(SYMBOLS) and first_day <= start.date() <= last_day
+    tags = first[0].tags
+    assert (tags["agg/lane"], tags[REASON_TAG]) == ("live", "catch-up")
+    assert tags[PLAN_TAG] == first[0].run_key and SYMBOL_TAG not in tags
+    assert {k.to_user_string() for k in first[0].asset_selection} == {"bars_5m", "bars_1h"}
+    assert schedule(instance) == [] and frontier(instance).run_requests == []
+    assert {row[1:3] for row in claims(db)} == {(s, tf) for s in SYMBOLS for tf in ("5m", "1h")}
+
+    # the other order, bounded: the sensor first, at most 2 runs of 2 partitions per tick
+    db.execute("DELETE FROM data_agg_plan_claims")
+    db.commit()
+    monkeypatch.setenv("AGG_MAX_RUNS_PER_TICK", "2")
+    span = (last_day - first_day).days + 1  # 2 days just after midnight UTC
+    monkeypatch.setenv("AGG_MAX_PARTITIONS_PER_RUN", str(2 * span))
+    ticks = [frontier(instance).run_requests, schedule(instance), frontier(instance).run_requests,
+             schedule(instance)]
+    assert [len(t) for t in ticks] == [2, 1, 0, 0]
+    assert {r.tags[REASON_TAG] for r in ticks[0]} == {"new complete windows"}
+    symbols = [s for s, _, _ in covered(instance, [r for t in ticks for r in t])]
+    assert sorted(symbols) == list(SYMBOLS)  # each once
+
+
+def test_schedule_and_frontier_sensor_racing_in_two_threads_request_work_once(db, instance):
+    """Protects the planner's advisory lock and its READ COMMITTED claim check: the real
+    schedule and frontier sensor functions in two threads, released at the same instant
+    (both wait on the planner's lock, held by the test, then it is let go), request each
+    symbol's work once between them: one gets the run, the other finds it claimed."""
+    live_setup(db, instance)
+    gate = connection.connect(os.environ["AGG_DATABASE_URL"])
+    watcher = connection.connect(os.environ["AGG_DATABASE_URL"], autocommit=True)
+    gate.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                 (planning.PLAN_LOCK_KEY,))
+    results: dict[str, list] = {}
+    errors: list[BaseException] = []
+
+    def call(name, function):
+        try:
+            results[name] = function()
+        except BaseException as exc:  # re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=("schedule", lambda: schedule(instance))),
+               threading.Thread(target=call, args=(
+                   "frontier", lambda: frontier(instance).run_requests))]
+    for thread in threads:
+        thread.start()
+    waiting = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+               "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+    wait_for(lambda: watcher.execute(waiting).fetchone()[0] == 2, 60,
+             "both requesters to wait for the planner's lock", interval=0.05)
+    gate.rollback()
+    for thread in threads:
+        thread.join(60)
+    gate.close()
+    watcher.close()
+    assert not errors, errors
+    requests = results["schedule"] + results["frontier"]
+    assert len(requests) == 1, {k: [r.tags for r in v] for k, v in results.items()}
+    assert sorted(s for s, _, _ in covered(instance, requests)) == list(SYMBOLS)
+
+
+# ===================================================================== batched, like the oracle
+
+
+def test_a_batched_run_builds_every_symbols_bars_equal_to_the_oracle(db, instance):
+    """Protects batching end to end: the schedule's one run over five symbols x two days
+    (a symbol already up to date rides along in the middle of the block) builds every
+    symbol's 5m and 1h bars and cursors exactly as the oracle does from the source rows,
+    rewrites nothing of the rider, releases its claims when it has finished, and leaves the
+    schedule and sensors nothing to do."""
+    symbols = SYMBOLS[:5]
+    now = db_now(db)
+    first_day = floor_time(now, DAY) - DAY
+    data_end = floor_time(now, HOUR) - HOUR
+    for i, symbol in enumerate(symbols):
+        add_symbol(db, symbol)
+        insert_bars(db, symbol, minute_bars(first_day, int((data_end - first_day) / MINUTE),
+                                            price=1.0 + i, skip=range(7, 4000, 97)))
+    sync(db)
+    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s", (first_day,))
+    db.commit()
+    for timeframe in ("5m", "1h"):  # CCC is up to date: a rider
+        engine.aggregate(db, "CCC", timeframe, first_day, data_end + HOUR)
+        db.commit()
+    rider_before = {r["id"]: r["xmin"] for r in derived_rows(db, "CCC", "5m")}
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, list(symbols))
+
+    [request] = schedule(instance)
+    block, first, last = rectangle(instance, request)
+    assert block == list(symbols) and (first, last) == (first_day.date(), data_end.date())
+    assert {row[1] for row in claims(db)} == set(symbols) - {"CCC"}  # riders hold no claim
+    result = execute(instance, request)
+    assert result.success
+    as_of = instance.get_run_record_by_id(result.run_id).create_timestamp
+    figures = compare_with_oracle(db, symbols, as_of)
+    assert {r["id"]: r["xmin"] for r in derived_rows(db, "CCC", "5m")} == rider_before
+    assert schedule(instance) == [] and frontier(instance).run_requests == []
+    assert claims(db) == []  # the finished run released them, the planner deleted them
+    report(f"planner, one batched run over {len(symbols)} symbols x 2 days: {figures}")
+
+
+# ====================================================================== late data, changes
+
+
+def materialised(db, instance, symbols, days: int = 3) -> datetime:
+    """`symbols` with `days` full days of 1m bars ending at today's midnight, materialised
+    through a run of the schedule's; returns the first day's midnight."""
+    now = db_now(db)
+    first_day = floor_time(now, DAY) - days * DAY
+    for i, symbol in enumerate(symbols):
+        add_symbol(db, symbol)
+        insert_bars(db, symbol, minute_bars(first_day, days * 24 * 60, price=1.0 + i,
+                                            ingested_at=now - 2 * DAY))
+    sync(db)
+    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s", (first_day,))
+    db.commit()
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, list(symbols))
+    for request in schedule(instance):
+        assert execute(instance, request).success
+    return first_day
+
+
+def test_late_rows_and_pending_changes_request_the_right_days_once(db, instance):
+    """Protects contract 10 through the planner: on materialised days, a late row (by
+    ingested_at) on day 1, three of five 1m rows of a window deleted on day 2 and a row
+    edited in place without touching ingested_at on day 3 (seen only by the change capture,
+    migration 012) are requested as one late-data run over those days and symbols, with
+    the causes in its reason; the same tick again requests nothing; after the run the bars
+    equal the oracle over the remaining source and the next tick is quiet."""
+    first_day = materialised(db, instance, ("AAA", "BBB"))
+    quiet = late(instance)
+    assert quiet.run_requests == []
+    now = db_now(db)
+    insert_bars(db, "AAA", [bar(first_day + 3 * HOUR + 7 * MINUTE, 1.5, ingested_at=now)],
+                upsert=True)
+    db.execute("DELETE FROM data_bars WHERE canonical_symbol = 'BBB' AND ts_utc >= %s "
+               "AND ts_utc < %s", (first_day + DAY + 10 * HOUR, first_day + DAY + 10 * HOUR
+                                   + 3 * MINUTE))
+    db.execute("UPDATE data_bars SET high = high + 0.5 WHERE canonical_symbol = 'BBB' "
+               "AND ts_utc = %s", (first_day + 2 * DAY + 4 * HOUR,))
+    db.commit()
+
+    result = late(instance, quiet.cursor)
+    [request] = result.run_requests
+    block, first, last = rectangle(instance, request)
+    assert block == ["AAA", "BBB"]
+    assert (first, last) == (first_day.date(), (first_day + 2 * DAY).date())
+    days = ", ".join((first_day + d * DAY).date().isoformat() for d in range(3))
+    assert request.tags[REASON_TAG] == f"late data on {days}: correction, deletion"
+    assert late(instance, quiet.cursor).run_requests == []  # claimed: not twice
+    run = execute(instance, request)
+    assert run.success
+    compare_with_oracle(db, ("AAA", "BBB"), instance.get_run_record_by_id(
+        run.run_id).create_timestamp)
+    assert late(instance, result.cursor).run_requests == []
+
+
+def test_late_rows_on_claimed_days_wait_and_are_not_lost(db, instance):
+    """Protects the late-data cursor under claims: a late row on a day a run in flight was
+    requested for is not requested beside it, and the sensor's window does not move past
+    it, so once that run has finished (without having read the row) the day is requested."""
+    first_day = materialised(db, instance, ("AAA",), days=1)
+    quiet = late(instance)
+    insert_bars(db, "AAA", [bar(first_day + 5 * HOUR, 2.0, ingested_at=db_now(db))],
+                upsert=True)
+    db.commit()
+    [request] = late(instance, quiet.cursor).run_requests
+    job = defs.resolve_job_def("aggregate_bars")
+    held = instance.create_run_for_job(job, tags=request.tags,
+                                       status=dg.DagsterRunStatus.STARTED)
+    insert_bars(db, "AAA", [bar(first_day + 6 * HOUR, 2.0, ingested_at=db_now(db))],
+                upsert=True)
+    db.commit()
+    waiting = late(instance, quiet.cursor)
+    assert waiting.run_requests == []
+    assert json.loads(waiting.cursor)["since"] == json.loads(quiet.cursor)["since"]
+    instance.report_run_canceled(held)  # over without having read anything
+    [again] = late(instance, waiting.cursor).run_requests
+    assert rectangle(instance, again) == (["AAA"], first_day.date(), first_day.date())
+
+
+@pytest.mark.parametrize("bypass", ["triggers disabled", "replica role"])
+def test_reconciliation_finds_changes_made_around_the_capture(db, instance, monkeypatch,
+                                                              bypass):
+    """Protects the backstop (issue 12 item 1): an in-place edit that leaves ingested_at as
+    it was and a deleted row, made with data_bars' capture triggers disabled, are seen by no
+    late-data path, yet the reconciliation re-checking the symbol requests its changed days
+    once (reason reconciliation); the run makes the bars equal the oracle. With
+    session_replication_role = replica the capture still fires (its triggers are ENABLE
+    ALWAYS), so the same edits are requested once as late data."""
+    monkeypatch.setenv("AGG_RECONCILE_SYMBOLS_PER_TICK", "1")
+    first_day = materialised(db, instance, ("AAA", "BBB"), days=2)
+    quiet = late(instance)
+    statements = [("UPDATE data_bars SET low = low - 0.25 WHERE canonical_symbol = 'BBB' "
+                   "AND ts_utc = %s", (first_day + 9 * HOUR,)),
+                  ("DELETE FROM data_bars WHERE canonical_symbol = 'BBB' AND ts_utc = %s",
+                   (first_day + DAY + 2 * HOUR,))]
+    capture = ("agg_capture_source_update", "agg_capture_source_delete")
+    if bypass == "triggers disabled":
+        for trigger in capture:
+            db.execute(f"ALTER TABLE data_bars DISABLE TRIGGER {trigger}")
+    else:
+        db.execute("SET session_replication_role = replica")
+    for statement, params in statements:
+        db.execute(statement, params)
+    if bypass == "triggers disabled":
+        for trigger in capture:
+            db.execute(f"ALTER TABLE data_bars ENABLE ALWAYS TRIGGER {trigger}")
+    else:
+        db.execute("RESET session_replication_role")
+    db.commit()
+
+    # the rotation re-checks one symbol per tick: the quiet tick took AAA, this one BBB
+    assert json.loads(quiet.cursor)["reconcile_after"] == "AAA"
+    first = late(instance, quiet.cursor)
+    [request] = first.run_requests
+    assert rectangle(instance, request) == (["BBB"], first_day.date(),
+                                            (first_day + DAY).date())
+    reason = request.tags[REASON_TAG]
+    if bypass == "triggers disabled":  # no late-data path saw it
+        assert reason == "reconciliation"
+        assert json.loads(first.cursor)["reconcile_after"] == "BBB"
+    else:
+        assert reason.startswith("late data on") and reason.endswith("correction, deletion")
+    assert late(instance, first.cursor).run_requests == []  # AAA again; BBB's is claimed
+    run = execute(instance, request)
+    assert run.success
+    compare_with_oracle(db, ("AAA", "BBB"), instance.get_run_record_by_id(
+        run.run_id).create_timestamp)
+
+
+# ========================================================================== runs, riders
+
+
+def test_riders_only_in_short_blocks_and_only_healthy_symbols(db, instance):
+    """Protects the ride-along rule: in a short block a symbol without work rides along, but
+    not one whose task cannot run (a NULL cursor would fail the run) and a long range (a
+    year of re-reads) never carries riders: its block is cut instead."""
+    start = live_setup(db, instance, SYMBOLS[:4])
+    for timeframe in ("5m", "1h"):  # BBB is up to date
+        engine.aggregate(db, "BBB", timeframe, start, start + DAY)
+        db.commit()
+    bbb = db.execute("SELECT timeframe, last_agg_bar_ts_utc FROM data_agg_state "
+                     "WHERE canonical_symbol = 'BBB'").fetchall()
+    [request] = schedule(instance)  # BBB has no work (cursor at the frontier): it rides
+    assert rectangle(instance, request)[0] == ["AAA", "BBB", "CCC", "DDD"]
+    db.execute("DELETE FROM data_agg_plan_claims")
+    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = NULL "
+               "WHERE canonical_symbol = 'BBB' AND timeframe = '1h'")
+    db.commit()
+    assert [rectangle(instance, r)[0] for r in schedule(instance)] == [["AAA"], ["CCC", "DDD"]]
+    db.execute("DELETE FROM data_agg_plan_claims")
+    for timeframe, cursor in bbb:
+        db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s "
+                   "WHERE canonical_symbol = 'BBB' AND timeframe = %s", (cursor, timeframe))
+    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s "
+               "WHERE canonical_symbol <> 'BBB'", (start - 30 * DAY,))
+    db.commit()
+    runs = schedule(instance)
+    assert [rectangle(instance, r)[0] for r in runs] == [["AAA"], ["CCC", "DDD"]]
+    assert {rectangle(instance, r)[1] for r in runs} == {(start - 30 * DAY).date()}
+
+
+# ========================================================================== month grain
+
+MONTH_TICK = textwrap.dedent("""
+    import json, sys, tempfile
+    from datetime import UTC, datetime
+    from pathlib import Path
+    import dagster as dg
+    from agg_pipeline.defs.partitions import TIME_GRAIN
+    from agg_pipeline.defs.resources import MarketDatabase
+    from agg_pipeline.defs.schedules import catchup_schedule
+    from agg_pipeline.defs.sensors import late_data_sensor
+    from agg_pipeline_tests.processes import storage_instance
+
+    assert TIME_GRAIN == "month", TIME_GRAIN
+    with storage_instance(sys.argv[1], Path(tempfile.mkdtemp())) as instance:
+        resources = {"market_db": MarketDatabase()}
+        if sys.argv[2] == "schedule":
+            requests = catchup_schedule(dg.build_schedule_context(
+                instance=instance, resources=resources,
+                scheduled_execution_time=datetime.now(UTC)))
+        else:
+            requests = late_data_sensor(dg.build_sensor_context(
+                instance=instance, resources=resources, cursor=sys.argv[3])).run_requests
+        print(json.dumps([r.tags for r in requests]))
+""")
+
+
+def month_tick(storage_url: str, *args: str) -> list[dict]:
+    out = subprocess.run([sys.executable, "-c", MONTH_TICK, storage_url, *args],
+                         env={**os.environ, "AGG_TIME_PARTITION": "month"},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_month_grain_requests_month_partitions(db, instance, dagster_storage_url):
+    """Protects the time grain (issue 14 item 6): with AGG_TIME_PARTITION=month (read at
+    import: a fresh interpreter) the schedule's catch-up from agg_start_utc (2025-07-01) to
+    the data in August asks for one run over the block of symbols x the months July ..
+    August, and a late row on 2025-08-02 for the month of August."""
+    for symbol in ("AAA", "BBB"):
+        add_symbol(db, symbol)
+        insert_bars(db, symbol, minute_bars(T0 + 26 * DAY, 120))  # 2025-08-02
+    sync(db)
+    db.commit()
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["AAA", "BBB"])
+    [tags] = month_tick(dagster_storage_url, "schedule")
+    assert (tags[RANGE_START_TAG], tags[RANGE_END_TAG]) == ("2025-07-01|AAA", "2025-08-01|BBB")
+    assert tags[REASON_TAG] == "catch-up"
+
+    # the run happens (in days, as the engine works); then a late row in August
+    for symbol in ("AAA", "BBB"):
+        for timeframe in ("5m", "1h"):
+            engine.aggregate(db, symbol, timeframe, AGG_START, T0 + 30 * DAY)
+            db.commit()
+    db.execute("DELETE FROM data_agg_plan_claims")
+    db.commit()
+    since = db_now(db)
+    insert_bars(db, "BBB", [bar(T0 + 26 * DAY + 10 * MINUTE, 1.7, ingested_at=since)],
+                upsert=True)
+    db.commit()
+    [tags] = month_tick(dagster_storage_url, "late",
+                        json.dumps({"since": (since - MINUTE).isoformat()}))
+    assert (tags[RANGE_START_TAG], tags[RANGE_END_TAG]) == ("2025-08-01|BBB", "2025-08-01|BBB")
+    assert tags[REASON_TAG].startswith("late data on 2025-08-02")
+
+
+# ================================================================= bars_1m observations
+
+
+def test_frontier_observations_are_bounded_per_tick(db, instance, monkeypatch):
+    """Protects the bars_1m observations' cost (issue 11 item 3's brief, point 5): with 30
+    symbols and 25 observations a tick, the first tick observes 25 symbols, the next the
+    other 5, and the one after (within the 5-minute cycle) none; the cursor stays a few
+    bytes whatever the number of symbols. A new cycle observes only frontiers that moved."""
+    symbols = [f"S{i:02d}" for i in range(30)]
+    live_setup(db, instance, symbols, minutes=30)
+    ticks = []
+    cursor = None
+    for _ in range(3):
+        result = frontier(instance, cursor)
+        cursor = result.cursor
+        ticks.append(sorted(e.partition for e in result.asset_events))
+    assert ticks[0] == symbols[:25] and ticks[1] == symbols[25:] and ticks[2] == []
+    assert len(cursor) < 200
+    # 5 minutes on, a new cycle: only frontiers newer than the last cycle's start
+    insert_bars(db, "S03", [bar(floor_time(db_now(db), MINUTE) - MINUTE, 1.2)])
+    db.commit()
+    state = dict(json.loads(cursor), cycle=(db_now(db) - sensors.OBSERVATION_CYCLE
+                                            - MINUTE).isoformat())
+    result = frontier(instance, json.dumps(state))
+    assert [e.partition for e in result.asset_events] == ["S03"]
+    assert json.loads(result.cursor)["after"] == symbols[24]
+
+
+def test_claims_are_released_and_bounded(db, instance):
+    """Protects the claims table's size and release: the claims of a plan whose run failed
+    or finished go at the next planner's turn, those of a plan with no run go after the
+    grace period, and nothing else stays."""
+    live_setup(db, instance, SYMBOLS[:2])
+    [_] = schedule(instance)
+    assert len(claims(db)) == 4
+    db.execute("UPDATE data_agg_plan_claims SET claimed_at = claimed_at - %s",
+               (planning.CLAIM_GRACE + MINUTE,))
+    db.commit()
+    [again] = schedule(instance)  # the first tick's runs were never created: re-requested
+    assert {row[0] for row in claims(db)} == {again.tags[PLAN_TAG]}
+    job = defs.resolve_job_def("aggregate_bars")
+    instance.create_run_for_job(job, tags=again.tags, status=dg.DagsterRunStatus.FAILURE)
+    [third] = schedule(instance)
+    assert {row[0] for row in claims(db)} == {third.tags[PLAN_TAG]}
+    assert execute(instance, third).success
+    assert schedule(instance) == []
+    assert claims(db) == []
