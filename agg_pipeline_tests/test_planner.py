@@ -300,6 +300,15 @@ def test_late_rows_and_pending_changes_request_the_right_days_once(db, instance)
     compare_with_oracle(db, ("AAA", "BBB"), instance.get_run_record_by_id(
         run.run_id).create_timestamp)
     assert late(instance, result.cursor).run_requests == []
+    # the consumed change days are pruned by the sensor once a day old
+    db.execute("UPDATE data_agg_source_changes SET last_changed_at = last_changed_at - %s",
+               (sensors.CONSUMED_CHANGES_KEPT + MINUTE,))
+    db.commit()
+    assert db.execute("SELECT count(*) FROM data_agg_source_changes").fetchone()[0] == 3
+    db.rollback()
+    late(instance, result.cursor)
+    assert db.execute("SELECT count(*) FROM data_agg_source_changes").fetchone()[0] == 0
+    db.rollback()
 
 
 def test_late_rows_on_claimed_days_wait_and_are_not_lost(db, instance):

@@ -27,6 +27,8 @@ LATE_DATA_LOOKBACK = timedelta(minutes=10)
 # cursor stay the same size whatever the number of symbols (bench/tick_bench.py).
 OBSERVATIONS_PER_TICK = 25
 OBSERVATION_CYCLE = timedelta(minutes=5)
+# consumed days of the change capture are kept this long, then pruned by the late-data sensor
+CONSUMED_CHANGES_KEPT = timedelta(days=1)
 
 
 @dg.sensor(
@@ -181,6 +183,7 @@ def late_data_sensor(context: dg.SensorEvaluationContext,
             return found, late + reconciled.work
 
         _, result = plan(context.instance, conn, "late", symbols, find_work)
+        pruned = planning.prune_consumed_changes(conn, CONSUMED_CHANGES_KEPT)
     [reconciled] = checked
     for symbol, day in too_early:
         context.log.warning(f"late rows for {symbol} on {day} cannot be requested: before "
@@ -193,7 +196,7 @@ def late_data_sensor(context: dg.SensorEvaluationContext,
     shown = ", ".join(reconciled.checked[:5]) + (" ..." if len(reconciled.checked) > 5 else "")
     context.log.info(f"reconciliation: {len(reconciled.checked)} symbols re-checked ({shown}), "
                      f"{reconciled.windows_checked} windows, {len(reconciled.work)} changed "
-                     f"spans, {len(reconciled.busy)} busy")
+                     f"spans, {len(reconciled.busy)} busy; {pruned} consumed change days pruned")
     # work not requested now must be found again: the landed rows' window and the rotation
     # hold until it is (a day already handled matches its fingerprint again: no repeat)
     held = result.claimed + result.waiting

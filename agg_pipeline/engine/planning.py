@@ -289,6 +289,15 @@ def late_work(conn: psycopg.Connection, tasks: Tasks, since: datetime, as_of: da
     return _day_work(found, tasks, LATE_DATA, first_day), too_early
 
 
+def prune_consumed_changes(conn: psycopg.Connection, older_than: timedelta) -> int:
+    """Delete the change capture's consumed days whose last change is older than
+    `older_than` (migration 012's agg_prune_source_changes): the late-data query scans that
+    table, which so stays the size of what changed recently. Returns the days removed."""
+    removed = conn.execute("SELECT agg_prune_source_changes(%s)", (older_than,)).fetchone()[0]
+    conn.commit()
+    return removed
+
+
 @dataclass(frozen=True)
 class Reconciliation:
     work: list[Work]
