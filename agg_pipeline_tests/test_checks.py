@@ -17,6 +17,7 @@ from agg_pipeline.defs.partitions import (
     partition_key,
     range_tags,
 )
+from agg_pipeline.engine import health
 from agg_pipeline_tests.helpers import add_symbol, insert_bars, minute_bars, sync
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
@@ -58,14 +59,14 @@ def healthy(db, instance):
         asset_selection=[dg.AssetKey("bars_5m"), dg.AssetKey("bars_1h")])
     assert result.success
     checks = result.get_asset_check_evaluations()
-    assert len(checks) == 14 and all(e.passed for e in checks), checks
+    assert len(checks) == 8 + 7 and all(e.passed for e in checks), checks
     return db
 
 
 def test_every_check_passes_on_a_healthy_state(healthy, instance):
-    for timeframe in ("5m", "1h"):
+    for timeframe, count in (("5m", 8), ("1h", 7)):  # no_stray_source_rows: on bars_5m only
         results = run_checks(instance, timeframe)
-        assert len(results) == 7
+        assert len(results) == count
         failing = {name: e.metadata for name, e in results.items() if not e.passed}
         assert failing == {}
 
@@ -154,6 +155,28 @@ def test_no_bars_before_start(healthy, instance):
     evaluation = run_checks(instance)["no_bars_before_start"]
     assert not evaluation.passed
     assert [(o["canonical_symbol"], o["bars"]) for o in offenders(evaluation)] == [("EURUSD", 12)]
+
+
+def test_stray_source_rows_are_counted_shown_and_warned(healthy, instance):
+    """Rows of a timeframe the ladder never reads (an ingester writing 5m rows into
+    data_bars) are not aggregated and not lost: the WARN check names them, the health view
+    counts them on the task that reads data_bars."""
+    rows = minute_bars(START, 3, vol=2.0)
+    for i, row in enumerate(rows):
+        row["ts_utc"] = START + timedelta(minutes=5 * i)
+    insert_bars(healthy, "DXY", rows, timeframe="5m")
+    healthy.commit()
+    evaluation = run_checks(instance, "5m")["no_stray_source_rows"]
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert evaluation.metadata["stray_rows"].value == 3
+    assert [(o["canonical_symbol"], o["timeframe"], o["rows"]) for o in offenders(evaluation)
+            ] == [("DXY", "5m", 3)]
+    stray = {(r["canonical_symbol"], r["timeframe"]): r["stray_source_rows"]
+             for r in health.frontier_health(healthy)}
+    assert stray == {("DXY", "5m"): 3, ("DXY", "1h"): None, ("EURUSD", "5m"): 0,
+                     ("EURUSD", "1h"): None}
+    # and the bars are still exactly what the 1m rows give
+    assert run_checks(instance, "5m")["matches_source"].passed
 
 
 def test_no_failed_tasks(healthy, instance):

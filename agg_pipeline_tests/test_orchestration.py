@@ -76,10 +76,11 @@ def test_definitions_snapshot():
                     "source_frontier_sensor"],
         "schedules": [("catchup_schedule", "*/5 * * * *")],
         "asset_checks": sorted(
-            f"bars_{tf}:{check}"
-            for tf in ("5m", "15m", "1h", "4h", "1d")
-            for check in ("cursor_not_ahead", "freshness", "matches_source",
-                          "no_bars_before_start", "no_failed_tasks", "ohlc_sane", "quality")
+            [f"bars_{tf}:{check}"
+             for tf in ("5m", "15m", "1h", "4h", "1d")
+             for check in ("cursor_not_ahead", "freshness", "matches_source",
+                           "no_bars_before_start", "no_failed_tasks", "ohlc_sane", "quality")]
+            + ["bars_5m:no_stray_source_rows"]
         ),
     }
     graph = repo.asset_graph

@@ -80,6 +80,7 @@ class CheckDef:
     description: str
     failure: str  # what a failure means, shown with the result
     evaluate: Callable[[psycopg.Connection, str, Scope, CheckSettings], Outcome]
+    roots_only: bool = False  # only on the assets that read data_bars (bars_5m)
 
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
@@ -123,15 +124,26 @@ CHECK_DEFS: tuple[CheckDef, ...] = (
              lambda conn, tf, scope, cfg: monitoring.poor_quality(
                  conn, tf, scope, days=cfg.quality_window_days,
                  max_share=cfg.max_poor_quality_share)),
+    CheckDef("no_stray_source_rows", False, WARN,
+             "No rows in data_bars that the pipeline never reads (a timeframe other than 1m), "
+             "per symbol in scope.",
+             "source rows of timeframes the ladder does not read",
+             lambda conn, _tf, scope, _cfg: monitoring.stray_source_rows(conn, scope),
+             roots_only=True),
 )
+
+
+def checks_for(tf: timeframes.Timeframe) -> tuple[CheckDef, ...]:
+    return tuple(d for d in CHECK_DEFS if tf.reads_data_bars or not d.roots_only)
 
 
 def build_checks(tf: timeframes.Timeframe) -> dg.AssetChecksDefinition:
     """The checks of one timeframe's asset, evaluated in one step on one connection (one
     factory for every rung of the ladder); any subset can be launched on its own."""
     asset = ASSET_KEY_BY_TIMEFRAME[tf.name]
+    defs = checks_for(tf)
     specs = [dg.AssetCheckSpec(d.name, asset=asset, blocking=d.blocking,
-                               description=d.description) for d in CHECK_DEFS]
+                               description=d.description) for d in defs]
 
     @dg.multi_asset_check(name=f"{tf.asset_name}_checks", specs=specs, can_subset=True)
     def bars_checks(context: dg.AssetCheckExecutionContext, market_db: MarketDatabase,
@@ -139,7 +151,7 @@ def build_checks(tf: timeframes.Timeframe) -> dg.AssetChecksDefinition:
         scope = run_scope(context)
         selected = {key.name for key in context.selected_asset_check_keys}
         with market_db.connect() as conn:
-            for check in CHECK_DEFS:
+            for check in defs:
                 if check.name not in selected:
                     continue
                 outcome = check.evaluate(conn, tf.name, scope, config)

@@ -52,6 +52,7 @@ COLUMNS = (
     ("enabled", "enabled"),
     ("minutes_since_success", "min_since_ok"),
     ("hard_fail_streak", "streak"),
+    ("stray_source_rows", "stray_rows"),  # data_bars rows no rung reads (on the 5m task)
 )
 
 

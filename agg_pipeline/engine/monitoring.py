@@ -105,6 +105,17 @@ def bars_before_start(conn: psycopg.Connection, timeframe: str, scope: Scope) ->
                               "bars_before_start": sum(r["bars"] for r in rows)}, rows)
 
 
+def stray_source_rows(conn: psycopg.Connection, scope: Scope) -> Outcome:
+    """Rows of data_bars that no rung of the ladder reads (not 1m), per symbol: an ingester
+    writing the wrong timeframe, or data that belongs elsewhere. Never aggregated, never lost:
+    counted here, on the health view and by `agg-pipeline status`."""
+    rows = _rows(conn, "check_stray_source_rows", {"symbols": scope.symbols})
+    return Outcome(not rows, {"stray_rows": sum(r["rows"] for r in rows),
+                              "symbols_with_stray_rows": len({r["canonical_symbol"]
+                                                              for r in rows})},
+                   rows[:OFFENDER_LIMIT])
+
+
 def failed_tasks(conn: psycopg.Connection, timeframe: str) -> Outcome:
     """hard_failed tasks and disabled mandatory tasks fail; auto-disabled optional tasks are
     listed but only fail the check when mandatory."""
