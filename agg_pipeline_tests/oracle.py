@@ -27,7 +27,7 @@ ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)  # contract 1: windows aligned to the 
 DELAY = timedelta(seconds=60)  # aggregation_delay_seconds of tasks created by the sync
 PRICE_COLUMNS = ("open", "high", "low", "close")
 BAR_FIELDS = ("open", "high", "low", "close", "vol", "vwap", "trade_count",
-              "source_candles", "expected_candles", "quality_score", "source_timeframe")
+              "source_candles", "expected_candles", "quality_score", "source_timeframe", "raw")
 
 
 def _ladder(*rungs: tuple[int, int, int]) -> dict[int, int]:
@@ -199,9 +199,12 @@ def derive(frame: pd.DataFrame, spec: Spec, *, start: datetime, end: datetime,
         high = np.maximum.reduceat(np.where(ohlc, h, -np.inf), first)
         low = np.minimum.reduceat(np.where(ohlc, lo_, np.inf), first)
         vol_sum = np.add.reduceat(np.where(vol_null, 0.0, vol), first)
-        vol_none = np.logical_and.reduceat(vol_null, first)
+        # volume that only some bars carry is unknown (NULL), as is vwap; trade_count alike
+        vol_none = np.logical_or.reduceat(vol_null, first)
         tc_sum = np.add.reduceat(np.where(tc_null, 0.0, tc), first)
-        tc_none = np.logical_and.reduceat(tc_null, first)
+        tc_none = np.logical_or.reduceat(tc_null, first)
+        with_vol = np.add.reduceat((~vol_null).astype(int), first)
+        with_tc = np.add.reduceat((~tc_null).astype(int), first)
         weighted = positive & ~usable["vwap_null"].to_numpy()
         pv = np.add.reduceat(np.where(weighted, vwap * vol, 0.0), first)
         pv_vol = np.add.reduceat(np.where(weighted, vol, 0.0), first)
@@ -215,12 +218,14 @@ def derive(frame: pd.DataFrame, spec: Spec, *, start: datetime, end: datetime,
                 "low": float(low[g]),
                 "close": float(c[close_at[g]]),
                 "vol": None if vol_none[g] else float(vol_sum[g]),
-                "vwap": float(pv[g] / pv_vol[g]) if pv_vol[g] > 0 else None,
+                "vwap": None if vol_none[g] or pv_vol[g] <= 0 else float(pv[g] / pv_vol[g]),
                 "trade_count": None if tc_none[g] else int(tc_sum[g]),
                 "source_candles": int(count[g]),
                 "expected_candles": spec.expected,
                 "quality_score": quality,
                 "source_timeframe": spec.source,
+                "raw": _partial_volume_note(int(count[g]), int(with_vol[g]), float(vol_sum[g]),
+                                            int(with_tc[g]), int(tc_sum[g])),
             }
     return Derivation(
         read_from=read_from,
@@ -234,6 +239,16 @@ def derive(frame: pd.DataFrame, spec: Spec, *, start: datetime, end: datetime,
         source_rows_partial=int(rows["is_partial"].sum()),
         source_rows_partial_valid=int((rows["is_partial"] & rows["valid"]).sum()),
     )
+
+
+def _partial_volume_note(n: int, with_vol: int, vol: float, with_tc: int, tc: int) -> dict:
+    """raw of a bar whose usable source bars only partly carry volume or trade counts."""
+    if with_vol in (0, n) and with_tc in (0, n):
+        return {}
+    return {"partial_volume": {"source_candles": n, "with_vol": with_vol,
+                               "vol_of_those": vol if with_vol else None,
+                               "with_trade_count": with_tc,
+                               "trade_count_of_those": tc if with_tc else None}}
 
 
 # ---------------------------------------------------------------------------- comparison
@@ -250,10 +265,24 @@ def bar_difference(expected: Mapping, actual: Mapping, *, rel: float = 1e-9) -> 
     problems = []
     for name in BAR_FIELDS:
         want, got = expected[name], actual[name]
-        same = close_enough(want, got, rel) if name in ("vol", "vwap") else want == got
+        if name in ("vol", "vwap"):
+            same = close_enough(want, got, rel)
+        elif name == "raw":
+            same = _same_raw(want, got, rel)
+        else:
+            same = want == got
         if not same:
             problems.append(f"{name}: oracle {want!r}, engine {got!r}")
     return problems
+
+
+def _same_raw(a: Mapping, b: Mapping, rel: float) -> bool:
+    """raw notes: the same keys, counts equal, sums of floats within `rel`."""
+    a, b = a.get("partial_volume"), b.get("partial_volume")
+    if a is None or b is None:
+        return a is None and b is None
+    return a.keys() == b.keys() and all(
+        close_enough(a[k], b[k], rel) if k == "vol_of_those" else a[k] == b[k] for k in a)
 
 
 def same_bar(a: Mapping, b: Mapping) -> bool:

@@ -31,7 +31,7 @@ def derived_rows(conn: psycopg.Connection, symbol: str, timeframe: str) -> list[
     with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
         return cur.execute(
             "SELECT id, ts_utc, open, high, low, close, vol, vwap, trade_count, source_candles, "
-            "expected_candles, quality_score, source_timeframe, is_partial, deleted_at, "
+            "expected_candles, quality_score, source_timeframe, raw, is_partial, deleted_at, "
             "created_at, updated_at, xmin::text AS xmin FROM derived_data_bars "
             "WHERE canonical_symbol = %s AND timeframe = %s ORDER BY ts_utc, id",
             (symbol, timeframe)).fetchall()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import psycopg
 import pytest
@@ -369,3 +370,68 @@ def test_filler_rule_leaves_bars_without_volume_alone(db):
     bars = active_bars(db, "FX1", "5m").set_index("ts_utc")
     assert bars.loc[T0, "open"] == 1.1 and bars.loc[T0, "source_candles"] == 5
     assert bars.loc[T0 + timedelta(minutes=5), "high"] == 2.5  # the NULL-volume bar counts
+
+
+def test_volume_that_only_some_bars_carry_is_unknown_and_says_so(eurusd):
+    """The partial-volume rule: a window whose usable rows only partly carry volume gets
+    vol, vwap (and, on its own, trade_count) NULL, and raw keeps what was known."""
+    rows = minute_bars(T0, 10)  # two windows of five bars with vol 1.0 each
+    rows[2]["vol"] = rows[2]["vwap"] = None  # 00:02: no volume (a trade count)
+    rows[7]["trade_count"] = None  # 00:07: volume, but no trade count
+    insert_bars(eurusd, "EURUSD", rows)
+    eurusd.commit()
+    engine.aggregate(eurusd, "EURUSD", "5m", T0, T0 + timedelta(hours=1), now=LATER)
+    eurusd.commit()
+    bars = eurusd.execute("SELECT ts_utc, vol, vwap, trade_count, raw FROM derived_data_bars "
+                          "ORDER BY ts_utc").fetchall()
+    (_, vol0, vwap0, trades0, raw0), (_, vol1, vwap1, trades1, raw1) = bars
+    assert (vol0, vwap0, trades0) == (None, None, 5)
+    assert raw0 == {"partial_volume": {"source_candles": 5, "with_vol": 4, "vol_of_those": 4.0,
+                                       "with_trade_count": 5, "trade_count_of_those": 5}}
+    assert (vol1, trades1) == (5.0, None) and vwap1 is not None
+    assert raw1["partial_volume"]["with_trade_count"] == 4
+    # the missing volume arrives: the bar is complete again and its note goes
+    eurusd.execute("UPDATE data_bars SET vol = 1.0, vwap = open, ingested_at = now() "
+                   "WHERE ts_utc = %s", (T0 + timedelta(minutes=2),))
+    eurusd.commit()
+    result = engine.aggregate(eurusd, "EURUSD", "5m", T0, T0 + timedelta(hours=1), now=LATER)
+    eurusd.commit()
+    assert result.bars_updated == 1
+    assert eurusd.execute("SELECT vol, raw FROM derived_data_bars WHERE ts_utc = %s "
+                          "AND deleted_at IS NULL", (T0,)).fetchone() == (5.0, {})
+
+
+WEST = timezone(timedelta(hours=-5))
+
+
+@pytest.mark.parametrize(("arguments", "error", "message"), [
+    ({"end": datetime.max.replace(tzinfo=UTC)}, ValueError, "end must lie in"),
+    ({"end": datetime.max.replace(tzinfo=WEST)}, ValueError, "end must lie in"),
+    ({"start": datetime.min.replace(tzinfo=UTC)}, ValueError, "start must lie in"),
+    ({"start": datetime(2025, 7, 7)}, ValueError, "start=2025-07-07T00:00:00 has no time zone"),
+    ({"end": "2025-07-08"}, TypeError, "end must be a datetime, got str"),
+    ({"now": datetime.max.replace(tzinfo=UTC)}, ValueError, "now must lie in"),
+    ({"timeframe": "7m"}, UnknownTimeframeError, "unknown target timeframe '7m'"),
+    ({"symbol": None}, TypeError, "symbol must be a non-empty str, got None"),
+    ({"symbol": ""}, TypeError, "symbol must be a non-empty str, got ''"),
+    ({"derivation_version": 0}, ValueError, "derivation_version=0 must be a positive"),
+    ({"derivation_version": True}, ValueError, "derivation_version=True must be a positive"),
+    ({"reason": "whim"}, ValueError, "reason='whim' is not one of"),
+    ({"run_id": ""}, ValueError, "run_id='' must be a run id"),
+    ({"conn": None}, TypeError, "conn must be a psycopg.Connection, got NoneType"),
+])
+def test_every_argument_is_checked_and_named(eurusd, arguments, error, message):
+    """aggregate and rebuild_range reject each bad argument with an error naming it (a year
+    9999 bound used to surface as a bare OverflowError)."""
+    defaults = {"conn": eurusd, "symbol": "EURUSD", "timeframe": "5m", "start": T0,
+                "end": T0 + HOUR, "now": LATER}
+    for function, keywords in ((engine.aggregate, {"now", "derivation_version", "reason",
+                                                   "run_id"}),
+                               (engine.rebuild_range, {"now", "run_id"})):
+        if not arguments.keys() <= {*defaults, *keywords}:
+            continue  # an argument this function does not take
+        call = {**defaults, **arguments}
+        positional = [call.pop(name) for name in ("conn", "symbol", "timeframe", "start", "end")]
+        with pytest.raises(error, match=re.escape(message)):
+            function(*positional, **call)
+        eurusd.rollback()

@@ -190,9 +190,13 @@ def _day_counts(rows: list[dict], step: timedelta, read_from: datetime,
     return dict(sorted(days.items()))
 
 
-def _validate_request(symbol: str, timeframe: str, start: datetime, end: datetime):
+def _validate_request(conn: object, symbol: object, timeframe: object, start: object,
+                      end: object) -> tuple[Timeframe, datetime, datetime]:
+    """Each argument checked, each error naming the argument it is about."""
+    if not isinstance(conn, psycopg.Connection):
+        raise TypeError(f"conn must be a psycopg.Connection, got {type(conn).__name__}")
     if not isinstance(symbol, str) or not symbol:
-        raise UnknownSymbolError(str(symbol))
+        raise TypeError(f"symbol must be a non-empty str, got {symbol!r}")
     tf = timeframes.get(timeframe)
     start = windows.require_utc(start, "start")
     end = windows.require_utc(end, "end")
@@ -203,6 +207,14 @@ def _validate_request(symbol: str, timeframe: str, start: datetime, end: datetim
             f"before end {end.isoformat()}"
         )
     return tf, start, end
+
+
+def _validate_version(derivation_version: object) -> None:
+    if derivation_version is not None and (
+            isinstance(derivation_version, bool) or not isinstance(derivation_version, int)
+            or not 1 <= derivation_version < 2**31):
+        raise ValueError(f"derivation_version={derivation_version!r} must be a positive "
+                         "integer (or None for the task's own)")
 
 
 def _validate_reason(reason: object, run_id: object) -> None:
@@ -238,7 +250,8 @@ def aggregate(
     caller already holds one). Every bar it restates or withdraws keeps its previous version
     in derived_bar_revisions, labelled with `reason` (one of REASONS) and `run_id`.
     """
-    tf, start, end = _validate_request(symbol, timeframe, start, end)
+    tf, start, end = _validate_request(conn, symbol, timeframe, start, end)
+    _validate_version(derivation_version)
     _validate_reason(reason, run_id)
     with conn.transaction():
         as_of = _resolve_as_of(conn, now)
@@ -354,7 +367,7 @@ def rebuild_range(
     The soft-deleted rows remain and their versions go to derived_bar_revisions (reason
     `rebuild`); the task's derivation_version stays bumped for later runs.
     """
-    tf, start, end = _validate_request(symbol, timeframe, start, end)
+    tf, start, end = _validate_request(conn, symbol, timeframe, start, end)
     _validate_reason("rebuild", run_id)
     with conn.transaction():
         as_of = _resolve_as_of(conn, now)

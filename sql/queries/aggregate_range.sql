@@ -43,6 +43,8 @@ windows AS (
         sum(vwap * vol) FILTER (WHERE usable AND vwap IS NOT NULL AND vol > 0) AS pv,
         sum(vol) FILTER (WHERE usable AND vwap IS NOT NULL AND vol > 0)        AS pv_vol,
         sum(trade_count) FILTER (WHERE usable)              AS trade_count,
+        count(vol) FILTER (WHERE usable)                    AS n_vol,
+        count(trade_count) FILTER (WHERE usable)            AS n_trades,
         max(ts_utc) FILTER (WHERE usable)                   AS newest_ts,
         count(*)                                            AS rows_read,
         max(ingested_at)                                    AS ingested_max,
@@ -67,9 +69,17 @@ computed AS (
         w.high,
         w.low,
         w.last_bar[2]                                       AS close,
-        w.vol,
-        w.pv / NULLIF(w.pv_vol, 0)                          AS vwap,
-        w.trade_count::integer                              AS trade_count,
+        -- Volume that only some usable source bars carry is not the window's volume: vol,
+        -- vwap (and trade_count, on its own) are then NULL, unknown, and raw keeps what was
+        -- known, so nothing is silently under-counted (README, "The rules").
+        CASE WHEN w.n_vol = w.n THEN w.vol END              AS vol,
+        CASE WHEN w.n_vol = w.n THEN w.pv / NULLIF(w.pv_vol, 0) END AS vwap,
+        CASE WHEN w.n_trades = w.n THEN w.trade_count::integer END AS trade_count,
+        CASE WHEN w.n_vol NOT IN (0, w.n) OR w.n_trades NOT IN (0, w.n) THEN
+            jsonb_build_object('partial_volume', jsonb_build_object(
+                'source_candles', w.n, 'with_vol', w.n_vol, 'vol_of_those', w.vol,
+                'with_trade_count', w.n_trades, 'trade_count_of_those', w.trade_count))
+        ELSE '{{}}'::jsonb END                              AS raw,
         w.n::integer                                        AS source_candles,
         (%(score_by_count)s::integer[])[least(w.n, %(expected)s) + 1] AS quality_score,
         w.invalid_rows, w.partial_rows, w.rows_read, w.newest_ts, w.ingested_max, w.ingested_sum
@@ -78,7 +88,7 @@ computed AS (
 existing AS (
     SELECT d.id, d.ts_utc, d.open, d.high, d.low, d.close, d.vol, d.vwap, d.trade_count,
            d.source_timeframe, d.source_candles, d.expected_candles, d.quality_score,
-           d.derivation_version, d.updated_at
+           d.derivation_version, d.updated_at, d.raw
     FROM derived_data_bars d
     WHERE d.canonical_symbol = %(symbol)s
       AND d.timeframe = %(timeframe)s
@@ -98,6 +108,7 @@ diff AS (
                 q.source_candles, %(expected)s::integer, q.quality_score)
            -- sums of floats may differ in the last bits with summation order
            AND agg_same_float(e.vol, q.vol) AND agg_same_float(e.vwap, q.vwap)
+           AND e.raw IS NOT DISTINCT FROM q.raw
            AS unchanged
     FROM (SELECT * FROM computed WHERE quality_score IS NOT NULL) q
     FULL JOIN existing e ON e.ts_utc = q.ts_utc
@@ -109,7 +120,7 @@ inserted AS (
         quality_score, derivation_version, created_at, updated_at, raw)
     SELECT %(symbol)s, %(timeframe)s, x.ts_utc, x.open, x.high, x.low, x.close, x.vol, x.vwap,
            x.trade_count, false, 'agg', now(), %(source_timeframe)s, x.source_candles,
-           %(expected)s, x.quality_score, %(derivation_version)s, now(), now(), '{{}}'::jsonb
+           %(expected)s, x.quality_score, %(derivation_version)s, now(), now(), x.raw
     FROM diff x
     WHERE x.existing_id IS NULL
     RETURNING ts_utc, quality_score
@@ -120,7 +131,7 @@ updated AS (
         vwap = x.vwap, trade_count = x.trade_count, source_timeframe = %(source_timeframe)s,
         source_candles = x.source_candles, expected_candles = %(expected)s,
         quality_score = x.quality_score, derivation_version = %(derivation_version)s,
-        ingested_at = now(), updated_at = now()
+        raw = x.raw, ingested_at = now(), updated_at = now()
     FROM diff x
     WHERE d.id = x.existing_id AND x.ts_utc IS NOT NULL AND NOT x.unchanged
     RETURNING d.ts_utc, d.quality_score
