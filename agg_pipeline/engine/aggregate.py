@@ -99,6 +99,7 @@ class AggregationResult:
     cursor_after: datetime
     final_through: datetime  # windows ending at or before this were final and processed
     derivation_version: int
+    forming_ts: datetime | None = None  # the forming bar's window, when one is kept
     # every UTC day of the request that had final windows, source rows or bars
     days: dict[date, DayCounts] = field(default_factory=dict, compare=False)
 
@@ -118,6 +119,7 @@ class _Task:
     cursor: datetime
     derivation_version: int
     skip_zero_volume: bool
+    forming: bool  # the symbol keeps a forming (is_partial) bar of its open window
 
 
 def advisory_lock_key(symbol: str, timeframe: str) -> str:
@@ -159,6 +161,7 @@ def _lock_and_load(conn: psycopg.Connection, symbol: str, tf: Timeframe) -> _Tas
         cursor=row["last_agg_bar_ts_utc"],
         derivation_version=row["derivation_version"],
         skip_zero_volume=row["agg_skip_zero_volume_ohlc"],
+        forming=row["agg_forming_bars"],
     )
 
 
@@ -320,6 +323,8 @@ def aggregate(
             first_not_final = windows.floor(as_of - task.delay, tf.step)
             cursor_after = max(task.cursor, min(hi, frontier_end, first_not_final))
 
+        forming_ts = _refresh_forming_bar(conn, task, symbol, lo, end, as_of, version,
+                                          source_table)
         conn.execute(
             queries.query("task_record_success"),
             {
@@ -328,6 +333,7 @@ def aggregate(
                 "cursor": cursor_after,
                 "bars_inserted": totals.bars_inserted,
                 "bars_poor_quality": totals.bars_poor_quality,
+                "forming_through": newest if task.forming else None,
             },
         )
 
@@ -341,6 +347,7 @@ def aggregate(
         cursor_after=cursor_after,
         final_through=hi,
         derivation_version=version,
+        forming_ts=forming_ts,
         days=days,
     )
     if result.source_rows_invalid:
@@ -349,6 +356,32 @@ def aggregate(
             symbol, tf.name, result.source_rows_invalid, read_from.isoformat(), hi.isoformat(),
         )
     return result
+
+
+def _refresh_forming_bar(conn: psycopg.Connection, task: _Task, symbol: str, lo: datetime,
+                         end: datetime, as_of: datetime, version: int,
+                         source_table: str) -> datetime | None:
+    """The forming bar of the window still open, when the request reaches it (forming_bar.sql);
+    for a symbol without forming bars only the clean-up of any left over. Returns its window."""
+    tf = task.timeframe
+    forming_from = max(lo, windows.floor(as_of - task.delay, tf.step))  # first not final
+    range_end = windows.ceil(end, tf.step)
+    if range_end <= forming_from:
+        return None  # the request ends among final windows: nothing is forming in it
+    statement = queries.query(
+        "forming_bar",
+        source_table=sql.Identifier(source_table),
+        # 5m reads final 1m rows only; 1h and above read final and forming 5m bars
+        source_filter=sql.SQL("AND NOT b.is_partial" if tf.reads_data_bars
+                              else "AND b.deleted_at IS NULL"),
+    )
+    row = conn.execute(statement, {
+        "forming": task.forming, "symbol": symbol, "timeframe": tf.name,
+        "source_timeframe": tf.source, "hi": forming_from, "range_end": range_end,
+        "as_of": as_of, "step": tf.step, "source_step": tf.source_step,
+        "expected": tf.expected_candles, "derivation_version": version,
+    }, prepare=False).fetchone()
+    return row[0]
 
 
 def rebuild_range(

@@ -88,7 +88,7 @@ computed AS (
 existing AS (
     SELECT d.id, d.ts_utc, d.open, d.high, d.low, d.close, d.vol, d.vwap, d.trade_count,
            d.source_timeframe, d.source_candles, d.expected_candles, d.quality_score,
-           d.derivation_version, d.updated_at, d.raw
+           d.derivation_version, d.updated_at, d.raw, d.is_partial
     FROM derived_data_bars d
     WHERE d.canonical_symbol = %(symbol)s
       AND d.timeframe = %(timeframe)s
@@ -99,8 +99,8 @@ existing AS (
 -- one row per window that has a qualifying bar, an active stored bar, or both. A FULL JOIN
 -- runs as a hash or merge join whatever the row estimates (fresh bulk loads have none).
 diff AS (
-    SELECT q.*, e.id AS existing_id,
-           e.id IS NOT NULL
+    SELECT q.*, e.id AS existing_id, COALESCE(e.is_partial, false) AS was_partial,
+           e.id IS NOT NULL AND NOT e.is_partial  -- a forming bar of a now final window
            AND (e.open, e.high, e.low, e.close, e.trade_count, e.source_timeframe,
                 e.source_candles, e.expected_candles, e.quality_score)
                IS NOT DISTINCT FROM
@@ -131,10 +131,10 @@ updated AS (
         vwap = x.vwap, trade_count = x.trade_count, source_timeframe = %(source_timeframe)s,
         source_candles = x.source_candles, expected_candles = %(expected)s,
         quality_score = x.quality_score, derivation_version = %(derivation_version)s,
-        raw = x.raw, ingested_at = now(), updated_at = now()
+        raw = x.raw, is_partial = false, ingested_at = now(), updated_at = now()
     FROM diff x
     WHERE d.id = x.existing_id AND x.ts_utc IS NOT NULL AND NOT x.unchanged
-    RETURNING d.ts_utc, d.quality_score
+    RETURNING d.ts_utc, d.quality_score, x.was_partial
 ),
 soft_deleted AS (
     UPDATE derived_data_bars d
@@ -181,7 +181,7 @@ revised AS (
                 ELSE %(reason)s END,
            %(run_id)s
     FROM diff x
-    JOIN existing e ON e.id = x.existing_id
+    JOIN existing e ON e.id = x.existing_id AND NOT e.is_partial  -- forming bars: no versions
     LEFT JOIN changes_seen ch
       ON ch.day = (date_bin(interval '24 hours', e.ts_utc, TIMESTAMPTZ '2000-01-01 00:00:00+00')
                    AT TIME ZONE 'UTC')::date
@@ -231,7 +231,10 @@ day_rows (ts_utc, with_source, skipped, invalid_rows, partial_rows, rows_read, n
     UNION ALL
     SELECT ts_utc, 0, 0, 0, 0, 0, NULL, 1, 0, 0, 0, (quality_score <= 0)::int FROM inserted
     UNION ALL
-    SELECT ts_utc, 0, 0, 0, 0, 0, NULL, 0, 1, 0, 0, (quality_score <= 0)::int FROM updated
+    -- a forming bar made final is a new final bar, not a restatement
+    SELECT ts_utc, 0, 0, 0, 0, 0, NULL, was_partial::int, (NOT was_partial)::int, 0, 0,
+           (quality_score <= 0)::int
+    FROM updated
     UNION ALL
     SELECT ts_utc, 0, 0, 0, 0, 0, NULL, 0, 0, 1, 0, 0 FROM soft_deleted
     UNION ALL

@@ -1,10 +1,12 @@
--- Share of poor-quality bars (quality_score <= 0) per symbol over the last %(days)s days.
+-- Share of poor-quality final bars (quality_score <= 0) per symbol over the last %(days)s
+-- days.
 SELECT canonical_symbol,
        count(*) AS bars,
        count(*) FILTER (WHERE quality_score <= 0) AS poor
 FROM derived_data_bars
 WHERE timeframe = %(timeframe)s
   AND deleted_at IS NULL
+  AND NOT is_partial  -- a forming bar has no quality verdict yet
   AND ts_utc >= now() - make_interval(days => %(days)s)
   AND (%(symbols)s::text[] IS NULL OR canonical_symbol = ANY (%(symbols)s::text[]))
 GROUP BY canonical_symbol

@@ -9,7 +9,8 @@ SELECT
     s.derivation_version,
     s.enabled,
     s.status,
-    r.agg_skip_zero_volume_ohlc
+    r.agg_skip_zero_volume_ohlc,
+    r.agg_forming_bars
 FROM data_agg_state s
 JOIN core_asset_registry_all r USING (canonical_symbol)
 WHERE s.canonical_symbol = %(symbol)s AND s.timeframe = %(timeframe)s

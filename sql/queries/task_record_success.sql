@@ -11,5 +11,7 @@ SET last_agg_bar_ts_utc     = %(cursor)s,
     total_runs              = total_runs + 1,
     total_bars_created      = total_bars_created + %(bars_inserted)s,
     total_bars_quality_poor = total_bars_quality_poor + %(bars_poor_quality)s,
-    next_run_at             = now() + make_interval(mins => run_interval_minutes)
+    next_run_at             = now() + make_interval(mins => run_interval_minutes),
+    -- the frontier its forming bar reflects (NULL when the symbol has none)
+    forming_through         = %(forming_through)s
 WHERE canonical_symbol = %(symbol)s AND timeframe = %(timeframe)s
