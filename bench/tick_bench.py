@@ -1,0 +1,473 @@
+"""Tick benchmark: the live planner's schedule and sensor ticks at 1,000 symbols' tasks, the
+registry sync, and each time grain's partitions at 1,000 symbols x 5 years.
+
+The targets (SPEC, Performance and scale; issues 11 and 14): a sensor or schedule tick well
+under a second at 1,000 symbols; on the month grain, 1,000 symbols x 5 years stays under
+Dagster's ~100,000 partitions per asset, and the asset's partition status is timed. Per
+grain, on the configured server (AGG_DATABASE_URL, else the embedded one):
+
+  set-up   scratch market and Dagster databases; N symbols in the registry, AGG_START_UTC
+           5 years back; every symbol's last 2 hours of 1m bars (every minute, ingested a
+           minute after they closed); the first --reconcile symbols also the 7 days before,
+           materialised with the engine (what the reconciliation re-checks).
+  sync     registry_sync_sensor's first tick (2N tasks, N new partitions) with the partitions
+           added as the daemon would, then a tick with nothing to change.
+  status   month grain only: one run of bars_5m over every symbol x month (the first build
+           of 5 years, through Dagster, per-partition metadata and checks included), then
+           instance.get_status_by_partition over all of the asset's partitions (the asset
+           page's status), cold then warm. The day grain's partitions are only counted.
+  ticks    cursors 2 hours back (the steady live state: every symbol has new windows): the
+           frontier sensor with work for every symbol; again right after (all claimed); the
+           schedule (claimed); the schedule with the claims cleared; the late-data sensor
+           (its reconciliation on the symbols with history) with nothing landed, then with a
+           late row for each of those symbols; the median of --repeat
+           evaluations each, claims cleared before each "with work" one. A tick here is the
+           sensor function as the daemon's code server evaluates it (its connection, the
+           Dagster queries, the planner, building the run requests), not the daemon's own
+           run creation.
+  events   what reporting the frontier sensor's bars_1m observations costs the daemon: the
+           bound of a tick (25) and one per symbol (N, the sensor before the planner).
+
+By default both grains run, each in its own interpreter (the grain is read at import).
+Everything lives in uniquely named scratch databases, dropped at the end unless --keep. A
+report: the exit code is 0 whether or not a target is met. Run from the checkout:
+
+    .venv/bin/python bench/tick_bench.py [--symbols 1000] [--grain day|month|both]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from agg_pipeline import settings
+from agg_pipeline.db import connection, migrations, queries
+from bench.common import Scratch, load_note, log, server_url, terminate_on_sigterm
+
+TICK_TARGET_S = 1.0
+PARTITIONS_CEILING = 100_000
+YEARS = 5
+LIVE_HOURS = 2
+RECONCILE_DAYS = 7
+REPORT_LINE = "TICK_BENCH "  # the child's figures, one JSON line
+
+
+def timed(function: Callable[[], object]) -> tuple[float, object]:
+    started = time.perf_counter()
+    result = function()
+    return time.perf_counter() - started, result
+
+
+def median_of(repeat: int, function: Callable[[], object],
+              before: Callable[[], None] = lambda: None) -> tuple[float, object]:
+    """Median seconds of `repeat` calls (each after `before`), and the last result."""
+    times, result = [], None
+    for _ in range(repeat):
+        before()
+        seconds, result = timed(function)
+        times.append(seconds)
+    return statistics.median(times), result
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def seed(url: str, symbols: list[str], reconcile: int, now: datetime) -> int:
+    """Registry rows, LIVE_HOURS of 1m bars per symbol, RECONCILE_DAYS more for the first
+    `reconcile` symbols. Returns the rows written."""
+    from agg_pipeline import demo
+
+    migrations.migrate(url)
+    end = now.replace(second=0, microsecond=0)
+    written = 0
+    with connection.connect(url) as conn:
+        with conn.transaction():
+            demo.ensure_registry(conn, symbols)
+        for index, symbol in enumerate(symbols):
+            spec = demo.demo_symbol(symbol)
+            days = RECONCILE_DAYS if index < reconcile else 0
+            start = end - timedelta(days=days, hours=LIVE_HOURS)
+            frame = demo.generate_bars(spec, start, end, seed=demo.bar_seed(11, index, start),
+                                       missing_fraction=0.0, late_fraction=0.0, now=end,
+                                       trading=demo.every_minute)
+            with conn.transaction():
+                written += demo.write_bars(conn, symbol, frame, spec.has_volume)
+        conn.autocommit = True
+        conn.execute("VACUUM ANALYZE data_bars")
+    return written
+
+
+def set_cursors(url: str, cursor: datetime) -> None:
+    with connection.connect(url) as conn:
+        conn.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s", (cursor,))
+        conn.commit()
+
+
+def clear_claims(url: str) -> None:
+    with connection.connect(url) as conn:
+        conn.execute("DELETE FROM data_agg_plan_claims")
+        conn.commit()
+
+
+def materialise_history(url: str, symbols: list[str], start: datetime) -> float:
+    """The reconciliation's symbols brought up to date by the engine (5m, then 1h)."""
+    from agg_pipeline.engine import aggregate as engine
+
+    started = time.perf_counter()
+    with connection.connect(url) as conn:
+        for symbol in symbols:
+            for timeframe in ("5m", "1h"):
+                engine.aggregate(conn, symbol, timeframe, start, start + timedelta(days=30))
+                conn.commit()
+    return time.perf_counter() - started
+
+
+def land_late_rows(url: str, symbols: list[str], now: datetime) -> int:
+    """A correction of one materialised minute per symbol, ingested now (an upsert: the
+    change capture records it too)."""
+    with connection.connect(url) as conn:
+        count = conn.execute(
+            "UPDATE data_bars SET high = high * 1.0001, ingested_at = %s "
+            "WHERE canonical_symbol = ANY(%s) AND timeframe = '1m' AND ts_utc = %s",
+            (now, symbols, (now - timedelta(hours=1)).replace(second=0, microsecond=0)),
+        ).rowcount
+        conn.commit()
+    return count
+
+
+# ----------------------------------------------------------------------------- one grain
+
+
+def run_grain(args: argparse.Namespace, scratch: Scratch) -> dict:
+    """Everything measured on the grain this interpreter imported."""
+    import dagster as dg
+
+    from agg_pipeline.definitions import defs
+    from agg_pipeline.defs.partitions import (
+        RANGE_END_TAG,
+        RANGE_START_TAG,
+        SYMBOLS_PARTITIONS_NAME,
+        TIME_GRAIN,
+    )
+    from agg_pipeline.defs.resources import MarketDatabase
+    from agg_pipeline.defs.schedules import catchup_schedule
+    from agg_pipeline.defs.sensors import (
+        OBSERVATIONS_PER_TICK,
+        late_data_sensor,
+        registry_sync_sensor,
+        source_frontier_sensor,
+    )
+    from agg_pipeline.engine import planning
+    from agg_pipeline_tests.processes import storage_instance
+
+    figures: dict = {"grain": TIME_GRAIN, "symbols": args.symbols}
+    market_url = scratch.database("market")
+    storage_url = scratch.database("dagster")
+    os.environ[settings.DATABASE_URL_VAR] = market_url  # what the sensors' resource reads
+    symbols = [f"T{i:04d}" for i in range(args.symbols)]
+    now = datetime.now(UTC)
+    seconds, rows = timed(lambda: seed(market_url, symbols, args.reconcile, now))
+    figures["seed"] = {"rows": rows, "s": round(seconds, 1)}
+    log(f"{TIME_GRAIN}: seeded {rows:,} 1m bars for {len(symbols)} symbols in {seconds:.0f} s")
+    resources = {"market_db": MarketDatabase()}
+
+    def sensor(function, instance, cursor=None):
+        with dg.build_sensor_context(instance=instance, resources=resources,
+                                     cursor=cursor) as context:
+            return function(context)
+
+    def schedule(instance):
+        with dg.build_schedule_context(instance=instance, resources=resources,
+                                       scheduled_execution_time=datetime.now(UTC)) as context:
+            result = catchup_schedule(context)
+        return [] if isinstance(result, dg.SkipReason) else result
+
+    with storage_instance(storage_url, scratch.directory("home")) as instance:
+        # registry sync: the first tick creates every task and asks for every partition
+        seconds, result = timed(lambda: sensor(registry_sync_sensor, instance))
+        [added] = result.dynamic_partitions_requests
+        applied, _ = timed(lambda: instance.add_dynamic_partitions(
+            SYMBOLS_PARTITIONS_NAME, list(added.partition_keys)))
+        steady, _ = median_of(args.repeat, lambda: sensor(registry_sync_sensor, instance))
+        figures["sync"] = {"first_s": seconds, "partitions_added_s": applied,
+                           "steady_s": steady, "tasks": 2 * len(symbols)}
+
+        # partitions per asset, and (month) their status after a first build
+        partitions_def = defs.get_assets_def("bars_5m").partitions_def
+        keys = partitions_def.get_partition_keys(dynamic_partitions_store=instance)
+        figures["partitions_per_asset"] = len(keys)
+        if TIME_GRAIN == "month":
+            figures["status"] = partition_status(instance, keys, partitions_def)
+
+        # the steady live state, and the reconciliation's history
+        cursor = (now - timedelta(hours=LIVE_HOURS)).replace(second=0, microsecond=0)
+        cursor -= timedelta(minutes=cursor.minute % 5)
+        set_cursors(market_url, cursor)
+        history = cursor - timedelta(days=RECONCILE_DAYS)
+        figures["history_s"] = materialise_history(market_url, symbols[:args.reconcile], history)
+        clear_claims(market_url)
+
+        ticks: dict[str, dict] = {}
+
+        def tick(name: str, function, *, clear: bool, requests=lambda r: r.run_requests):
+            seconds, result = median_of(args.repeat, function,
+                                        (lambda: clear_claims(market_url)) if clear else
+                                        (lambda: None))
+            runs = requests(result)
+            ticks[name] = {"s": seconds, "runs": len(runs),
+                           "symbols": sum(len(rectangle_symbols(r, symbols)) for r in runs)}
+            log(f"{TIME_GRAIN}: {name}: {seconds * 1000:.0f} ms, {len(runs)} runs")
+            return result
+
+        def rectangle_symbols(request, order):
+            first = request.tags[RANGE_START_TAG].split("|")[-1]
+            last = request.tags[RANGE_END_TAG].split("|")[-1]
+            return order[order.index(first):order.index(last) + 1]
+
+        first = tick("frontier sensor, work for every symbol",
+                     lambda: sensor(source_frontier_sensor, instance), clear=True)
+        figures["observations_per_tick"] = len(first.asset_events)
+        figures["cursor_bytes"] = len(first.cursor or "")
+        tick("frontier sensor again (all claimed)",
+             lambda: sensor(source_frontier_sensor, instance), clear=False)
+        tick("schedule (all claimed)", lambda: schedule(instance), clear=False,
+             requests=lambda r: r)
+        tick("schedule, work for every symbol", lambda: schedule(instance), clear=True,
+             requests=lambda r: r)
+        clear_claims(market_url)
+        # the rotation starts again at the first symbols: those with 7 days of history
+        quiet = json.dumps({"since": json.loads(sensor(late_data_sensor, instance).cursor)[
+            "since"], "reconcile_after": None})
+        tick(f"late-data sensor, nothing landed ({args.reconcile} symbols x "
+             f"{RECONCILE_DAYS} days reconciled)",
+             lambda: sensor(late_data_sensor, instance, quiet), clear=True)
+        landed = land_late_rows(market_url, symbols[:args.reconcile], datetime.now(UTC))
+        tick(f"late-data sensor, a late row for each of {landed} symbols",
+             lambda: sensor(late_data_sensor, instance, quiet), clear=True)
+        figures["ticks"] = ticks
+        figures["claims_after"] = count_claims(market_url)
+
+        # the parts of a tick, measured alone
+        parts = {}
+        with connection.connect(market_url) as conn:
+            as_of = conn.execute("SELECT now()").fetchone()[0]
+            parts["task_states (plan_tasks.sql)"], found = median_of(
+                args.repeat, lambda: planning.task_states(conn, as_of))
+            work = planning.catchup_work(found, roots_only=True,
+                                         first_day=settings.default_agg_start().date())
+            order = list(instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
+            parts["get_dynamic_partitions"], _ = median_of(
+                args.repeat, lambda: instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
+            parts["plan_runs (lock, claims, batching)"], _ = median_of(
+                args.repeat, lambda: planning.plan_runs(
+                    conn, work, requester="bench", runs=planning.RunStates(), symbols=order,
+                    riders=found.riders(),
+                    limits=planning.Limits(settings.max_runs_per_tick(),
+                                           settings.max_partitions_per_run()),
+                    period=lambda d: (d, d)),
+                lambda: clear_claims(market_url))
+            parts[f"reconciliation of {args.reconcile} symbols x {RECONCILE_DAYS} days"], rec = \
+                median_of(args.repeat, lambda: planning.reconciliation_work(
+                    conn, found, after=None, budget=args.reconcile, days=RECONCILE_DAYS,
+                    as_of=as_of, first_day=settings.default_agg_start().date()))
+            figures["reconciled_windows"] = rec.windows_checked
+            window = {"timeframe": "5m", "start": as_of - timedelta(days=RECONCILE_DAYS),
+                      "end": as_of}
+
+            def fingerprints():
+                for symbol in symbols[:args.reconcile]:
+                    conn.execute(queries.query("check_pending_source_days"),
+                                 {**window, "symbol": symbol}).fetchall()
+                conn.rollback()
+
+            parts["of which the recorded fingerprints alone"], _ = median_of(args.repeat,
+                                                                             fingerprints)
+        figures["parts"] = parts
+        figures["reread"] = reread_cost(market_url, symbols[0], datetime.now(UTC), args.repeat)
+
+        # reporting bars_1m observations, as the daemon does for a sensor's asset events
+        events = {}
+        for count in (OBSERVATIONS_PER_TICK, len(symbols)):
+            observations = [dg.AssetObservation(
+                asset_key="bars_1m", partition=symbol,
+                metadata={"frontier": dg.MetadataValue.timestamp(now)})
+                for symbol in symbols[:count]]
+            events[count], _ = timed(lambda obs=observations: [
+                instance.report_runless_asset_event(o) for o in obs])
+        figures["observation_events_s"] = events
+    return figures
+
+
+def count_claims(url: str) -> int:
+    with connection.connect(url) as conn:
+        return conn.execute("SELECT count(*) FROM data_agg_plan_claims").fetchone()[0]
+
+
+def partition_status(instance, keys, partitions_def) -> dict:
+    """Every partition of bars_5m materialised, then the asset's status (the asset page's
+    partition bar), cold (Dagster computes and caches it) and warm (from its cache).
+
+    The materialisations are stored as a run worker stores them with
+    DAGSTER_EVENT_BATCH_SIZE (batches of 1,000 events), without running the engine: a first
+    build of 1,000 symbols x 5 years is a backfill's job (bench/backfill_bench.py), here
+    only the status query over that many partitions is measured."""
+    import uuid
+
+    import dagster as dg
+    from dagster._core.events import (
+        DagsterEvent,
+        DagsterEventBatchMetadata,
+        DagsterEventType,
+        StepMaterializationData,
+    )
+    from dagster._core.instance.utils import RUNLESS_JOB_NAME, RUNLESS_RUN_ID
+
+    def store() -> None:
+        batch = uuid.uuid4().hex
+        for i, key in enumerate(keys):
+            event = DagsterEvent(
+                event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value,
+                job_name=RUNLESS_JOB_NAME,
+                event_specific_data=StepMaterializationData(dg.AssetMaterialization(
+                    asset_key="bars_5m", partition=key, metadata={"bars_inserted": 0})))
+            instance.report_dagster_event(event, run_id=RUNLESS_RUN_ID,
+                                          batch_metadata=DagsterEventBatchMetadata(
+                                              batch, is_end=i == len(keys) - 1))
+
+    log(f"month: storing {len(keys):,} materialisations of bars_5m")
+    stored, _ = timed(store)
+    cold, status = timed(lambda: instance.get_status_by_partition(
+        dg.AssetKey("bars_5m"), partition_keys=keys, partitions_def=partitions_def))
+    warm, _ = timed(lambda: instance.get_status_by_partition(
+        dg.AssetKey("bars_5m"), partition_keys=keys, partitions_def=partitions_def))
+    materialised = sum(1 for s in (status or {}).values()
+                       if s == dg.AssetPartitionStatus.MATERIALIZED)
+    return {"store_s": stored, "materialised": materialised, "cold_s": cold, "warm_s": warm}
+
+
+def reread_cost(url: str, symbol: str, as_of: datetime, repeat: int) -> dict:
+    """What a live run's engine call costs per symbol and timeframe when everything is up to
+    date: the asset re-reads every day of the partitions the run covers, so a day partition
+    re-reads today, a month partition the month so far (here: RECONCILE_DAYS days)."""
+    from agg_pipeline.engine import aggregate as engine
+    from agg_pipeline.engine import windows
+
+    today = windows.day_start(as_of)
+    costs = {}
+    with connection.connect(url) as conn:
+        for label, start in (("1 day", today), (f"{RECONCILE_DAYS} days",
+                                                today - timedelta(days=RECONCILE_DAYS))):
+            def call(start=start):
+                for timeframe in ("5m", "1h"):
+                    engine.aggregate(conn, symbol, timeframe, start, today + windows.DAY,
+                                     now=as_of)
+                    conn.commit()
+            costs[label], _ = median_of(repeat, call)
+    return costs
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def report(results: list[dict], load_before: tuple[float, float, float]) -> None:
+    print()
+    print("Tick benchmark: the live planner at scale (median of the repeats; a tick = the "
+          "sensor or schedule function as the code server evaluates it)")
+    for figures in results:
+        grain, n = figures["grain"], figures["symbols"]
+        print()
+        print(f"Grain: {grain}; {n:,} symbols ({2 * n:,} tasks), AGG_START_UTC {YEARS} years "
+              f"back; {figures['seed']['rows']:,} 1m bars seeded")
+        sync = figures["sync"]
+        print(f"  registry sync: first tick {sync['first_s'] * 1000:.0f} ms ({sync['tasks']:,} "
+              f"tasks created), adding the {n:,} partitions {sync['partitions_added_s'] * 1000:.0f}"
+              f" ms, a tick with nothing to change {sync['steady_s'] * 1000:.0f} ms")
+        partitions = figures["partitions_per_asset"]
+        verdict = "PASS" if partitions < PARTITIONS_CEILING else "over"
+        print(f"  partitions per asset: {partitions:,} ({verdict} against Dagster's "
+              f"~{PARTITIONS_CEILING:,})")
+        if "status" in figures:
+            status = figures["status"]
+            print(f"  {status['materialised']:,} partitions of bars_5m materialised (events "
+                  f"stored in batches of 1,000 in {status['store_s']:.0f} s); partition status "
+                  f"of the asset (instance.get_status_by_partition, every partition): cold "
+                  f"{status['cold_s']:.2f} s, warm {status['warm_s']:.2f} s")
+        print("  ticks:")
+        for name, tick in figures["ticks"].items():
+            verdict = "PASS" if tick["s"] < TICK_TARGET_S else "FAIL"
+            print(f"    {verdict}  {name}: {tick['s'] * 1000:.0f} ms; {tick['runs']} runs "
+                  f"covering {tick['symbols']:,} symbols")
+        print(f"  claims left after the ticks: {figures['claims_after']:,}; bars_1m "
+              f"observations per tick {figures['observations_per_tick']}, frontier sensor "
+              f"cursor {figures['cursor_bytes']} bytes")
+        print("  parts of a tick, alone:")
+        for name, seconds in figures["parts"].items():
+            print(f"    {name}: {seconds * 1000:.0f} ms")
+        print(f"    (the reconciliation re-aggregated {figures['reconciled_windows']:,} windows)")
+        reread = ", ".join(f"{span} {seconds * 1000:.0f} ms"
+                           for span, seconds in figures["reread"].items())
+        print(f"  a live run's engine calls per symbol (5m + 1h, all up to date), re-reading "
+              f"{reread}: a month partition re-reads the month so far")
+        events = figures["observation_events_s"]
+        print("  reporting bars_1m observations (the daemon, per tick): "
+              + ", ".join(f"{count:,} events {seconds * 1000:.0f} ms"
+                          for count, seconds in events.items()))
+    print()
+    print(f"Machine: {load_note(load_before)}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--symbols", type=int, default=1000)
+    parser.add_argument("--grain", choices=("day", "month", "both"), default="both")
+    parser.add_argument("--repeat", type=int, default=3, help="evaluations per tick (median)")
+    parser.add_argument("--reconcile", type=int, default=settings.DEFAULT_RECONCILE_SYMBOLS,
+                        help="symbols with 7 days of history (the reconciliation's budget)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, terminate_on_sigterm)
+    start = (datetime.now(UTC) - timedelta(days=365 * YEARS + 1)).replace(
+        hour=0, minute=0, second=0, microsecond=0)
+    if args.child:
+        scratch = Scratch(server_url(), args.keep, prefix="agg_tick")
+        try:
+            print(REPORT_LINE + json.dumps(run_grain(args, scratch)), flush=True)
+            return 0
+        finally:
+            scratch.close()
+    load_before = os.getloadavg()
+    results = []
+    for grain in (("day", "month") if args.grain == "both" else (args.grain,)):
+        env = {**os.environ, **settings.DAGSTER_PROCESS_ENV, settings.TIME_PARTITION_VAR: grain,
+               settings.START_VAR: start.isoformat()}
+        command = [sys.executable, str(Path(__file__).resolve()), "--child",
+                   "--symbols", str(args.symbols), "--repeat", str(args.repeat),
+                   "--reconcile", str(args.reconcile),
+                   *(["--keep"] if args.keep else [])]
+        log(f"{grain}: {' '.join(command[1:])}")
+        child = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True,
+                               cwd=settings.project_root())
+        lines = [line for line in child.stdout.splitlines() if line.startswith(REPORT_LINE)]
+        if child.returncode != 0 or not lines:
+            print(f"the {grain} grain failed (exit {child.returncode})", file=sys.stderr)
+            return 1
+        result = json.loads(lines[-1][len(REPORT_LINE):])
+        result["observation_events_s"] = {int(k): v for k, v in
+                                          result["observation_events_s"].items()}
+        results.append(result)
+    report(results, load_before)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
