@@ -383,14 +383,23 @@ def test_documented_bypasses_are_not_captured(conn, shape):
 # adoption of an existing data_bars
 
 
+def migrations_up_to(tmp_path, last: str, name: str):
+    """A copy of sql/ holding the migrations numbered up to `last` (an installation of an
+    older release, or this release up to 012)."""
+    folder = tmp_path / name
+    folder.mkdir()
+    for path in settings.sql_dir().glob("*.sql"):
+        if path.name[:3] <= last:
+            shutil.copy(path, folder / path.name)
+    return folder
+
+
+CAPTURE = "012_source_change_capture.sql"
+
+
 def test_migration_adopts_data_bars_without_rewriting_it(make_database, tmp_path):
-    sql_dir = tmp_path / "sql"
-    shutil.copytree(settings.sql_dir(), sql_dir)
-    capture = sql_dir / "012_source_change_capture.sql"
-    capture_sql = capture.read_text()
-    capture.unlink()
     url = make_database("agg_adopt")
-    migrations.migrate(url, sql_dir=sql_dir)  # an installation from before 012
+    migrations.migrate(url, sql_dir=migrations_up_to(tmp_path, "011", "before"))
     with connection.connect(url) as conn:
         add_symbol(conn, "EURUSD")
         insert_bars(conn, "EURUSD", minute_bars(MIDNIGHT, 30))
@@ -402,7 +411,7 @@ def test_migration_adopts_data_bars_without_rewriting_it(make_database, tmp_path
         assert len(files) == 4  # the heap and its three indexes
 
         # inside 012's transaction: the locks it holds on data_bars until it commits
-        conn.execute(capture_sql)
+        conn.execute((settings.sql_dir() / CAPTURE).read_text())
         held = {r[0] for r in conn.execute(
             "SELECT mode FROM pg_locks WHERE pid = pg_backend_pid() AND relation = "
             "'data_bars'::regclass")}
@@ -410,7 +419,8 @@ def test_migration_adopts_data_bars_without_rewriting_it(make_database, tmp_path
     assert "ShareRowExclusiveLock" in held
     assert not held & {"ExclusiveLock", "AccessExclusiveLock"}, held
 
-    assert migrations.migrate(url) == ["012_source_change_capture.sql"]
+    assert migrations.migrate(url, sql_dir=migrations_up_to(tmp_path, "012", "with")) == [
+        CAPTURE]
     with connection.connect(url) as conn:
         assert dict(conn.execute(
             "SELECT c.relname, pg_relation_filenode(c.oid) FROM pg_class c "
@@ -419,15 +429,13 @@ def test_migration_adopts_data_bars_without_rewriting_it(make_database, tmp_path
 
 
 def test_migration_gives_up_on_a_busy_data_bars_with_a_clear_error(make_database, tmp_path):
-    sql_dir = tmp_path / "sql"
-    shutil.copytree(settings.sql_dir(), sql_dir)
-    (sql_dir / "012_source_change_capture.sql").unlink()
     url = make_database("agg_busy")
-    migrations.migrate(url, sql_dir=sql_dir)
+    migrations.migrate(url, sql_dir=migrations_up_to(tmp_path, "011", "before"))
+    with_capture = migrations_up_to(tmp_path, "012", "with")
     with connection.connect(url) as ingester:
         add_symbol(ingester, "EURUSD")
         insert_bars(ingester, "EURUSD", minute_bars(MIDNIGHT, 1))  # uncommitted: a lock held
         with pytest.raises(migrations.MigrationError, match="run migrate again"):
-            migrations.migrate(url)
+            migrations.migrate(url, sql_dir=with_capture)
         ingester.rollback()
-    assert migrations.migrate(url) == ["012_source_change_capture.sql"]
+    assert migrations.migrate(url, sql_dir=with_capture) == [CAPTURE]
