@@ -40,13 +40,15 @@ def _clean_errors(command: Callable) -> Callable:
 RUN_ONLY_COMMANDS = (("./run test [PYTEST ARGS]",
                       "The test suite against a real PostgreSQL (AGG_TEST_DATABASE_URL, else "
                       "the embedded server). Only through ./run."),)
-COMMAND_ORDER = ("dev", "migrate", "seed-demo", "status", "db")
+COMMAND_ORDER = ("dev", "migrate", "seed-demo", "status", "history", "db")
 
 
 def _synopsis(ctx: click.Context, path: str, command: click.Command) -> str:
     """`path` and the command's options, e.g. `dev [--port 3000] [--no-demo]` (a default
     where there is one, else the option's metavar)."""
     parts = [path]
+    parts += [param.make_metavar(ctx) for param in command.params
+              if isinstance(param, click.Argument)]
     for param in command.params:
         if not isinstance(param, click.Option) or param.hidden:
             continue
@@ -156,6 +158,42 @@ def status() -> None:
         migrations.assert_migrated(conn)
         rows = frontier_health(conn)
     click.echo(format_table(rows) if rows else "no aggregation tasks yet")
+
+
+class _Instant(click.ParamType):
+    """An ISO 8601 instant; without an offset it is UTC."""
+
+    name = "INSTANT"
+
+    def convert(self, value, param, ctx) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 instant (e.g. 2026-01-05T14:30Z)", param,
+                      ctx)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@main.command()
+@click.argument("symbol")
+@click.argument("timeframe")
+@click.argument("start", type=_Instant())
+@click.argument("end", type=_Instant(), required=False)
+@click.option("--as-of", "at", type=_Instant(), metavar="INSTANT",
+              help="Only the versions current at this instant: the bars as a reader saw them.")
+@_clean_errors
+def history(symbol: str, timeframe: str, start: datetime, end: datetime | None,
+            at: datetime | None) -> None:
+    """Every version of SYMBOL's TIMEFRAME bars starting in [START, END) (one bar without END):
+    values, when each was current, what replaced it, why and which run (times in UTC)."""
+    from agg_pipeline.engine.history import bar_versions, format_versions
+
+    with connection.market_connection() as conn:
+        migrations.assert_migrated(conn)
+        rows = bar_versions(conn, symbol, timeframe, start, end, at=at)
+    click.echo(format_versions(rows) if rows else f"no {timeframe} bars of {symbol} there")
 
 
 @main.command()

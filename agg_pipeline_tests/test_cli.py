@@ -75,7 +75,11 @@ def test_help_lists_every_command_with_its_options():
     for name, command in cli.main.commands.items():
         subs = getattr(command, "commands", None)
         expected += [f"{name} {sub}" for sub in subs] if subs else [name]
-    assert {line.split(" [")[0] for line in lines} == {*expected, "./run test"}
+    # a synopsis: the command's name, its ARGUMENTS (upper case), then [--options]
+    names = {" ".join(word for word in line.split(" [")[0].split() if not word.isupper())
+             for line in lines}
+    assert names == {*expected, "./run test"}
+    assert "history SYMBOL TIMEFRAME START [END] [--as-of INSTANT]" in lines
     dev_line = next(line for line in lines if line.startswith("dev "))
     assert "[--port 3000]" in dev_line and "[--no-feed]" in dev_line
     assert all(len(line) <= 100 for line in result.stdout.splitlines())

@@ -154,3 +154,29 @@ def test_a_late_data_run_labels_the_versions_it_replaced(eurusd, instance, runti
         conn.rollback()
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("DELETE FROM derived_bar_revisions")
+
+
+def test_the_history_command_prints_every_version_and_a_past_instant(eurusd, database_url):
+    from agg_pipeline_tests.test_cli import run_cli
+
+    build(eurusd)
+    before = clock(eurusd)
+    insert_bars(eurusd, "EURUSD", [bar(T0 + timedelta(minutes=7), 1.5, ingested_at=AS_OF)],
+                upsert=True)
+    eurusd.commit()
+    build(eurusd, reason="late_data", run_id="run-1234")
+    env = {"AGG_DATABASE_URL": database_url}
+    every = run_cli("history", "EURUSD", "5m", WINDOW.isoformat(), env=env)
+    assert every.returncode == 0, every.stderr
+    header, _, *lines = every.stdout.splitlines()
+    assert header.split()[:6] == ["bar", "open", "high", "low", "close", "vol"]
+    assert len(lines) == 2
+    assert "restated" in lines[0] and "correction" in lines[0] and "run-1234" in lines[0]
+    assert "current" in lines[1] and "1.501" in lines[1]
+    then = run_cli("history", "EURUSD", "5m", T0.isoformat(), (T0 + timedelta(hours=1)).isoformat(),
+                   "--as-of", before.isoformat(), env=env)
+    assert then.returncode == 0, then.stderr
+    rows = then.stdout.splitlines()[2:]
+    assert len(rows) == 12 and not any("1.501" in row for row in rows)
+    bad = run_cli("history", "EURUSD", "7m", T0.isoformat(), env=env)
+    assert bad.returncode == 1 and "unknown target timeframe '7m'" in bad.stderr

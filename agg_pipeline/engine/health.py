@@ -27,7 +27,8 @@ def _cell(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M")
+        return value.strftime("%Y-%m-%d %H:%M" if value.second == value.microsecond == 0
+                              else "%Y-%m-%d %H:%M:%S")
     if isinstance(value, timedelta):
         minutes = int(value.total_seconds() // 60)
         sign = "-" if minutes < 0 else ""
@@ -58,10 +59,15 @@ COLUMNS = (
 
 def format_table(rows: list[dict]) -> str:
     """A plain-text table (gap = end of the frontier window minus the cursor: work pending)."""
-    header = [title for _, title in COLUMNS]
-    body = [[_cell(row[key]) for key, _ in COLUMNS] for row in rows]
+    return text_table(COLUMNS, rows)
+
+
+def text_table(columns: tuple[tuple[str, str], ...], rows: list[dict]) -> str:
+    """`rows` as a plain-text table of `columns` ((key, title) pairs)."""
+    header = [title for _, title in columns]
+    body = [[_cell(row[key]) for key, _ in columns] for row in rows]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True))
              for line in [header, *body]]
     lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
