@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+import urllib.parse
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -52,7 +53,8 @@ def chromium() -> str:
 @pytest.fixture
 def dev_server(chromium, tmp_path):
     home = tmp_path / "home"
-    server = start_dev(home, "--demo-days", DEMO_DAYS)
+    # no live feed: the chosen days' source rows stay what the assertions read
+    server = start_dev(home, "--demo-days", DEMO_DAYS, "--no-feed")
     try:
         yield server
     finally:
@@ -136,6 +138,28 @@ def materializing_runs(server: DevServer, partitions: list[str]) -> dict[str, se
     for event in data["assetNodeOrError"]["assetMaterializations"]:
         runs.setdefault(event["partition"], set()).add(event["runId"])
     return runs
+
+
+PARTITION_COUNTS = ("bars_inserted", "bars_updated", "bars_unchanged", "bars_soft_deleted",
+                    "source_rows_read", "windows_seen")
+
+
+def partition_value(page, label: str) -> int:
+    """The value the partition's metadata table shows beside `label`."""
+    from playwright.sync_api import expect
+
+    row = page.get_by_role("row").filter(has=page.get_by_text(label, exact=True))
+    expect(row).to_be_visible()
+    return int(row.get_by_role("cell").nth(1).inner_text().replace(",", "").strip())
+
+
+def latest_partition_metadata(server: DevServer, key: str) -> dict[str, int]:
+    data = server.graphql("""query ($partitions: [String!]) {
+        assetNodeOrError(assetKey: {path: ["bars_5m"]}) { ... on AssetNode {
+            assetMaterializations(partitions: $partitions, limit: 1) { runId metadataEntries {
+                label ... on IntMetadataEntry { intValue } } } } } }""", {"partitions": [key]})
+    (latest,) = data["assetNodeOrError"]["assetMaterializations"]
+    return {e["label"]: e["intValue"] for e in latest["metadataEntries"] if "intValue" in e}
 
 
 def run_created_at(server: DevServer, run_id: str) -> datetime:
@@ -245,6 +269,12 @@ def test_backfill_bars_5m_from_the_ui_in_chromium(chromium: str, dev_server: Dev
             expect(page.get_by_role("link", name=run["runId"][:8])).to_be_visible()
             expect(page.get_by_text("Success", exact=True)).to_be_visible()
             shots.take(page, "backfill run")
+
+            # -- the first day's partition shows that day's own counts (SPEC contract 14)
+            page.goto(f"{dev_server.url}/assets/bars_5m?view=partitions"
+                      f"&partition={urllib.parse.quote(chosen[0])}")
+            shown = {label: partition_value(page, label) for label in PARTITION_COUNTS}
+            shots.take(page, "first day's partition", full_page=True)
         except Exception:
             shots.keep(dev_server.log_path, "dev.log")
             try:
@@ -295,5 +325,18 @@ def test_backfill_bars_5m_from_the_ui_in_chromium(chromium: str, dev_server: Dev
     assert settled, "no settled windows in the chosen days"
     assert settled <= set(bars), sorted(settled - set(bars))[:5]
     assert all(sourced.get(b, 0) >= MIN_SOURCE_BARS for b in bars)
+    # -- the partition page showed the first day's own counts, as stored and as in the tables
+    assert shown == {k: latest_partition_metadata(dev_server, chosen[0])[k]
+                     for k in PARTITION_COUNTS}, shown
+    day_start = datetime.combine(first_day, datetime.min.time(), tzinfo=UTC)
+    with connection.connect(market_url) as conn:
+        day_rows = conn.execute(
+            "SELECT count(*) FROM data_bars WHERE canonical_symbol = %s AND timeframe = '1m' "
+            "AND ts_utc >= %s AND ts_utc < %s",
+            (SYMBOL, day_start, day_start + timedelta(days=1))).fetchone()[0]
+    assert shown["source_rows_read"] == day_rows
+    assert shown["windows_seen"] == 288
+    assert shown["bars_inserted"] + shown["bars_updated"] + shown["bars_unchanged"] == (
+        per_day[first_day]), (shown, per_day)
     print(f"backfill {backfill_id}: {found['status']}, 5m bars per day {per_day}; "
           f"{len(shots.saved)} screenshots; {time.monotonic() - started:.0f}s in all")
