@@ -417,6 +417,29 @@ def test_riders_only_in_short_blocks_and_only_healthy_symbols(db, instance):
     assert {rectangle(instance, r)[1] for r in runs} == {(start - 30 * DAY).date()}
 
 
+def test_a_failing_symbol_runs_alone_and_no_rider_can_stop_a_run(db, instance):
+    """Protects the batch from one symbol: a symbol whose task is failing hard gets a run of
+    its own (tagged agg/symbol, so alerts name it) and rides in no other, so its failure
+    stops no other symbol's downstream steps; a symbol whose cursor is ahead of its source
+    (its blocking cursor_not_ahead check fails) does not ride along either."""
+    live_setup(db, instance, SYMBOLS[:4])
+    db.execute("UPDATE data_agg_state SET hard_fail_streak = 1 "
+               "WHERE canonical_symbol = 'BBB' AND timeframe = '5m'")
+    db.commit()
+    runs = schedule(instance)
+    assert sorted(rectangle(instance, r)[0] for r in runs) == [["AAA"], ["BBB"], ["CCC", "DDD"]]
+    [alone] = [r for r in runs if rectangle(instance, r)[0] == ["BBB"]]
+    assert alone.tags[SYMBOL_TAG] == "BBB"
+    ahead = floor_time(db_now(db), HOUR) + HOUR
+    db.execute("DELETE FROM data_agg_plan_claims")
+    db.execute("UPDATE data_agg_state SET hard_fail_streak = 0")
+    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s "
+               "WHERE canonical_symbol = 'CCC'", (ahead,))
+    db.commit()
+    assert sorted(rectangle(instance, r)[0] for r in schedule(instance)) == [["AAA", "BBB"],
+                                                                              ["DDD"]]
+
+
 # ========================================================================== month grain
 
 MONTH_TICK = textwrap.dedent("""

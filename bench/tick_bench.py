@@ -270,7 +270,7 @@ def run_grain(args: argparse.Namespace, scratch: Scratch) -> dict:
             parts["plan_runs (lock, claims, batching)"], _ = median_of(
                 args.repeat, lambda: planning.plan_runs(
                     conn, work, requester="bench", runs=planning.RunStates(), symbols=order,
-                    riders=found.riders(),
+                    riders=found.riders(), alone=found.failing(),
                     limits=planning.Limits(settings.max_runs_per_tick(),
                                            settings.max_partitions_per_run()),
                     period=lambda d: (d, d)),

@@ -72,7 +72,8 @@ def plan(instance: dg.DagsterInstance, conn: psycopg.Connection, requester: str,
     tasks, work = find_work()
     conn.rollback()
     return tasks, planning.plan_runs(conn, work, requester=requester, runs=states,
-                                     symbols=symbols, riders=tasks.riders(), limits=limits(),
+                                     symbols=symbols, riders=tasks.riders(),
+                                     alone=tasks.failing(), limits=limits(),
                                      period=period_bounds)
 
 

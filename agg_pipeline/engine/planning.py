@@ -62,7 +62,8 @@ class TaskState:
     target: datetime  # the cursor a full catch-up would reach now
     frontier: datetime | None  # newest usable source row
     order: tuple  # contract 12 sort key
-    hard_failed: bool = False
+    failing: bool = False  # hard failures since its last success (hard_failed included)
+    ahead: bool = False  # cursor past the end of the window holding the newest source row
 
     @property
     def behind(self) -> bool:
@@ -82,11 +83,17 @@ class Tasks:
             found.setdefault(state.symbol, {})[state.timeframe] = state
         return found
 
+    def failing(self) -> set[str]:
+        """Symbols with a task failing hard: their work runs alone, so their failure fails
+        (and stops the downstream steps of) no other symbol's run."""
+        return {s.symbol for s in self.states if s.failing}
+
     def riders(self) -> set[str]:
         """Symbols that may ride along in a run without work of their own: every task of
-        theirs is plannable and none is hard_failed (a rider must not fail a run)."""
-        blocked = {symbol for symbol, _ in self.problems}
-        blocked |= {s.symbol for s in self.states if s.hard_failed}
+        theirs is plannable, none is failing, none has a cursor ahead (its blocking
+        cursor_not_ahead check would stop the run's downstream steps for every symbol)."""
+        blocked = {symbol for symbol, _ in self.problems} | self.failing()
+        blocked |= {s.symbol for s in self.states if s.ahead}
         return {s.symbol for s in self.states} - blocked
 
 
@@ -174,10 +181,12 @@ def _task_state(row: dict, as_of: datetime) -> TaskState | str:
     cursor = row["last_agg_bar_ts_utc"]
     final_end = windows.floor(as_of - timedelta(seconds=delay), tf.step)
     frontier = row["frontier_ts"]
-    target = cursor if frontier is None else min(final_end,
-                                                  windows.floor(frontier, tf.step) + tf.step)
+    frontier_end = None if frontier is None else windows.floor(frontier, tf.step) + tf.step
+    target = cursor if frontier_end is None else min(final_end, frontier_end)
     return TaskState(row["canonical_symbol"], name, cursor, max(cursor, target), frontier,
-                     _order(row), row["status"] == "hard_failed")
+                     _order(row),
+                     failing=row["status"] == "hard_failed" or row["hard_fail_streak"] > 0,
+                     ahead=frontier_end is not None and cursor > frontier_end)
 
 
 def task_states(conn: psycopg.Connection, as_of: datetime) -> Tasks:
@@ -498,6 +507,7 @@ def plan_runs(
     runs: RunStates,
     symbols: Sequence[str],
     riders: set[str],
+    alone: set[str],
     limits: Limits,
     period: Callable[[date], tuple[date, date]],
 ) -> Plan:
@@ -505,7 +515,8 @@ def plan_runs(
 
     `symbols` is the partitions' order (runs cover blocks of consecutive symbols of it; work
     of other symbols is `unsynced`), `riders` the symbols that may ride along in a block
-    without work of their own, `period` maps a UTC day to its time partition's first and
+    without work of their own, `alone` those whose work runs in a run of its own (failing
+    tasks), `period` maps a UTC day to its time partition's first and
     last day, `runs` says which claimed plans Dagster has queued, running or finished: a
     claim is live while its run is queued or running, or within CLAIM_GRACE of being made
     when Dagster does not know it as finished. It must be asked for AFTER the work was found
@@ -538,7 +549,10 @@ def plan_runs(
             (claimed if _overlaps(item, first, last, claims) else free).append(item)
 
         candidates: list[PlannedRun] = []
-        for cluster in _clusters(free, period):
+        clusters = _clusters([w for w in free if w.symbol not in alone], period)
+        clusters += [_Cluster(w.reason, period(w.first_day)[0], period(w.last_day)[1], [w])
+                     for w in free if w.symbol in alone]
+        for cluster in clusters:
             for start, end in _blocks(cluster, position, symbols, riders, limits, period):
                 block = [w for w in cluster.items if start <= position[w.symbol] <= end]
                 names = {tf for w in block for tf in w.timeframes}

@@ -1,6 +1,7 @@
 -- Every schedulable task with what the planner needs: its cursor, its source frontier as
--- of %(as_of)s, and the fields of the contract-12 order. Disabled (operator or automatic)
--- and retired tasks are not scheduled; hard_failed mandatory tasks are.
+-- of %(as_of)s, the fields of the contract-12 order, and whether it has been failing.
+-- Disabled (operator or automatic) and retired tasks are not scheduled; hard_failed
+-- mandatory tasks are.
 SELECT
     s.canonical_symbol,
     s.timeframe,
@@ -12,6 +13,7 @@ SELECT
     s.task_priority,
     s.last_successful_at_utc,
     s.status,
+    s.hard_fail_streak,
     agg_source_frontier(s.canonical_symbol, s.source_timeframe, %(as_of)s) AS frontier_ts
 FROM data_agg_state s
 WHERE s.enabled
