@@ -10,9 +10,10 @@ from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.defs.runbook import runbook_jobs
 from agg_pipeline.defs.schedules import catchup_schedule
 from agg_pipeline.defs.sensors import late_data_sensor, registry_sync_sensor, source_frontier_sensor
+from agg_pipeline.defs.synthetic import synthetic_bars_1m
 
 defs = dg.Definitions(
-    assets=[bars_1m, *derived_bars_assets],
+    assets=[bars_1m, synthetic_bars_1m, *derived_bars_assets],
     asset_checks=all_checks,
     jobs=[aggregate_bars_job, *runbook_jobs],
     schedules=[catchup_schedule],

@@ -125,3 +125,19 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str,
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{context()}")
+
+
+# DXY as ICE publishes it (migration 017 seeds the same; the tests' empty databases lose it)
+DXY_CONSTANT = 50.14348112
+DXY_EXPONENTS = {"EURUSD": -0.576, "USDJPY": 0.136, "GBPUSD": -0.119, "USDCAD": 0.091,
+                 "USDSEK": 0.042, "USDCHF": 0.036}
+
+
+def define_dxy(conn: psycopg.Connection) -> None:
+    """DXY's registry row (ingest_class 'B') and its definition as a synthetic series."""
+    conn.execute(
+        "INSERT INTO core_asset_registry_all (canonical_symbol, active, test_active, "
+        "asset_class, ingest_class, base_timeframe) VALUES ('DXY', true, true, 'index', 'B', "
+        "'1m') ON CONFLICT (canonical_symbol) DO UPDATE SET ingest_class = 'B'")
+    conn.execute("SELECT agg_define_synthetic('DXY', %s, %s, %s)",
+                 (DXY_CONSTANT, list(DXY_EXPONENTS), list(DXY_EXPONENTS.values())))

@@ -69,7 +69,8 @@ def test_definitions_snapshot():
         "asset_checks": sorted(k.to_user_string() for k in repo.asset_graph.asset_check_keys),
     }
     assert snapshot == {
-        "assets": ["bars_15m", "bars_1d", "bars_1h", "bars_1m", "bars_4h", "bars_5m"],
+        "assets": ["bars_15m", "bars_1d", "bars_1h", "bars_1m", "bars_4h", "bars_5m",
+                   "synthetic_bars_1m"],
         "jobs": ["aggregate_bars", "backup_agg_state", "preflight_report", "prune_backups",
                  "rebuild_range", "reset_cursors", "restore_agg_state"],
         "sensors": ["alerts_sensor", "late_data_sensor", "registry_sync_sensor",
@@ -86,7 +87,9 @@ def test_definitions_snapshot():
     graph = repo.asset_graph
     assert graph.get(dg.AssetKey("bars_1h")).parent_keys == {dg.AssetKey("bars_5m")}
     assert graph.get(dg.AssetKey("bars_4h")).parent_keys == {dg.AssetKey("bars_1h")}
-    assert graph.get(dg.AssetKey("bars_5m")).parent_keys == {dg.AssetKey("bars_1m")}
+    assert graph.get(dg.AssetKey("bars_5m")).parent_keys == {dg.AssetKey("bars_1m"),
+                                                             dg.AssetKey("synthetic_bars_1m")}
+    assert graph.get(dg.AssetKey("synthetic_bars_1m")).parent_keys == {dg.AssetKey("bars_1m")}
 
 
 def run_totals_lines(instance, run_id: str) -> list[str]:

@@ -234,7 +234,7 @@ def build_bars_asset(tf: Timeframe) -> dg.AssetsDefinition:
 
     @dg.asset(
         name=tf.asset_name,
-        deps=[dep],
+        deps=[dep, *([dg.AssetDep("synthetic_bars_1m")] if tf.reads_data_bars else [])],
         partitions_def=symbol_time_partitions,
         backfill_policy=backfill_policy(),
         freshness_policy=freshness_policy(tf),

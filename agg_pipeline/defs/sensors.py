@@ -17,7 +17,8 @@ from agg_pipeline.defs.jobs import aggregate_bars_job
 from agg_pipeline.defs.partitions import FIRST_DAY, SYMBOLS_PARTITIONS_NAME
 from agg_pipeline.defs.requests import database_now, plan, run_request, summary, synced_symbols
 from agg_pipeline.defs.resources import MarketDatabase
-from agg_pipeline.engine import planning, tasks, timeframes
+from agg_pipeline.defs.synthetic import with_synthetic_step
+from agg_pipeline.engine import planning, synthetic, tasks, timeframes
 
 # Rows whose ingestion transaction committed up to this long after its ingested_at stamp
 # are still seen by the late-data sensor.
@@ -109,9 +110,11 @@ def source_frontier_sensor(context: dg.SensorEvaluationContext,
 
         def find_work():
             found = planning.task_states(conn, as_of)
-            return found, planning.catchup_work(found, roots_only=True, first_day=FIRST_DAY)
+            return found, (planning.catchup_work(found, roots_only=True, first_day=FIRST_DAY)
+                           + planning.synthetic_work(conn, found, as_of, FIRST_DAY))
 
         found, result = plan(context.instance, conn, "frontier", symbols, find_work)
+        synthetics = synthetic.synthetic_symbols(conn)
     observations, state = frontier_observations(
         found, symbols, json.loads(context.cursor) if context.cursor else {}, as_of)
     cursor = json.dumps(state, sort_keys=True)
@@ -122,8 +125,9 @@ def source_frontier_sensor(context: dg.SensorEvaluationContext,
         return dg.SensorResult(asset_events=observations, cursor=cursor,
                                skip_reason=None if observations else
                                "no new complete windows" + (f" ({left})" if left else ""))
-    return dg.SensorResult(run_requests=[run_request(r) for r in result.runs],
-                           asset_events=observations, cursor=cursor)
+    return dg.SensorResult(
+        run_requests=[with_synthetic_step(run_request(r), r, synthetics) for r in result.runs],
+        asset_events=observations, cursor=cursor)
 
 
 @dataclass(frozen=True)
@@ -180,9 +184,11 @@ def late_data_sensor(context: dg.SensorEvaluationContext,
                 as_of=as_of, first_day=FIRST_DAY)
             checked.append(reconciled)
             too_early.extend(early)
-            return found, late + reconciled.work
+            return found, late + reconciled.work + planning.synthetic_work(
+                conn, found, as_of, FIRST_DAY, since=since - LATE_DATA_LOOKBACK)
 
         _, result = plan(context.instance, conn, "late", symbols, find_work)
+        synthetics = synthetic.synthetic_symbols(conn)
         pruned = planning.prune_consumed_changes(conn, CONSUMED_CHANGES_KEPT)
     [reconciled] = checked
     for symbol, day in too_early:
@@ -210,5 +216,6 @@ def late_data_sensor(context: dg.SensorEvaluationContext,
                                cursor=new_state.dump())
     if left:
         context.log.info(left)
-    return dg.SensorResult(run_requests=[run_request(r) for r in result.runs],
-                           cursor=new_state.dump())
+    return dg.SensorResult(
+        run_requests=[with_synthetic_step(run_request(r), r, synthetics) for r in result.runs],
+        cursor=new_state.dump())

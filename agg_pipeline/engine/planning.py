@@ -30,7 +30,7 @@ from psycopg.rows import dict_row
 
 from agg_pipeline.db import queries
 from agg_pipeline.engine import aggregate as engine
-from agg_pipeline.engine import timeframes, windows
+from agg_pipeline.engine import synthetic, timeframes, windows
 from agg_pipeline.engine.errors import AggregationError
 
 PLAN_LOCK_KEY = "agg_pipeline/plan"
@@ -290,12 +290,32 @@ def late_work(conn: psycopg.Connection, tasks: Tasks, since: datetime, as_of: da
             rows = cur.execute(queries.query("late_source_days"),
                                {"since": since, "as_of": as_of, "timeframe": tf.name}).fetchall()
         for symbol, day, kinds in rows:
-            causes = found.setdefault(symbol, {}).setdefault(day, set())
-            causes.update(LATE_ROWS if kind == LATE_ROWS else CHANGE_CAUSES[kind]
-                          for kind in kinds)
+            found.setdefault(symbol, {}).setdefault(day, set()).update(map(_cause, kinds))
     conn.rollback()
     too_early = sorted((s, d) for s, days in found.items() for d in days if d < first_day)
     return _day_work(found, tasks, LATE_DATA, first_day), too_early
+
+
+def _cause(kind: str) -> str:
+    """A late-data query's kind (late rows, update, delete, truncate) as a run's cause."""
+    return LATE_ROWS if kind == LATE_ROWS else CHANGE_CAUSES[kind]
+
+
+def synthetic_work(conn: psycopg.Connection, tasks: Tasks, as_of: datetime, first_day: date,
+                   *, since: datetime | None = None) -> list[Work]:
+    """Synthetic symbols (engine/synthetic.py) whose components moved past what their index
+    was built from: without `since`, new final component minutes (the frontier sensor,
+    NEW_WINDOWS); with it, component rows landed since then or changes recorded in days
+    already built (the late-data sensor, LATE_DATA). Work for 5m and what derives from it;
+    the run's synthetic step rebuilds the index's 1m rows first. Read-only."""
+    if since is None:
+        found = {symbol: {day: set() for day in days}
+                 for symbol, days in synthetic.frontier_days(conn, as_of).items()}
+    else:
+        found = {symbol: {day: set(map(_cause, kinds)) for day, kinds in days.items()}
+                 for symbol, days in synthetic.late_days(conn, since, as_of).items()}
+    conn.rollback()
+    return _day_work(found, tasks, NEW_WINDOWS if since is None else LATE_DATA, first_day)
 
 
 def prune_consumed_changes(conn: psycopg.Connection, older_than: timedelta) -> int:

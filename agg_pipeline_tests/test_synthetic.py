@@ -1,0 +1,454 @@
+"""Synthetic series (migration 017, issue 13 item 2): DXY built from its six FX legs into
+data_bars, against an independent pandas computation of the published formula; the
+forward-fill bound; idempotence; restatement of DXY's 1m, 5m and 1h through the late-data
+sensor; the live frontier path; and the runtime role's only way into data_bars."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import psycopg
+import pytest
+
+from agg_pipeline import demo
+from agg_pipeline.db import connection, migrations
+from agg_pipeline.definitions import defs
+from agg_pipeline.defs.assets import AS_OF_TAG
+from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, range_tags
+from agg_pipeline.defs.resources import MarketDatabase
+from agg_pipeline.defs.sensors import late_data_sensor, source_frontier_sensor
+from agg_pipeline.engine import aggregate as engine
+from agg_pipeline.engine import synthetic
+from agg_pipeline_tests.helpers import (
+    DXY_CONSTANT,
+    DXY_EXPONENTS,
+    T0,
+    active_bars,
+    add_symbol,
+    define_dxy,
+    sync,
+)
+from agg_pipeline_tests.reporting import report
+
+RESOURCES = {"market_db": MarketDatabase()}
+LEGS = tuple(DXY_EXPONENTS)
+FILL = 2  # minutes: the bound of migration 017
+DAY = T0.date()
+MINUTE = timedelta(minutes=1)
+ALL = ("DXY", *sorted(LEGS))  # the `symbols` partitions, in their order
+AS_OF = T0 + timedelta(days=3)
+
+
+@pytest.fixture
+def legs(db):
+    """DXY defined over its six components, all with tasks."""
+    for symbol in LEGS:
+        add_symbol(db, symbol)
+    define_dxy(db)
+    sync(db)
+    return db
+
+
+def leg_frames(start: datetime, end: datetime, *, missing: float = 0.03,
+               seed: int = 5) -> dict[str, pd.DataFrame]:
+    """Every-minute random walks for the six legs, a few minutes missing from each."""
+    frames = {}
+    for index, symbol in enumerate(LEGS):
+        frames[symbol] = demo.generate_bars(
+            demo.DEMO_SYMBOLS[symbol], start, end, seed=seed * 100 + index,
+            missing_fraction=missing, late_fraction=0.0, trading=demo.every_minute)
+    return frames
+
+
+def write(conn: psycopg.Connection, frames: dict[str, pd.DataFrame]) -> None:
+    with conn.transaction():
+        for symbol, frame in frames.items():
+            demo.write_bars(conn, symbol, frame, has_volume=True)
+
+
+def stored_legs(conn: psycopg.Connection) -> dict[str, pd.DataFrame]:
+    """The component rows as stored now: what the oracle computes from."""
+    frames = {}
+    for symbol in LEGS:
+        rows = conn.execute("SELECT ts_utc, open, close FROM data_bars WHERE canonical_symbol "
+                            "= %s AND timeframe = '1m' ORDER BY ts_utc", (symbol,)).fetchall()
+        frames[symbol] = pd.DataFrame(rows, columns=["ts_utc", "open", "close"])
+    conn.rollback()
+    return frames
+
+
+def oracle(frames: dict[str, pd.DataFrame], start: datetime, end: datetime) -> pd.DataFrame:
+    """The published formula in pandas, independently of the SQL: each leg on the minute
+    grid, a missing minute taking the leg's last close at most FILL minutes back (open =
+    close = that close), the index where every leg has a value and one at least its own
+    bar; high/low = max/min of the index's open and close."""
+    grid = pd.date_range(start - FILL * MINUTE, end, freq="1min", inclusive="left", tz=UTC)
+    open_ = pd.Series(DXY_CONSTANT, index=grid)
+    close = pd.Series(DXY_CONSTANT, index=grid)
+    traded = pd.Series(False, index=grid)
+    filled: dict[str, pd.Series] = {}
+    for symbol, exponent in DXY_EXPONENTS.items():
+        leg = frames[symbol].assign(ts_utc=lambda f: pd.to_datetime(f.ts_utc, utc=True)
+                                    ).set_index("ts_utc").reindex(grid)
+        last_close = leg["close"].ffill(limit=FILL)
+        leg_open = leg["open"].where(leg["open"].notna(), last_close)
+        open_ = open_ * leg_open ** exponent
+        close = close * last_close ** exponent
+        filled[symbol] = leg["close"].isna() & last_close.notna()
+        traded |= leg["close"].notna()
+    index = pd.DataFrame({"open": open_, "close": close})[traded].dropna()
+    index = index[(index.index >= start) & (index.index < end)]
+    index["high"] = index[["open", "close"]].max(axis=1)
+    index["low"] = index[["open", "close"]].min(axis=1)
+    index["filled"] = [sorted(s for s in LEGS if filled[s][ts]) for ts in index.index]
+    return index
+
+
+def stored_index(conn: psycopg.Connection, start: datetime, end: datetime) -> pd.DataFrame:
+    rows = conn.execute(
+        "SELECT ts_utc, open, high, low, close, vol, vwap, trade_count, source, raw "
+        "FROM data_bars WHERE canonical_symbol = 'DXY' AND timeframe = '1m' "
+        "AND ts_utc >= %s AND ts_utc < %s ORDER BY ts_utc", (start, end)).fetchall()
+    conn.rollback()
+    frame = pd.DataFrame(rows, columns=["ts_utc", "open", "high", "low", "close", "vol", "vwap",
+                                        "trade_count", "source", "raw"])
+    return frame.set_index(pd.DatetimeIndex(pd.to_datetime(frame.pop("ts_utc"), utc=True)))
+
+
+def assert_matches_oracle(conn: psycopg.Connection, start: datetime,
+                          end: datetime) -> tuple[int, float]:
+    """The stored index equals the oracle's; returns its minutes and the largest relative
+    difference."""
+    expected = oracle(stored_legs(conn), start, end)
+    stored = stored_index(conn, start, end)
+    assert list(stored.index) == list(expected.index)
+    worst = 0.0
+    for column in ("open", "high", "low", "close"):
+        relative = (stored[column] / expected[column] - 1).abs().max()
+        assert relative <= 1e-12, (column, relative)
+        worst = max(worst, relative)
+    assert (stored["source"] == "synthetic:DXY").all()
+    assert stored[["vol", "vwap", "trade_count"]].isna().all().all()
+    assert [sorted(r.get("filled", {})) for r in stored["raw"]] == list(expected["filled"])
+    # the envelope the index cannot have left holds the known values
+    assert all(r["low_bound"] <= low and high <= r["high_bound"]
+               for r, low, high in zip(stored["raw"], stored["low"], stored["high"],
+                                       strict=True))
+    return len(stored), worst
+
+
+def build_as_runtime(start: datetime, end: datetime,
+                     now: datetime = AS_OF) -> synthetic.SyntheticResult:
+    with MarketDatabase().connect() as conn:
+        result = synthetic.build(conn, "DXY", start, end, now=now)
+        conn.commit()
+    return result
+
+
+# ----------------------------------------------------------------------------- the formula
+
+
+def test_migration_seeds_dxy_with_its_published_formula(make_database):
+    url = make_database("agg_synth")
+    migrations.migrate(url)
+    with connection.connect(url) as conn:
+        constant, fill = conn.execute(
+            "SELECT constant, max_fill_minutes FROM data_agg_synthetic_series "
+            "WHERE canonical_symbol = 'DXY'").fetchone()
+        legs = dict(conn.execute("SELECT component, exponent FROM data_agg_synthetic_components "
+                                 "WHERE canonical_symbol = 'DXY'").fetchall())
+    assert constant == DXY_CONSTANT and fill == FILL
+    assert legs == DXY_EXPONENTS
+
+
+def test_dxy_equals_the_formula_computed_independently_in_pandas(legs, runtime_url):
+    # two days, so the forward-fill also reaches across midnight
+    start, end = T0, T0 + timedelta(days=2)
+    frames = leg_frames(start - timedelta(hours=1), end)
+    # a leg missing at midnight takes the previous day's close
+    frames["USDSEK"] = frames["USDSEK"][frames["USDSEK"].ts_utc != T0 + timedelta(days=1)]
+    write(legs, frames)
+    result = build_as_runtime(start, end)
+    totals = result.totals
+    assert sorted(result.days) == [DAY, DAY + timedelta(days=1)]
+    assert totals.rows_inserted == totals.index_minutes > 2800
+    assert totals.minutes_filled > 100  # 3% of each leg's minutes missing
+    assert totals.component_rows_read == sum(
+        ((f.ts_utc >= start) & (f.ts_utc < end)).sum() for f in frames.values())
+    minutes, worst = assert_matches_oracle(legs, start, end)
+    assert minutes == totals.index_minutes
+    report(f"DXY 1m vs the formula in pandas: {minutes} minutes over 2 days, largest "
+           f"relative difference {worst:.1e} (bound 1e-12)")
+    midnight = stored_index(legs, T0 + timedelta(days=1), T0 + timedelta(days=1, minutes=1))
+    assert midnight["raw"].iloc[0]["filled"] == {"USDSEK": 1}
+
+
+def test_a_missing_component_minute_follows_the_fill_rule(legs, runtime_url):
+    start = T0 + timedelta(hours=10)
+    frames = leg_frames(start - timedelta(minutes=10), start + timedelta(minutes=30), missing=0)
+    sek = frames["USDSEK"]
+    # USDSEK quiet for 3 minutes at 10:00..10:02, and for the whole window 10:10..10:14
+    gone = [start + i * MINUTE for i in (0, 1, 2, 10, 11, 12, 13, 14)]
+    frames["USDSEK"] = sek[~sek.ts_utc.isin(gone)]
+    write(legs, frames)
+    result = build_as_runtime(T0, T0 + timedelta(days=1))
+    assert result.days[DAY].minutes_incomplete == 1 + 3  # 10:02; 10:12..10:14
+    assert_matches_oracle(legs, T0, T0 + timedelta(days=1))
+    stored = stored_index(legs, start, start + timedelta(minutes=15))
+    fills = {ts.strftime("%H:%M"): raw.get("filled") for ts, raw in stored["raw"].items()}
+    # filled with 09:59's close at an age of 1 and 2 minutes, then beyond the bound: no minute
+    assert fills["10:00"] == {"USDSEK": 1} and fills["10:01"] == {"USDSEK": 2}
+    assert "10:02" not in fills and fills["10:03"] is None
+    assert fills["10:10"] == {"USDSEK": 1} and fills["10:11"] == {"USDSEK": 2}
+    assert not {"10:12", "10:13", "10:14"} & set(fills)
+    last_sek_close = sek.loc[sek.ts_utc == start - MINUTE, "close"].item()
+    others = math.prod(frames[s].loc[frames[s].ts_utc == start, "open"].item() ** e
+                       for s, e in DXY_EXPONENTS.items() if s != "USDSEK")
+    assert stored["open"].iloc[0] == pytest.approx(
+        DXY_CONSTANT * others * last_sek_close ** DXY_EXPONENTS["USDSEK"], rel=1e-12)
+    # the index's 5m ladder sees the gaps: 4 of 5 minutes -> quality 1; a leg silent for a
+    # whole window leaves 2 filled minutes, fewer than the ladder's 3: no bar at all
+    engine.aggregate(legs, "DXY", "5m", T0, T0 + timedelta(days=1), now=AS_OF)
+    legs.commit()
+    bars = active_bars(legs, "DXY", "5m").set_index("ts_utc")
+    assert bars.loc[start, ["source_candles", "quality_score"]].tolist() == [4, 1]
+    assert start + timedelta(minutes=10) not in bars.index
+    assert start + timedelta(minutes=5) in bars.index
+
+
+def test_an_unchanged_index_is_never_rewritten(legs, runtime_url):
+    write(legs, leg_frames(T0, T0 + timedelta(hours=6)))
+    first = build_as_runtime(T0, T0 + timedelta(days=1))
+    legs.commit()
+    versions = legs.execute("SELECT ts_utc, xmin::text FROM data_bars WHERE "
+                            "canonical_symbol = 'DXY'").fetchall()
+    again = build_as_runtime(T0, T0 + timedelta(days=1))
+    totals = again.totals
+    assert totals.rows_written == 0
+    assert totals.rows_unchanged == first.totals.rows_inserted > 300
+    assert legs.execute("SELECT ts_utc, xmin::text FROM data_bars WHERE "
+                        "canonical_symbol = 'DXY'").fetchall() == versions
+    # no write: the change capture recorded nothing for DXY
+    assert legs.execute("SELECT count(*) FROM data_agg_source_changes "
+                        "WHERE canonical_symbol = 'DXY'").fetchone()[0] == 0
+
+
+def test_slots_of_another_source_are_left_alone(legs, runtime_url):
+    write(legs, leg_frames(T0, T0 + timedelta(minutes=10), missing=0))
+    legs.execute("INSERT INTO data_bars (canonical_symbol, timeframe, ts_utc, open, high, low, "
+                 "close, is_partial, source, ingested_at, raw) VALUES ('DXY', '1m', %s, 99, 99, "
+                 "99, 99, false, 'dxy', now(), '{}')", (T0 + 3 * MINUTE,))
+    legs.commit()
+    result = build_as_runtime(T0, T0 + timedelta(days=1))
+    assert result.totals.slots_taken == 1 and result.totals.rows_inserted == 9
+    assert legs.execute("SELECT source, close FROM data_bars WHERE canonical_symbol = 'DXY' "
+                        "AND ts_utc = %s", (T0 + 3 * MINUTE,)).fetchone() == ("dxy", 99)
+
+
+def test_late_rows_and_deletions_of_components_are_found_and_restate_the_index(legs,
+                                                                              runtime_url):
+    write(legs, leg_frames(T0, T0 + timedelta(days=1), missing=0))
+    outage = [T0 + timedelta(hours=5, minutes=m) for m in (0, 1, 2)]
+    legs.execute("DELETE FROM data_bars WHERE canonical_symbol = 'USDJPY' AND ts_utc = ANY(%s)",
+                 (outage,))
+    legs.commit()
+    build_as_runtime(T0, T0 + timedelta(days=1))
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    with MarketDatabase().connect() as conn:
+        assert synthetic.late_days(conn, since, AS_OF) == {}  # what it was built from
+    # the missing USDJPY minutes land late; an EURUSD minute is deleted
+    frame = leg_frames(T0, T0 + timedelta(days=1), missing=0)["USDJPY"]
+    late = frame[frame.ts_utc.isin(outage)].assign(
+        ingested_at=pd.Timestamp(datetime.now(UTC)))
+    write(legs, {"USDJPY": late})
+    legs.execute("DELETE FROM data_bars WHERE canonical_symbol = 'EURUSD' AND ts_utc = %s",
+                 (T0 + timedelta(hours=7),))
+    legs.commit()
+    with MarketDatabase().connect() as conn:
+        found = synthetic.late_days(conn, since, AS_OF)
+    assert found == {"DXY": {DAY: {"late rows", "delete"}}}
+    result = build_as_runtime(T0, T0 + timedelta(days=1))
+    # 05:02 was beyond the bound (now computed), 05:00 and 05:01 were filled (now exact);
+    # 07:00 is EURUSD-filled now
+    assert (result.totals.rows_inserted, result.totals.rows_updated) == (1, 3)
+    assert_matches_oracle(legs, T0, T0 + timedelta(days=1))
+    with MarketDatabase().connect() as conn:
+        assert synthetic.late_days(conn, since, AS_OF) == {}
+    # DXY's own writes are changes of its source like any ingester's: the update is captured
+    assert legs.execute("SELECT kinds FROM data_agg_source_changes WHERE canonical_symbol = "
+                        "'DXY' AND seq > consumed_seq").fetchone() == (["update"],)
+
+
+# ----------------------------------------------------------------------------- Dagster
+
+
+def run_requested(instance: dg.DagsterInstance, request: dg.RunRequest,
+                  as_of: datetime | None = None) -> dg.ExecuteInProcessResult:
+    tags = dict(request.tags)
+    if as_of is not None:
+        tags[AS_OF_TAG] = as_of.isoformat()
+    return defs.resolve_job_def("aggregate_bars").execute_in_process(
+        instance=instance, tags=tags, asset_selection=list(request.asset_selection))
+
+
+def test_a_late_component_correction_restates_dxy_1m_5m_and_1h_through_the_sensor(legs,
+                                                                                 instance):
+    write(legs, leg_frames(T0, T0 + timedelta(days=1), missing=0))
+    legs.commit()
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, list(ALL))
+    job = defs.resolve_job_def("aggregate_bars")
+    tags = {**range_tags("DXY", DAY, DAY, last_symbol=ALL[-1]), AS_OF_TAG: AS_OF.isoformat()}
+    assert job.execute_in_process(instance=instance, tags=tags, asset_selection=[
+        dg.AssetKey(a) for a in ("synthetic_bars_1m", "bars_5m", "bars_1h")]).success
+    window = T0 + timedelta(hours=3, minutes=5)
+    before_5m = active_bars(legs, "DXY", "5m").set_index("ts_utc").loc[window]
+    before_1h = active_bars(legs, "DXY", "1h").set_index("ts_utc").loc[T0 + timedelta(hours=3)]
+    assert before_5m["source_candles"] >= 4
+    quiet = late_data_sensor(dg.build_sensor_context(instance=instance, resources=RESOURCES))
+    assert not quiet.run_requests
+
+    # EURUSD's 03:09 is corrected in place (ingested_at as it was: only the change capture
+    # sees it): 2% lower, a leg with a negative exponent, so DXY's 03:09 rises above the hour
+    legs.execute("UPDATE data_bars SET low = low * 0.98, close = low * 0.98 "
+                 "WHERE canonical_symbol = 'EURUSD' AND ts_utc = %s", (window + 4 * MINUTE,))
+    legs.commit()
+    result = late_data_sensor(dg.build_sensor_context(instance=instance, resources=RESOURCES,
+                                                      cursor=quiet.cursor))
+    selected = {k.to_user_string() for r in result.run_requests for k in r.asset_selection}
+    assert selected == {"synthetic_bars_1m", "bars_5m", "bars_1h"}
+    assert all(r.tags["agg/reason"].startswith("late data on 2025-07-07")
+               for r in result.run_requests)
+    for request in result.run_requests:
+        assert run_requested(instance, request, AS_OF).success
+
+    assert_matches_oracle(legs, T0, T0 + timedelta(days=1))
+    dxy_0309 = stored_index(legs, window + 4 * MINUTE, window + 5 * MINUTE).iloc[0]
+    after_5m = active_bars(legs, "DXY", "5m").set_index("ts_utc").loc[window]
+    after_1h = active_bars(legs, "DXY", "1h").set_index("ts_utc").loc[T0 + timedelta(hours=3)]
+    assert after_5m["close"] == dxy_0309["close"] != before_5m["close"]
+    assert after_5m["high"] == dxy_0309["high"] > before_5m["high"]
+    assert after_1h["high"] == dxy_0309["high"] > before_1h["high"]
+    revisions = legs.execute(
+        "SELECT timeframe, ts_utc, change, reason FROM derived_bar_revisions "
+        "WHERE canonical_symbol = 'DXY' ORDER BY timeframe").fetchall()
+    assert revisions == [("1h", T0 + timedelta(hours=3), "restated", "late_data"),
+                         ("5m", window, "restated", "correction")]
+    # DXY's own recorded change was consumed by its 5m run; nothing is left to do
+    assert legs.execute("SELECT count(*) FROM data_agg_source_changes "
+                        "WHERE seq > consumed_seq").fetchone()[0] == 0
+    after = late_data_sensor(dg.build_sensor_context(instance=instance, resources=RESOURCES,
+                                                     cursor=quiet.cursor))
+    assert not after.run_requests
+
+
+def test_the_frontier_sensor_builds_dxy_live_before_its_5m(db, instance):
+    now = db.execute("SELECT now()").fetchone()[0].astimezone(UTC)
+    start = (now - timedelta(minutes=40)).replace(second=0, microsecond=0)
+    start -= timedelta(minutes=start.minute % 5)
+    for symbol in LEGS:
+        add_symbol(db, symbol)
+    define_dxy(db)
+    sync(db)
+    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s", (start,))
+    end = now.replace(second=0, microsecond=0) - MINUTE  # the last minute has not landed yet
+    write(db, leg_frames(start, end, missing=0))
+    db.commit()
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, list(ALL))
+
+    tick = source_frontier_sensor(dg.build_sensor_context(instance=instance, resources=RESOURCES))
+    [request] = tick.run_requests  # one block: the six legs' new windows and DXY's index
+    assert {k.to_user_string() for k in request.asset_selection} == {
+        "synthetic_bars_1m", "bars_5m", "bars_1h"}
+    assert request.tags["agg/reason"] == "new complete windows"
+    assert run_requested(instance, request).success
+
+    run_as_of = instance.get_run_records(dg.RunsFilter(tags={"agg/plan": request.tags[
+        "agg/plan"]}))[0].create_timestamp
+    built = stored_index(db, start, end)
+    assert built.index.min() == start and len(built) == (
+        min(end, run_as_of.replace(second=0, microsecond=0) - MINUTE) - start) // MINUTE
+    bars = active_bars(db, "DXY", "5m")
+    assert len(bars) >= 6 and bars.ts_utc.min() == start
+    assert (bars["source_candles"] == 5).all()
+    # nothing new: the next tick requests nothing
+    again = source_frontier_sensor(dg.build_sensor_context(instance=instance, resources=RESOURCES,
+                                                           cursor=tick.cursor))
+    assert again.run_requests == []
+    with MarketDatabase().connect() as conn:
+        assert synthetic.frontier_days(conn, run_as_of) == {}
+
+
+# ----------------------------------------------------------------------------- privileges
+
+
+RUNTIME_REFUSED = [
+    "INSERT INTO data_bars (canonical_symbol, timeframe, ts_utc, open, high, low, close, "
+    "is_partial, source, ingested_at, raw) VALUES ({symbol!r}, '1m', '2025-07-08', 1, 1, 1, 1, "
+    "false, 'synthetic:DXY', now(), '{{}}')",
+    "UPDATE data_bars SET close = close WHERE canonical_symbol = {symbol!r}",
+    "DELETE FROM data_bars WHERE canonical_symbol = {symbol!r}",
+]
+
+
+@pytest.mark.parametrize("symbol", ["EURUSD", "DXY"])
+@pytest.mark.parametrize("statement", RUNTIME_REFUSED, ids=["insert", "update", "delete"])
+def test_the_runtime_role_cannot_write_data_bars_outside_the_function(legs, runtime_url,
+                                                                      symbol, statement):
+    write(legs, leg_frames(T0, T0 + timedelta(minutes=5), missing=0))
+    build_as_runtime(T0, T0 + timedelta(days=1))
+    with MarketDatabase().connect() as conn, pytest.raises(
+            psycopg.errors.InsufficientPrivilege):
+        conn.execute(statement.format(symbol=symbol))
+
+
+def test_the_build_function_writes_only_a_defined_synthetic_series(legs, runtime_url):
+    write(legs, leg_frames(T0, T0 + timedelta(minutes=5), missing=0))
+    legs.execute("UPDATE core_asset_registry_all SET ingest_class = 'A' "
+                 "WHERE canonical_symbol = 'DXY'")
+    legs.commit()
+    with MarketDatabase().connect() as conn:
+        for symbol, problem in (("EURUSD", "is not a synthetic series"),
+                                ("DXY", "ingest_class = 'B'")):
+            with pytest.raises(psycopg.errors.InvalidParameterValue, match=problem):
+                synthetic.build(conn, symbol, T0, T0 + timedelta(days=1), now=AS_OF)
+            conn.rollback()
+        # nor (re)define a series, nor touch what it was built from
+        for statement in (
+                "SELECT agg_define_synthetic('EURUSD', 1, ARRAY['USDJPY'], ARRAY[1.0::float8])",
+                "UPDATE data_agg_synthetic_components SET exponent = 1",
+                "DELETE FROM data_agg_synthetic_inputs"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+            conn.rollback()
+    assert legs.execute("SELECT count(*) FROM data_bars WHERE canonical_symbol IN "
+                        "('EURUSD', 'DXY')").fetchone()[0] == 5
+
+
+def test_the_build_function_is_a_definer_function_with_a_fixed_search_path(legs):
+    owner = legs.execute("SELECT current_user").fetchone()[0]  # the migrating user
+    definer, config, function_owner, public, runtime = legs.execute(
+        "SELECT p.prosecdef, p.proconfig, pg_get_userbyid(p.proowner), "
+        "has_function_privilege('public', p.oid, 'EXECUTE'), "
+        "has_function_privilege('agg_pipeline_runtime', p.oid, 'EXECUTE') "
+        "FROM pg_proc p WHERE p.proname = 'agg_build_synthetic_bars'").fetchone()
+    assert definer and runtime and not public
+    assert function_owner == owner
+    assert any(c.startswith("search_path=") and c.endswith("pg_temp") for c in config)
+    assert not legs.execute("SELECT has_function_privilege('agg_pipeline_runtime', "
+                            "'agg_define_synthetic(text, double precision, text[], "
+                            "double precision[], integer, text)', 'EXECUTE')").fetchone()[0]
+
+
+def test_the_oracle_applies_the_published_formula():
+    """One minute by hand, so the oracle itself is checked."""
+    ts = T0
+    frames = {s: pd.DataFrame({"ts_utc": [ts], "open": [p], "close": [p * 1.001]})
+              for s, p in zip(LEGS, np.linspace(1.0, 2.0, len(LEGS)), strict=True)}
+    row = oracle(frames, ts, ts + MINUTE).iloc[0]
+    assert row["open"] == pytest.approx(
+        DXY_CONSTANT * math.prod(frames[s]["open"][0] ** e for s, e in DXY_EXPONENTS.items()),
+        rel=1e-15)
