@@ -4,6 +4,11 @@ Vectorised with NumPy and loaded with COPY: a year of one symbol takes seconds. 
 a random walk with intraday volatility seasonality; every bar is internally consistent
 (low <= open, close <= high). `ingested_at` is a minute after the bar, and a few rows land
 hours late, as a real feed's corrections do.
+
+DXY is synthetic (ingest_class 'B'): when its six components are seeded too and the
+database defines it (migration 017), it gets no bars here; the pipeline computes them from
+the components (defs/synthetic.py). Seeded without them (a benchmark's symbol list), it is a
+random walk like the others.
 """
 
 from __future__ import annotations
@@ -37,6 +42,12 @@ DEMO_SYMBOLS: dict[str, DemoSymbol] = {
         DemoSymbol("EURUSD", 1.0850, 0.00012, "fx", "A", "C:EURUSD"),
         DemoSymbol("USDJPY", 151.20, 0.00014, "fx", "A", "C:USDJPY"),
         DemoSymbol("XAUUSD", 2650.0, 0.00030, "fx", "A", "C:XAUUSD"),
+        # DXY's other legs (EURUSD and USDJPY above): DXY = 50.14348112 x EURUSD^-0.576 x
+        # USDJPY^0.136 x GBPUSD^-0.119 x USDCAD^0.091 x USDSEK^0.042 x USDCHF^0.036
+        DemoSymbol("GBPUSD", 1.2700, 0.00013, "fx", "A", "C:GBPUSD"),
+        DemoSymbol("USDCAD", 1.3600, 0.00009, "fx", "A", "C:USDCAD"),
+        DemoSymbol("USDSEK", 10.500, 0.00016, "fx", "A", "C:USDSEK"),
+        DemoSymbol("USDCHF", 0.8800, 0.00012, "fx", "A", "C:USDCHF"),
         # DXY is synthetic (computed from its FX legs): no volume, no vwap, no trades.
         DemoSymbol("DXY", 104.10, 0.00010, "index", "B", "DXY", has_volume=False),
     )
@@ -187,6 +198,16 @@ def first_minute(conn: psycopg.Connection) -> datetime | None:
     return conn.execute(queries.query("demo_first_minute")).fetchone()[0]
 
 
+def computed_symbols(conn: psycopg.Connection, symbols: Sequence[str]) -> set[str]:
+    """The synthetic demo symbols (ingest_class 'B') the database defines as series whose
+    components are all among `symbols`: the pipeline computes their bars."""
+    with conn.transaction():
+        rows = conn.execute(queries.query("demo_computed_symbols"), {
+            "symbols": [s for s in symbols if demo_symbol(s).ingest_class == "B"],
+            "seeded": list(symbols)}).fetchall()
+    return {row[0] for row in rows}
+
+
 def seed_demo(
     conn: psycopg.Connection,
     symbols: Sequence[str] = DEFAULT_SYMBOLS,
@@ -199,7 +220,8 @@ def seed_demo(
     """Write registry rows and `days` days of 1m bars ending at `end` (default: this minute).
 
     Calls `progress(minutes_done)` after every chunk. Returns rows inserted per symbol;
-    rows already present are left as they are.
+    rows already present are left as they are. Synthetic symbols whose components are
+    seeded with them get no rows (`computed_symbols`): the pipeline builds them.
     """
     if days <= 0:
         raise ValueError(f"days must be positive, got {days}")
@@ -209,10 +231,14 @@ def seed_demo(
     inserted: dict[str, int] = {}
     with conn.transaction():
         ensure_registry(conn, symbols)
+    computed = computed_symbols(conn, symbols)
     for index, symbol in enumerate(symbols):
         spec = demo_symbol(symbol)
         price = spec.start_price
         inserted[symbol] = 0
+        if symbol in computed:
+            progress(days * 24 * 60)
+            continue
         chunk_start = start
         while chunk_start < end:
             chunk_end = min(chunk_start + CHUNK, end)

@@ -5,7 +5,8 @@ the 1m bar of the minute that just ended, stamped `ingested_at = now`, continuin
 symbol's price from its newest stored close with `demo.generate_bars`. Now and then a
 minute is left out (the 5m bar's quality shows the gap) and an earlier minute the pipeline
 has already aggregated is corrected (a new close, `ingested_at = now`: the late-data sensor
-re-materialises its day and the 5m bar is updated). So the frontier and late-data sensors,
+re-materialises its day and the 5m bar is updated; a corrected DXY component restates
+DXY's minute, and so its 5m and 1h, the same way). So the frontier and late-data sensors,
 the checks and freshness have something to do in front of the user.
 
 Weekends: the seeded history follows FX sessions (closed from Friday 22:00 to Sunday 22:00
@@ -45,9 +46,10 @@ log = logging.getLogger(__name__)
 
 
 def feed_symbols() -> tuple[str, ...]:
-    """The symbols the feed writes: the demo's. The one place that decides it (DXY will
-    leave the list once it is computed from its FX legs instead of fed)."""
-    return tuple(demo.DEMO_SYMBOLS)
+    """The symbols the feed writes: the demo's, but not the synthetic DXY (ingest_class
+    'B'), which the pipeline computes from the six components the feed does write. The one
+    place that decides it."""
+    return tuple(s for s, spec in demo.DEMO_SYMBOLS.items() if spec.ingest_class != "B")
 
 
 @dataclass(frozen=True)

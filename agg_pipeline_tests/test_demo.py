@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from agg_pipeline import demo
+from agg_pipeline_tests.helpers import define_dxy
 
 END = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # a Monday noon
 
@@ -41,6 +42,20 @@ def test_seed_demo_writes_registry_and_realistic_bars(db):
         assert s["last"].startswith("2026-03-02T11:59")
     assert stats["EURUSD"]["with_volume"] == stats["EURUSD"]["rows"]
     assert stats["DXY"]["with_volume"] == 0  # a synthetic index has no volume
+
+
+def test_dxy_is_left_to_the_pipeline_when_its_components_are_seeded(db):
+    define_dxy(db)  # as migration 017 defines it
+    db.commit()
+    inserted = demo.seed_demo(db, demo.DEFAULT_SYMBOLS, days=2, end=END)
+    assert inserted["DXY"] == 0
+    assert all(count > 0 for symbol, count in inserted.items() if symbol != "DXY")
+    assert set(demo.DEFAULT_SYMBOLS) == {"DXY", "EURUSD", "USDJPY", "GBPUSD", "USDCAD",
+                                         "USDSEK", "USDCHF", "XAUUSD"}
+    assert db.execute("SELECT ingest_class FROM core_asset_registry_all "
+                      "WHERE canonical_symbol = 'DXY'").fetchone() == ("B",)
+    # without all of its components it stays a random walk (a benchmark's symbol list)
+    assert demo.computed_symbols(db, ["DXY", "EURUSD"]) == set()
 
 
 def test_seed_demo_twice_adds_nothing(db):

@@ -26,8 +26,9 @@ def last_close(conn, symbol: str, before: datetime) -> float:
         "AND ts_utc < %s ORDER BY ts_utc DESC LIMIT 1", (symbol, before)).fetchone()[0]
 
 
-def test_feed_symbols_are_the_demo_symbols():
-    assert set(SYMBOLS) == set(demo.DEMO_SYMBOLS)
+def test_feed_symbols_are_the_demo_symbols_but_the_computed_dxy():
+    assert set(SYMBOLS) == set(demo.DEMO_SYMBOLS) - {"DXY"}
+    assert {"EURUSD", "USDJPY", "GBPUSD", "USDCAD", "USDSEK", "USDCHF"} <= set(SYMBOLS)
 
 
 def test_each_tick_writes_the_minute_that_just_ended_from_the_last_close(db):

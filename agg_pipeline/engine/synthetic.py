@@ -25,8 +25,6 @@ from psycopg.rows import dict_row
 from agg_pipeline.db import queries
 from agg_pipeline.engine import windows
 
-SOURCE_PREFIX = "synthetic:"  # data_bars.source of an index's rows: synthetic:<symbol>
-
 
 @dataclass(frozen=True)
 class SyntheticDay:
