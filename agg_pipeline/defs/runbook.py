@@ -150,6 +150,63 @@ def prune_backups_op(context: dg.OpExecutionContext, market_db: MarketDatabase,
                                  "tables": md_table([{"table": t} for t in dropped])})
 
 
+class LegacyCleanupConfig(dg.Config):
+    symbol: str
+    timeframe: str = "1m"  # refused when a rung of the ladder produces it
+    dry_run: bool = True  # count first; run again with false to withdraw
+
+
+@dg.op(description="Soft-delete a symbol's legacy bars of a timeframe no rung of the ladder "
+                   "produces (seed 004: DXY 1m in derived_data_bars). Dry run by default; "
+                   "each withdrawn version is kept in derived_bar_revisions under this run's "
+                   "id, which legacy_cleanup_undo restores.")
+def legacy_cleanup_op(context: dg.OpExecutionContext, market_db: MarketDatabase,
+                      config: LegacyCleanupConfig) -> None:
+    try:
+        with market_db.connect() as conn:
+            result = runbook.withdraw_legacy_bars(conn, config.symbol, config.timeframe,
+                                                  run_id=context.run_id, dry_run=config.dry_run)
+    except runbook.RunbookError as exc:
+        raise _refused(exc) from exc
+    verb = "would withdraw" if result.dry_run else "withdrew"
+    context.log.info(f"{verb} {result.bars} {result.symbol} {result.timeframe} bars"
+                     + ("" if result.dry_run else f"; undo with cleanup_run_id={context.run_id}"))
+    context.add_output_metadata({
+        "dry_run": result.dry_run,
+        "bars_withdrawn": 0 if result.dry_run else result.bars,
+        "bars_to_withdraw": result.bars,
+        "by_source": md_table(result.by_source),
+        "undo_with_cleanup_run_id": "-" if result.dry_run else context.run_id,
+    })
+
+
+REFUSED_SHOWN = 50  # slots listed in the undo's metadata (all are counted)
+
+
+class LegacyRestoreConfig(dg.Config):
+    cleanup_run_id: str  # the legacy_cleanup run to undo
+    dry_run: bool = True
+
+
+@dg.op(description="Undo a legacy_cleanup run: restore the bars it withdrew, refusing each "
+                   "slot an active bar occupies now. Dry run by default.")
+def legacy_cleanup_undo_op(context: dg.OpExecutionContext, market_db: MarketDatabase,
+                           config: LegacyRestoreConfig) -> None:
+    try:
+        with market_db.connect() as conn:
+            result = runbook.restore_legacy_bars(conn, config.cleanup_run_id,
+                                                 dry_run=config.dry_run)
+    except runbook.RunbookError as exc:
+        raise _refused(exc) from exc
+    context.add_output_metadata({
+        "dry_run": result.dry_run,
+        "bars_restored": 0 if result.dry_run else result.restored,
+        "bars_to_restore": result.restored,
+        "refused_slots": len(result.refused),
+        "refused": md_table(result.refused[:REFUSED_SHOWN]),
+    })
+
+
 def _job(name: str, op: dg.OpDefinition, description: str) -> dg.JobDefinition:
     @dg.job(name=name, description=description, tags={"agg/runbook": name})
     def runbook_job() -> None:
@@ -165,4 +222,7 @@ runbook_jobs = [
     _job("restore_agg_state", restore_agg_state_op, "Restore data_agg_state from a backup."),
     _job("rebuild_range", rebuild_range_op, "Rebuild a range with a new derivation_version."),
     _job("prune_backups", prune_backups_op, "Drop old data_agg_state backups."),
+    _job("legacy_cleanup", legacy_cleanup_op,
+         "Soft-delete a symbol's legacy bars of a timeframe the ladder does not produce."),
+    _job("legacy_cleanup_undo", legacy_cleanup_undo_op, "Restore what a legacy_cleanup withdrew."),
 ]

@@ -1,7 +1,8 @@
 """The deployment runbook (seed 000) as functions: pre-flight, backup, cursor reset with
-post-reset validation, restore, range rebuild, backup pruning. Each runs in one
-transaction and reports what it changed. Backup DDL runs in the SECURITY DEFINER functions
-of sql/008, so the pipeline's own role needs no DDL rights."""
+post-reset validation, restore, range rebuild, backup pruning, and the seeds' legacy
+clean-up (seed 004's "Phase 9") with its undo. Each runs in one transaction and reports
+what it changed. Backup DDL runs in the SECURITY DEFINER functions of sql/008, so the
+pipeline's own role needs no DDL rights."""
 
 from __future__ import annotations
 
@@ -130,3 +131,63 @@ def prune_backups(conn: psycopg.Connection, older_than: timedelta,
         rows = conn.execute("SELECT agg_prune_backups(%s, %s)",
                             (older_than, now or datetime.now(UTC))).fetchall()
     return [r[0] for r in rows]
+
+
+LEGACY_REASON = "legacy_cleanup"  # derived_bar_revisions.reason of a withdrawn legacy bar
+
+
+@dataclass(frozen=True)
+class LegacyCleanup:
+    symbol: str
+    timeframe: str
+    dry_run: bool
+    by_source: list[dict]  # source, bars, first_ts_utc, last_ts_utc
+
+    @property
+    def bars(self) -> int:
+        return sum(row["bars"] for row in self.by_source)
+
+
+def withdraw_legacy_bars(conn: psycopg.Connection, symbol: str, timeframe: str, *,
+                         run_id: str, dry_run: bool = True) -> LegacyCleanup:
+    """Soft-delete every active bar of `symbol` / `timeframe` in derived_data_bars, a
+    timeframe no rung of the ladder produces (seed 004's legacy DXY 1m rows); each withdrawn
+    version is kept in derived_bar_revisions under `run_id`, which `restore_legacy_bars`
+    undoes. A dry run (the default) counts the same rows in a transaction rolled back."""
+    if not isinstance(symbol, str) or not symbol:
+        raise RunbookError(f"symbol must be a non-empty string, got {symbol!r}")
+    if not isinstance(timeframe, str) or not timeframe:
+        raise RunbookError(f"timeframe must be a non-empty string, got {timeframe!r}")
+    if timeframe in timeframes.TIMEFRAMES:
+        raise RunbookError(
+            f"{timeframe} is produced by the ladder ({timeframes.TIMEFRAMES[timeframe].source} "
+            f"-> {timeframe}): its bars are not legacy; rebuild_range replaces them")
+    if not run_id:
+        raise RunbookError("run_id is required: the undo finds the withdrawn bars by it")
+    with conn.transaction(force_rollback=dry_run):
+        rows = _rows(conn, queries.query("legacy_withdraw"),
+                     {"symbol": symbol, "timeframe": timeframe, "run_id": run_id})
+    return LegacyCleanup(symbol, timeframe, dry_run, rows)
+
+
+@dataclass(frozen=True)
+class LegacyRestore:
+    run_id: str
+    dry_run: bool
+    restored: int
+    refused: list[dict]  # canonical_symbol, timeframe, ts_utc: an active bar holds the slot
+
+
+def restore_legacy_bars(conn: psycopg.Connection, run_id: str, *,
+                        dry_run: bool = True) -> LegacyRestore:
+    """Undo a legacy clean-up: make active again the bars run `run_id` withdrew, except
+    where an active bar now occupies the slot (refused, listed). Bars withdrawn again since
+    (by another run) are that run's to restore. A dry run counts in a rolled-back
+    transaction."""
+    if not run_id:
+        raise RunbookError("run_id of the clean-up run to undo is required")
+    with conn.transaction(force_rollback=dry_run):
+        rows = _rows(conn, queries.query("legacy_restore"), {"run_id": run_id})
+    refused = [{k: r[k] for k in ("canonical_symbol", "timeframe", "ts_utc")}
+               for r in rows if not r["restored"]]
+    return LegacyRestore(run_id, dry_run, len(rows) - len(refused), refused)
