@@ -371,6 +371,11 @@ def test_the_frontier_sensor_builds_dxy_live_before_its_5m(db, instance):
     built = stored_index(db, start, end)
     assert built.index.min() == start and len(built) == (
         min(end, run_as_of.replace(second=0, microsecond=0) - MINUTE) - start) // MINUTE
+    # how far the index was built: the run's final minutes (its as_of less the 60 s delay)
+    assert db.execute("SELECT built_through FROM v_agg_synthetic_series WHERE canonical_symbol "
+                      "= 'DXY'").fetchone()[0] == run_as_of.replace(second=0, microsecond=0
+                                                                    ) - MINUTE
+    db.rollback()
     bars = active_bars(db, "DXY", "5m")
     assert len(bars) >= 6 and bars.ts_utc.min() == start
     assert (bars["source_candles"] == 5).all()

@@ -83,6 +83,22 @@ COMMENT ON TABLE data_agg_synthetic_inputs IS
     'seen (migration 017). The planner compares them with data_bars and '
     'data_agg_source_changes to find index days whose components changed.';
 
+-- The series the pipeline builds: defined, with a registry row of ingest_class 'B' and a
+-- live 5m task (its confirmation delay and agg_start_utc apply to the index), and how far
+-- each was built (the newest built day's covered_through; NULL: never built).
+CREATE OR REPLACE VIEW v_agg_synthetic_series AS
+SELECT s.canonical_symbol, s.max_fill_minutes, t.aggregation_delay_seconds, t.agg_start_utc,
+       (SELECT i.covered_through FROM data_agg_synthetic_inputs i
+        WHERE i.canonical_symbol = s.canonical_symbol
+        ORDER BY i.day DESC LIMIT 1) AS built_through
+FROM data_agg_synthetic_series s
+JOIN core_asset_registry_all r
+  ON r.canonical_symbol = s.canonical_symbol AND r.ingest_class = 'B'
+JOIN data_agg_state t
+  ON t.canonical_symbol = s.canonical_symbol AND t.timeframe = '5m'
+WHERE t.enabled
+  AND t.status NOT IN ('disabled', 'retired');
+
 -- Define (or redefine) a series: the owner's tool, the runtime role may not. A redefinition
 -- forgets what the index was built from, so the next frontier tick rebuilds it all.
 CREATE OR REPLACE FUNCTION agg_define_synthetic(
@@ -426,5 +442,5 @@ $$;
 GRANT EXECUTE ON FUNCTION agg_build_synthetic_bars(text, timestamptz, timestamptz, timestamptz)
     TO agg_pipeline_runtime;
 GRANT SELECT ON data_agg_synthetic_series, data_agg_synthetic_components,
-                data_agg_synthetic_inputs
+                data_agg_synthetic_inputs, v_agg_synthetic_series
     TO agg_pipeline_runtime;

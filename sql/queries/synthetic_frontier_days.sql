@@ -7,27 +7,19 @@
 --    is built a 5m window at a time, in step with the other symbols' new windows;
 --  * never built: from the first minute every component has bars (not before the 5m task's
 --    agg_start_utc), once all of them have some.
--- Series of symbols without a live 5m task (not in this environment, disabled, retired) are
--- left out. A few index probes per series.
+-- Only the series the pipeline builds (v_agg_synthetic_series: a live 5m task in this
+-- environment). A few index probes per series.
 WITH series AS (
-    SELECT s.canonical_symbol, t.agg_start_utc,
+    SELECT v.canonical_symbol, v.agg_start_utc, v.built_through,
            date_bin(interval '1 minute',
                     %(as_of)s::timestamptz
-                    - make_interval(secs => greatest(t.aggregation_delay_seconds, 0)),
+                    - make_interval(secs => greatest(v.aggregation_delay_seconds, 0)),
                     TIMESTAMPTZ '2000-01-01 00:00:00+00') AS hi
-    FROM data_agg_synthetic_series s
-    JOIN core_asset_registry_all r
-      ON r.canonical_symbol = s.canonical_symbol AND r.ingest_class = 'B'
-    JOIN data_agg_state t
-      ON t.canonical_symbol = s.canonical_symbol AND t.timeframe = '5m'
-    WHERE t.enabled
-      AND t.status NOT IN ('disabled', 'retired')
+    FROM v_agg_synthetic_series v
 ),
 progress AS (
     SELECT s.canonical_symbol, s.hi,
-           COALESCE((SELECT i.covered_through FROM data_agg_synthetic_inputs i
-                     WHERE i.canonical_symbol = s.canonical_symbol
-                     ORDER BY i.day DESC LIMIT 1),
+           COALESCE(s.built_through,
                     CASE WHEN legs.first_ts IS NOT NULL
                          THEN greatest(legs.first_ts, s.agg_start_utc) END) AS built_through,
            legs.newest_ts

@@ -13,19 +13,11 @@
 -- Rows and changes at or after what was built (covered_through) are new data, for the
 -- frontier. Reads only recently landed rows (the ingested_at index) and the changes table.
 WITH series AS (
-    SELECT s.canonical_symbol, make_interval(mins => s.max_fill_minutes) AS fill,
-           date_bin(interval '24 hours', t.agg_start_utc,
-                    TIMESTAMPTZ '2000-01-01 00:00:00+00') AS first_day,
-           (SELECT i.covered_through FROM data_agg_synthetic_inputs i
-            WHERE i.canonical_symbol = s.canonical_symbol
-            ORDER BY i.day DESC LIMIT 1) AS built_through
-    FROM data_agg_synthetic_series s
-    JOIN core_asset_registry_all r
-      ON r.canonical_symbol = s.canonical_symbol AND r.ingest_class = 'B'
-    JOIN data_agg_state t
-      ON t.canonical_symbol = s.canonical_symbol AND t.timeframe = '5m'
-    WHERE t.enabled
-      AND t.status NOT IN ('disabled', 'retired')
+    SELECT v.canonical_symbol, v.built_through,
+           make_interval(mins => v.max_fill_minutes) AS fill,
+           date_bin(interval '24 hours', v.agg_start_utc,
+                    TIMESTAMPTZ '2000-01-01 00:00:00+00') AS first_day
+    FROM v_agg_synthetic_series v
 ),
 legs AS (
     SELECT s.*, c.component
