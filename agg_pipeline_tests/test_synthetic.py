@@ -283,6 +283,21 @@ def test_late_rows_and_deletions_of_components_are_found_and_restate_the_index(l
                         "'DXY' AND seq > consumed_seq").fetchone() == (["update"],)
 
 
+def test_a_series_missing_a_component_is_an_ordinary_symbol(db):
+    for symbol in LEGS[:-1]:
+        add_symbol(db, symbol)
+    define_dxy(db)
+    sync(db)
+    with MarketDatabase().connect() as conn:
+        assert synthetic.synthetic_symbols(conn) == set()  # USDCHF is not in the registry
+        add_symbol(db, LEGS[-1])
+        db.commit()
+        assert synthetic.synthetic_symbols(conn, ["DXY", "EURUSD"]) == {"DXY"}
+        db.execute("UPDATE data_agg_state SET enabled = false WHERE canonical_symbol = 'DXY'")
+        db.commit()
+        assert synthetic.synthetic_symbols(conn) == set()  # its 5m task is paused
+
+
 # ----------------------------------------------------------------------------- Dagster
 
 

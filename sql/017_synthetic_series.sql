@@ -83,9 +83,10 @@ COMMENT ON TABLE data_agg_synthetic_inputs IS
     'seen (migration 017). The planner compares them with data_bars and '
     'data_agg_source_changes to find index days whose components changed.';
 
--- The series the pipeline builds: defined, with a registry row of ingest_class 'B' and a
--- live 5m task (its confirmation delay and agg_start_utc apply to the index), and how far
--- each was built (the newest built day's covered_through; NULL: never built).
+-- The series the pipeline builds: defined, with a registry row of ingest_class 'B', every
+-- component in the registry, and a live 5m task (its confirmation delay and agg_start_utc
+-- apply to the index); and how far each was built (the newest built day's covered_through;
+-- NULL: never built). A series missing a component is an ordinary symbol until it has all.
 CREATE OR REPLACE VIEW v_agg_synthetic_series AS
 SELECT s.canonical_symbol, s.max_fill_minutes, t.aggregation_delay_seconds, t.agg_start_utc,
        (SELECT i.covered_through FROM data_agg_synthetic_inputs i
@@ -97,7 +98,10 @@ JOIN core_asset_registry_all r
 JOIN data_agg_state t
   ON t.canonical_symbol = s.canonical_symbol AND t.timeframe = '5m'
 WHERE t.enabled
-  AND t.status NOT IN ('disabled', 'retired');
+  AND t.status NOT IN ('disabled', 'retired')
+  AND NOT EXISTS (SELECT 1 FROM data_agg_synthetic_components c
+                  LEFT JOIN core_asset_registry_all x ON x.canonical_symbol = c.component
+                  WHERE c.canonical_symbol = s.canonical_symbol AND x.canonical_symbol IS NULL);
 
 -- Define (or redefine) a series: the owner's tool, the runtime role may not. A redefinition
 -- forgets what the index was built from, so the next frontier tick rebuilds it all.

@@ -31,7 +31,7 @@ from agg_pipeline.engine import planning, synthetic, tasks
 from agg_pipeline.engine.synthetic import SyntheticDay
 
 ASSET_NAME = "synthetic_bars_1m"
-NOT_SYNTHETIC = "not a synthetic series: nothing to build"
+NOT_SYNTHETIC = "nothing to build: not a synthetic series the pipeline builds"
 
 
 def partition_metadata(keys: list[str], results: list[synthetic.SyntheticResult],

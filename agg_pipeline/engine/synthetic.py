@@ -68,8 +68,8 @@ class SyntheticResult:
 
 def synthetic_symbols(conn: psycopg.Connection,
                       symbols: Iterable[str] | None = None) -> set[str]:
-    """The defined synthetic series whose registry row says ingest_class 'B' (of `symbols`,
-    or all). Read-only."""
+    """The synthetic series the pipeline builds (of `symbols`, or all): defined, registry
+    ingest_class 'B', every component in the registry, a live 5m task. Read-only."""
     wanted = None if symbols is None else sorted(set(symbols))
     rows = conn.execute(queries.query("synthetic_symbols"), {"symbols": wanted}).fetchall()
     return {row[0] for row in rows}

@@ -1,7 +1,5 @@
--- The synthetic series (migration 017) with a registry row of ingest_class 'B', of the given
--- symbols (NULL: all of them).
-SELECT s.canonical_symbol
-FROM data_agg_synthetic_series s
-JOIN core_asset_registry_all r
-  ON r.canonical_symbol = s.canonical_symbol AND r.ingest_class = 'B'
-WHERE %(symbols)s::text[] IS NULL OR s.canonical_symbol = ANY (%(symbols)s::text[])
+-- The synthetic series the pipeline builds (v_agg_synthetic_series, migration 017), of the
+-- given symbols (NULL: all of them).
+SELECT v.canonical_symbol
+FROM v_agg_synthetic_series v
+WHERE %(symbols)s::text[] IS NULL OR v.canonical_symbol = ANY (%(symbols)s::text[])
