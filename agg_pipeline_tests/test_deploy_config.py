@@ -324,6 +324,10 @@ def test_instance_config_is_what_the_values_render(values, instance_yaml):
     for key in ("sensors", "schedules"):
         assert instance_yaml[key] == {"use_threads": daemon[key]["useThreads"],
                                       "num_workers": daemon[key]["numWorkers"]}
+    assert instance_yaml["backfills"] == {
+        "use_threads": daemon["backfills"]["useThreads"],
+        "num_workers": daemon["backfills"]["numWorkers"],
+        "num_submit_workers": daemon["backfills"]["numSubmitWorkers"]}
     retention = values["retention"]
     assert instance_yaml["retention"] == {
         "sensor": {"purge_after_days": retention["sensor"]["purgeAfterDays"]},
@@ -355,6 +359,7 @@ def test_run_queue_monitoring_and_retries_equal_dagster_yaml(instance_yaml):
     assert instance_yaml["run_retries"] == repo["run_retries"]
     assert instance_yaml["sensors"] == repo["sensors"]
     assert instance_yaml["schedules"] == repo["schedules"]
+    assert instance_yaml["backfills"] == repo["backfills"]
     assert instance_yaml["retention"] == repo["retention"]
     assert instance_yaml["telemetry"] == repo["telemetry"]
 

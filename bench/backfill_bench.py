@@ -1,9 +1,10 @@
 """Backfill benchmark: 10 symbols x 365 days of demo data through the Dagster daemon.
 
-The issue's target: a UI backfill of bars_5m + bars_1h over 10 symbols x 365 day
-partitions (3,650 symbol|day keys per asset) finishes in under 5 minutes, while one run per
-partition would take hours. This script measures, on the configured server (AGG_DATABASE_URL,
-else the embedded one), every backfill-policy configuration it is given:
+The target (SPEC, "Performance and scale"): a UI backfill of bars_5m + bars_1h over 10
+symbols x 365 day partitions (3,650 symbol|day keys per asset) takes at most 2x the time the
+engine alone needs for the same bars; Dagster's bookkeeping must not dominate. This script
+measures, on the configured server (AGG_DATABASE_URL, else the embedded one), every
+backfill-policy configuration it is given, and the engine alone:
 
   single-run      BackfillPolicy.single_run() (the default: AGG_BACKFILL_MAX_PARTITIONS_PER_RUN
                   unset)
@@ -38,7 +39,7 @@ configuration), dropped at the end (also on error or Ctrl-C) unless --keep. It i
 the exit code is 0 whether or not the target is met, non-zero only on errors. Run from the
 checkout:
 
-    /tmp/venv/bin/python bench/backfill_bench.py [--days 365] [--batches 365,1825] [--keep]
+    .venv/bin/python bench/backfill_bench.py [--days 365] [--batches 365,1825] [--no-cli] [--keep]
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ from bench.common import (
     terminate_on_sigterm,
 )
 
-TARGET_SECONDS = 300.0  # the issue: under 5 minutes through the daemon
+TARGET_RATIO = 2.0  # end to end through Dagster / the engine alone, for the same bars
 DEFAULT_SYMBOLS = ("EURUSD", "USDJPY", "XAUUSD", "DXY", "GBPUSD", "AUDUSD", "USDCHF",
                    "USDCAD", "NZDUSD", "EURJPY")
 ASSETS = ("bars_5m", "bars_1h")
@@ -229,16 +230,17 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     counts_for_target: bool = True
+    bars_seconds: float | None = None  # from the launch until the last run ended
 
-    @property
-    def passed(self) -> bool:
-        """Finished in time with the right bars (failed runs are reported on their own)."""
-        return (not self.problems and self.seconds is not None
-                and self.seconds < TARGET_SECONDS)
+    def ratio(self, engine_seconds: float | None) -> float | None:
+        if self.seconds is None or not engine_seconds:
+            return None
+        return self.seconds / engine_seconds
 
-    @property
-    def clean(self) -> bool:
-        return self.passed and self.failed_runs == 0
+    def passed(self, engine_seconds: float | None) -> bool:
+        """Within the target ratio with the right bars (failed runs reported on their own)."""
+        ratio = self.ratio(engine_seconds)
+        return not self.problems and ratio is not None and ratio <= TARGET_RATIO
 
 
 def inspect_runs(instance: dg.DagsterInstance, records, outcome: Outcome,
@@ -252,27 +254,22 @@ def inspect_runs(instance: dg.DagsterInstance, records, outcome: Outcome,
     failed_steps: Counter[str] = Counter()
     for record in records:
         run_id = record.dagster_run.run_id
-        # a range step emits one materialization per partition, all carrying the step's
-        # metadata: count each asset of a run once
-        seen: set[str] = set()
-        for entry in instance.all_logs(run_id, of_type={
-                DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_CHECK_EVALUATION,
-                DagsterEventType.STEP_FAILURE}):
+        for entry in instance.all_logs(run_id):
+            # each asset step logs its run totals once: "... (N engine calls): ..."
+            if entry.user_message.startswith("run totals"):
+                outcome.engine_calls += int(
+                    entry.user_message.split(" engine calls)")[0].rsplit("(", 1)[1])
             event = entry.dagster_event
+            if event is None or event.event_type not in (
+                    DagsterEventType.ASSET_CHECK_EVALUATION, DagsterEventType.STEP_FAILURE):
+                continue
             if event.event_type == DagsterEventType.STEP_FAILURE:
                 failed_steps[event.step_key] += 1
-            elif event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
+            else:
                 evaluation = event.event_specific_data
                 if not evaluation.passed:
                     not_passed[f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
                                f" ({evaluation.severity.value})"] += 1
-            else:
-                key = event.asset_key.to_user_string()
-                if key not in seen:
-                    seen.add(key)
-                    value = event.event_specific_data.materialization.metadata.get(
-                        "engine_calls")
-                    outcome.engine_calls += int(value.value) if value is not None else 0
     if outcome.failed_runs:
         only_checks = failed_steps and all(k.endswith("_checks") for k in failed_steps)
         outcome.notes.append(
@@ -284,6 +281,9 @@ def inspect_runs(instance: dg.DagsterInstance, records, outcome: Outcome,
     if not_passed:
         outcome.notes.append(f"asset check evaluations not passed (per run): {dict(not_passed)}")
     outcome.notes.extend(run_summary(records, launched_at))
+    ends = [r.end_time for r in records if r.end_time]
+    if ends:
+        outcome.bars_seconds = max(ends) - launched_at
     outcome.notes.extend(step_summary(instance, records))
 
 
@@ -593,23 +593,34 @@ def report(data: Dataset, outcomes: list[Outcome]) -> None:
           f"through the Dagster daemon (agg-pipeline dev), on {connection.describe_url(data.url)}")
     want5 = sum(n for (tf, _), n in data.expected.items() if tf == "5m")
     want1 = sum(n for (tf, _), n in data.expected.items() if tf == "1h")
+    direct = next((o for o in outcomes if not o.counts_for_target and o.runs == 0), None)
+    engine_s = direct.seconds if direct is not None and not direct.problems else None
     print(f"Expected bars (direct count of qualifying windows): 5m {want5:,}, 1h {want1:,}; "
-          f"target: under {TARGET_SECONDS:.0f} s")
+          f"target: end to end within {TARGET_RATIO:.0f}x the engine alone"
+          + (f" ({engine_s:.1f} s)" if engine_s else " (engine-only case not measured)"))
     print()
-    header = ("configuration", "wall s", "runs", "failed runs", "engine calls", "5m bars",
-              "1h bars", "bars check", "< 5 min")
+    header = ("configuration", "wall s", "x engine", "bars s", "x engine", "runs",
+              "failed runs", "engine calls", "5m bars", "1h bars", "bars check",
+              f"<= {TARGET_RATIO:.0f}x")
+
+    def times(seconds: float | None) -> str:
+        return "-" if seconds is None or not engine_s else f"{seconds / engine_s:.2f}"
+
     rows = []
     for o in outcomes:
         rows.append((
             o.label,
             "-" if o.seconds is None else f"{o.seconds:.1f}",
+            times(o.seconds),
+            "-" if o.bars_seconds is None else f"{o.bars_seconds:.1f}",
+            times(o.bars_seconds),
             "-" if o.runs is None else str(o.runs),
             "-" if o.runs is None else str(o.failed_runs),
             "-" if o.engine_calls is None else str(o.engine_calls),
             f"{o.bars.get('5m', 0):,}",
             f"{o.bars.get('1h', 0):,}",
             "ok" if not o.problems else "FAIL",
-            ("PASS" if o.passed else "FAIL") if o.counts_for_target else "n/a",
+            ("PASS" if o.passed(engine_s) else "FAIL") if o.counts_for_target else "n/a",
         ))
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
@@ -618,44 +629,15 @@ def report(data: Dataset, outcomes: list[Outcome]) -> None:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                         for i, (c, w) in enumerate(zip(row, widths, strict=True))))
     print()
+    print("wall s: from the launch until the backfill (or run) reports a terminal status; bars "
+          "s: until its last run ended (every bar written).")
+    print()
     for o in outcomes:
         print(f"{o.label}:")
         for line in o.notes:
             print(f"  - {line}")
         for line in o.problems:
             print(f"  ! {line}")
-    print()
-    backfills = [o for o in outcomes if o.label.startswith(("single-run", "multi-run"))]
-    timed = [o for o in backfills if o.seconds is not None]
-    one_run = next((o for o in outcomes if o.label.startswith("one run")), None)
-    shapes = {(o.runs, o.engine_calls) for o in timed}
-    if len(timed) > 1 and len(shapes) == 1:
-        runs, calls = shapes.pop()
-        low, high = min(o.seconds for o in timed), max(o.seconds for o in timed)
-        met = sum(o.passed for o in timed)
-        print(f"Recommendation: keep the default single-run policy: every policy gave the same "
-              f"{runs} runs and {calls} engine calls, so their times ({low:.0f}-{high:.0f} s) "
-              f"differ by noise only; {met} of {len(timed)} met the target.")
-    else:
-        candidates = ([o for o in timed if o.clean] or [o for o in timed if o.passed])
-        if candidates:
-            best = min(candidates, key=lambda o: o.seconds)
-            single = next((o for o in candidates if o.label == "single-run"), None)
-            if single is not None and single.seconds <= best.seconds * 1.10:
-                best = single
-            failed = f", {best.failed_runs} failed runs" if best.failed_runs else ""
-            print(f"Recommendation: backfill policy {best.label} ({best.seconds:.0f} s, "
-                  f"{best.runs} runs{failed}, {best.engine_calls} engine calls) is the fastest "
-                  "that meets the target.")
-        elif timed:
-            fastest = min(timed, key=lambda o: o.seconds)
-            print(f"Recommendation: no backfill configuration met the target (fastest "
-                  f"{fastest.label}, {fastest.seconds:.0f} s).")
-    if one_run is not None and one_run.seconds is not None:
-        verdict = "meets" if one_run.passed else "misses"
-        print(f"Note: the dialog's 'Launch as: Single run' (one run over the whole rectangle, "
-              f"{one_run.engine_calls} engine calls) took {one_run.seconds:.0f} s and {verdict} "
-              "the target.")
 
 
 def guarded(label: str, measure) -> Outcome:
@@ -672,7 +654,7 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--symbols", default=",".join(DEFAULT_SYMBOLS),
                         help="comma-separated (unknown names get FX defaults)")
-    parser.add_argument("--batches", default="365,1825",
+    parser.add_argument("--batches", default="",
                         help="multi-run max partitions per run, comma-separated ('' for none)")
     parser.add_argument("--no-single", action="store_true", help="skip the single-run case")
     parser.add_argument("--no-one-run", action="store_true",
