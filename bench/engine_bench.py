@@ -2,22 +2,24 @@
 
 Prints, in one run, on the configured server (AGG_DATABASE_URL, else the embedded one):
 
-  (a) the engine (agg_pipeline.engine.aggregate.aggregate), 1m->5m and 5m->1h: first build
-      and an unchanged re-run;
+  (a) the engine (agg_pipeline.engine.aggregate.aggregate), 1m->5m and 5m->1h: first build,
+      an unchanged re-run, and a re-run restating every 5m bar (each previous version kept
+      in derived_bar_revisions: what restatement history costs);
   (b) per-window loop baselines implementing seed 004 part C (one window per statement):
       statements issued from Python, and the same loop as server-side PL/pgSQL functions;
   (c) the floor: a bare SELECT ... GROUP BY of the same windows (min/max/sum/count only,
       fetched, no write);
   (d) pandas: read the 1m rows, resample to 5m, COPY the bars back into a scratch table;
 
-with rows per second, the ratios engine/floor, baseline/engine and pandas/engine, the
-Python process's peak RSS, and whether each target of the issue is met. It is a report:
+with rows per second, the ratios engine/write floor, engine/floor, baseline/engine and
+pandas/engine, the storage per symbol-year, the Python process's peak RSS, and whether each
+target is met. It is a report:
 the exit code is 0 whether or not a target is met, non-zero only on errors.
 
 Everything happens in a uniquely named scratch database on that server, dropped at the end
 (also on error) unless --keep is given. Run from the checkout:
 
-    /tmp/venv/bin/python bench/engine_bench.py [--days 365] [--symbol EURUSD] [--keep]
+    .venv/bin/python bench/engine_bench.py [--days 365] [--symbol EURUSD] [--keep]
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ from agg_pipeline.engine import aggregate as engine
 from agg_pipeline.engine import tasks, timeframes
 
 # Targets from the issue.
-TARGET_ENGINE_OVER_FLOOR = 2.5  # engine 1m->5m first build at most 2.5x the floor
+# SPEC, "Performance and scale": the engine is judged against the write floor (the same
+# GROUP BY written with a plain INSERT into derived_data_bars' shape)
+TARGET_ENGINE_OVER_WRITE_FLOOR = 1.5
 TARGET_BASELINE_OVER_ENGINE = 8.0  # ... and at least 8x faster than the per-window baseline
 TARGET_PEAK_RSS_MB = 250.0
 
@@ -683,6 +687,17 @@ def main(argv: list[str] | None = None) -> int:
             log(f"dropped scratch database {dbname}")
 
 
+STORAGE_TABLES = ("data_bars", "derived_data_bars", "data_agg_source_days")
+
+
+def table_sizes(conn: psycopg.Connection) -> dict[str, int]:
+    """Bytes of each table with its indexes (one symbol's data: per symbol and range)."""
+    sizes = {t: conn.execute("SELECT pg_total_relation_size(%s::regclass)", (t,)).fetchone()[0]
+             for t in STORAGE_TABLES}
+    conn.commit()
+    return sizes
+
+
 def run(args, url: str, dbname: str, end: datetime) -> int:
     symbol, R = args.symbol, args.repeat
     start = end - timedelta(days=args.days)
@@ -784,10 +799,28 @@ def run(args, url: str, dbname: str, end: datetime) -> int:
         for tf in (TF_5M, TF_1H):
             again[tf.name].append(engine_run(tf))
     rerun_written = {k: max(x[1].rows_written for x in v) for k, v in again.items()}
+    storage = table_sizes(conn)
+
+    # ---- (a) engine restating every bar: each bar's previous version is kept ---------------
+    log("engine restating every 5m bar (their previous versions kept)")
+    restated = []
+    for _ in range(R):
+        # tamper with every stored 5m bar: the engine restates each back to its source
+        conn.execute("UPDATE derived_data_bars SET close = low WHERE timeframe = '5m' "
+                     "AND deleted_at IS NULL AND close <> low")
+        conn.commit()
+        restated.append(engine_run(TF_5M))
+    revisions = conn.execute("SELECT count(*), pg_total_relation_size('derived_bar_revisions') "
+                             "FROM derived_bar_revisions").fetchone()
+    conn.commit()
     cases["re5"] = Case("engine 1m->5m unchanged re-run", [x[0] for x in again["5m"]],
                         source_rows, rerun_written["5m"])
     cases["re1"] = Case("engine 5m->1h unchanged re-run", [x[0] for x in again["1h"]],
                         res1.source_rows_read, rerun_written["1h"])
+    cases["rs5"] = Case("engine 1m->5m restating the bars it changed", [x[0] for x in restated],
+                        source_rows, max(x[1].bars_updated for x in restated),
+                        note=f"{revisions[0]:,} versions kept in derived_bar_revisions, "
+                             f"{revisions[1] / max(revisions[0], 1):.0f} bytes each")
     rss.append(("after engine re-runs", rss_mb()))
     # the share of the engine's time spent in its one aggregate_range statement
     best5 = min(first["5m"], key=lambda x: x[0].wall)
@@ -866,12 +899,14 @@ def run(args, url: str, dbname: str, end: datetime) -> int:
     report(args=args, url=url, server=server, symbol=symbol, start=start, end=end,
            source_rows=source_rows, load_s=load_s, cases=cases, rerun_written=rerun_written,
            rss=rss, agreement=agreement, plan=plan, meter=meter,
-           load=(load_before, os.getloadavg()), statement_share=statement_share)
+           load=(load_before, os.getloadavg()), statement_share=statement_share,
+           storage=storage)
     return 0
 
 
 def report(*, args, url, server, symbol, start, end, source_rows, load_s, cases,
-           rerun_written, rss, agreement, plan, meter, load, statement_share) -> None:
+           rerun_written, rss, agreement, plan, meter, load, statement_share,
+           storage) -> None:
     p = print
     cpus = os.cpu_count() or 1
     p()
@@ -901,7 +936,7 @@ def report(*, args, url, server, symbol, start, end, source_rows, load_s, cases,
               f"{'bars written':>12}  wall of each run")
     p(header)
     p("-" * len(header))
-    order = ["eng5", "eng1", "re5", "re1", "floor5", "floor1", "wfloor5", "py5m", "py1h",
+    order = ["eng5", "eng1", "re5", "re1", "rs5", "floor5", "floor1", "wfloor5", "py5m", "py1h",
              "pl5m", "pl1h", "pd5"]
     for key in order:
         c = cases[key]
@@ -940,6 +975,12 @@ def report(*, args, url, server, symbol, start, end, source_rows, load_s, cases,
           f"{total:.3f}s ({100 * stmt_s / total:.0f}%); the rest is task lock/load, "
           f"frontier, cursor update, commit")
     p()
+    years = args.days / 365
+    p(f"storage per symbol-year (tables with their indexes, after the builds; {years:.2f} "
+      "years measured)")
+    for table, size in storage.items():
+        p(f"  {table:28} {size / years / 2**20:7.1f} MB")
+    p()
     p("cross-checks against the engine's bars (OHLC, vol, vwap, trade_count, "
       "source/expected candles, quality)")
     for line in agreement:
@@ -955,9 +996,10 @@ def report(*, args, url, server, symbol, start, end, source_rows, load_s, cases,
     def cpu_note(r: tuple[float, float | None], ok: Callable[[float], bool]) -> str:
         return f"; by cpu {r[1]:.2f}x {verdict(ok(r[1]))}" if r[1] is not None else ""
 
-    p(f"  engine 1m->5m first build <= {TARGET_ENGINE_OVER_FLOOR}x floor: {ef5[0]:.2f}x "
-      f"{verdict(ef5[0] <= TARGET_ENGINE_OVER_FLOOR)}"
-      + cpu_note(ef5, lambda x: x <= TARGET_ENGINE_OVER_FLOOR))
+    p(f"  engine 1m->5m first build <= {TARGET_ENGINE_OVER_WRITE_FLOOR}x the write floor: "
+      f"{ew5[0]:.2f}x {verdict(ew5[0] <= TARGET_ENGINE_OVER_WRITE_FLOOR)}"
+      + cpu_note(ew5, lambda x: x <= TARGET_ENGINE_OVER_WRITE_FLOOR)
+      + f" (read-only floor, context: {ef5[0]:.2f}x)")
     p(f"  engine 1m->5m >= {TARGET_BASELINE_OVER_ENGINE:.0f}x faster than the per-window "
       f"baseline: Python loop {py5[0]:.1f}x {verdict(py5[0] >= TARGET_BASELINE_OVER_ENGINE)}"
       + cpu_note(py5, lambda x: x >= TARGET_BASELINE_OVER_ENGINE))

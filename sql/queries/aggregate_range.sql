@@ -100,6 +100,13 @@ existing AS (
 -- runs as a hash or merge join whatever the row estimates (fresh bulk loads have none).
 diff AS (
     SELECT q.*, e.id AS existing_id, COALESCE(e.is_partial, false) AS was_partial,
+           -- the stored version, for derived_bar_revisions when it is replaced
+           e.ts_utc AS old_ts, e.open AS old_open, e.high AS old_high, e.low AS old_low,
+           e.close AS old_close, e.vol AS old_vol, e.vwap AS old_vwap,
+           e.trade_count AS old_trade_count, e.source_timeframe AS old_source_timeframe,
+           e.source_candles AS old_source_candles, e.expected_candles AS old_expected_candles,
+           e.quality_score AS old_quality_score, e.derivation_version AS old_version,
+           e.updated_at AS old_since,
            e.id IS NOT NULL AND NOT e.is_partial  -- a forming bar of a now final window
            AND (e.open, e.high, e.low, e.close, e.trade_count, e.source_timeframe,
                 e.source_candles, e.expected_candles, e.quality_score)
@@ -171,9 +178,10 @@ revised AS (
         bar_id, canonical_symbol, timeframe, ts_utc, open, high, low, close, vol, vwap,
         trade_count, source_timeframe, source_candles, expected_candles, quality_score,
         derivation_version, valid_from, valid_to, change, reason, run_id)
-    SELECT e.id, %(symbol)s, %(timeframe)s, e.ts_utc, e.open, e.high, e.low, e.close, e.vol,
-           e.vwap, e.trade_count, e.source_timeframe, e.source_candles, e.expected_candles,
-           e.quality_score, e.derivation_version, e.updated_at, now(),
+    SELECT x.existing_id, %(symbol)s, %(timeframe)s, x.old_ts, x.old_open, x.old_high,
+           x.old_low, x.old_close, x.old_vol, x.old_vwap, x.old_trade_count,
+           x.old_source_timeframe, x.old_source_candles, x.old_expected_candles,
+           x.old_quality_score, x.old_version, x.old_since, now(),
            CASE WHEN x.ts_utc IS NULL THEN 'withdrawn' ELSE 'restated' END,
            CASE WHEN %(reason)s = 'rebuild' THEN %(reason)s
                 WHEN ch.kinds && ARRAY['delete', 'truncate'] THEN 'deletion'
@@ -181,11 +189,11 @@ revised AS (
                 ELSE %(reason)s END,
            %(run_id)s
     FROM diff x
-    JOIN existing e ON e.id = x.existing_id AND NOT e.is_partial  -- forming bars: no versions
     LEFT JOIN changes_seen ch
-      ON ch.day = (date_bin(interval '24 hours', e.ts_utc, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+      ON ch.day = (date_bin(interval '24 hours', x.old_ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')
                    AT TIME ZONE 'UTC')::date
-    WHERE NOT x.unchanged
+    WHERE x.existing_id IS NOT NULL AND NOT x.was_partial  -- forming bars: no versions
+      AND NOT x.unchanged
 ),
 source_days AS (
     SELECT date_bin(interval '24 hours', ts_utc, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS day,
