@@ -143,9 +143,11 @@ def _seed(url: str, symbols: list[str], days: int) -> None:
             inserted = demo.seed_demo(conn, symbols, days, progress=bar.update)
         # fresh statistics, so the first aggregations plan on real row counts
         conn.execute("ANALYZE data_bars")
+        computed = demo.computed_symbols(conn, symbols)
         conn.commit()
     for symbol, count in inserted.items():
-        click.echo(f"{symbol}: {count} new 1m bars")
+        click.echo(f"{symbol}: computed by the pipeline from its components (synthetic_bars_1m)"
+                   if symbol in computed else f"{symbol}: {count} new 1m bars")
 
 
 @main.command()

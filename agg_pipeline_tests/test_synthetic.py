@@ -18,8 +18,9 @@ from agg_pipeline import demo
 from agg_pipeline.db import connection, migrations
 from agg_pipeline.definitions import defs
 from agg_pipeline.defs.assets import AS_OF_TAG
-from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, range_tags
+from agg_pipeline.defs.partitions import RANGE_START_TAG, SYMBOLS_PARTITIONS_NAME, range_tags
 from agg_pipeline.defs.resources import MarketDatabase
+from agg_pipeline.defs.schedules import catchup_schedule
 from agg_pipeline.defs.sensors import late_data_sensor, source_frontier_sensor
 from agg_pipeline.engine import aggregate as engine
 from agg_pipeline.engine import synthetic
@@ -472,3 +473,27 @@ def test_the_oracle_applies_the_published_formula():
     assert row["open"] == pytest.approx(
         DXY_CONSTANT * math.prod(frames[s]["open"][0] ** e for s, e in DXY_EXPONENTS.items()),
         rel=1e-15)
+
+
+def test_the_schedule_builds_dxy_too(db, instance):
+    """The schedule (the cron worker's replacement, the sensors' safety net) plans synthetic
+    work like the frontier sensor and puts the index's step before its bars_5m."""
+    now = db.execute("SELECT now()").fetchone()[0].astimezone(UTC)
+    start = (now - timedelta(minutes=40)).replace(second=0, microsecond=0)
+    start -= timedelta(minutes=start.minute % 5)
+    for symbol in LEGS:
+        add_symbol(db, symbol)
+    define_dxy(db)
+    sync(db)
+    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s", (start,))
+    write(db, leg_frames(start, now.replace(second=0, microsecond=0) - MINUTE, missing=0))
+    db.commit()
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, list(ALL))
+    requests = catchup_schedule(dg.build_schedule_context(
+        instance=instance, resources=RESOURCES, scheduled_execution_time=now))
+    # the legs' catch-up is one run, DXY's index and its bars another (different work)
+    [request] = [r for r in requests if r.tags[RANGE_START_TAG].endswith("|DXY")]
+    assert {k.to_user_string() for k in request.asset_selection} == {
+        "synthetic_bars_1m", "bars_5m", "bars_1h"}
+    assert run_requested(instance, request).success
+    assert len(active_bars(db, "DXY", "5m")) >= 6

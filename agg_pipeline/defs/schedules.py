@@ -8,7 +8,8 @@ from agg_pipeline.defs.jobs import aggregate_bars_job
 from agg_pipeline.defs.partitions import FIRST_DAY
 from agg_pipeline.defs.requests import database_now, plan, run_request, summary, synced_symbols
 from agg_pipeline.defs.resources import MarketDatabase
-from agg_pipeline.engine import planning
+from agg_pipeline.defs.synthetic import with_synthetic_step
+from agg_pipeline.engine import planning, synthetic
 
 
 @dg.schedule(
@@ -31,10 +32,12 @@ def catchup_schedule(context: dg.ScheduleEvaluationContext,
 
         def find_work():
             tasks = planning.task_states(conn, as_of)
-            return tasks, planning.catchup_work(tasks, roots_only=False, first_day=FIRST_DAY)
+            return tasks, (planning.catchup_work(tasks, roots_only=False, first_day=FIRST_DAY)
+                           + planning.synthetic_work(conn, tasks, as_of, FIRST_DAY))
 
         tasks, found = plan(context.instance, conn, "catchup", synced_symbols(context.instance),
                             find_work)
+        synthetics = synthetic.synthetic_symbols(conn)
     for (symbol, timeframe), problem in sorted(tasks.problems.items()):
         context.log.warning(f"task {symbol!r} / {timeframe!r} not scheduled: {problem}")
     left = summary(found)
@@ -42,4 +45,4 @@ def catchup_schedule(context: dg.ScheduleEvaluationContext,
         return dg.SkipReason("all tasks at their frontier" + (f" ({left})" if left else ""))
     if left:
         context.log.info(left)
-    return [run_request(run) for run in found.runs]
+    return [with_synthetic_step(run_request(run), run, synthetics) for run in found.runs]
