@@ -140,3 +140,44 @@ def test_opting_out_withdraws_the_forming_bars(forming):
     forming_through = db.execute("SELECT forming_through FROM data_agg_state "
                                  "WHERE canonical_symbol = 'EURUSD'").fetchall()
     assert forming_through == [(None,), (None,)]
+
+
+def test_the_frontier_sensor_refreshes_forming_bars_as_minutes_land(db, instance):
+    """A minute landing in the open window is enough for the frontier sensor to request a
+    run for a symbol keeping a forming bar (not for one that does not); after that run the
+    same state asks for nothing."""
+    import dagster as dg
+
+    from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
+    from agg_pipeline.defs.resources import MarketDatabase
+    from agg_pipeline.defs.sensors import source_frontier_sensor
+    from agg_pipeline_tests.test_synthetic import run_requested
+
+    now = db.execute("SELECT now()").fetchone()[0]
+    window = now.replace(second=0, microsecond=0) - timedelta(minutes=now.minute % 5)
+    for symbol in ("EURUSD", "USDJPY"):
+        add_symbol(db, symbol)
+    db.execute("UPDATE core_asset_registry_all SET agg_forming_bars = true "
+               "WHERE canonical_symbol = 'EURUSD'")
+    sync(db)
+    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s", (window,))
+    db.commit()
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["EURUSD", "USDJPY"])
+    resources = {"market_db": MarketDatabase()}
+
+    def tick(cursor=None):
+        return source_frontier_sensor(dg.build_sensor_context(
+            instance=instance, resources=resources, cursor=cursor))
+
+    # the open window's first minute lands (it is not final: no window is complete)
+    for symbol in ("EURUSD", "USDJPY"):
+        insert_bars(db, symbol, [dict(row, ts_utc=window, ingested_at=now)
+                                 for row in minute_bars(window, 1)])
+    db.commit()
+    first = tick()
+    [request] = first.run_requests
+    assert request.tags["agg/symbol"] == "EURUSD" and request.tags["agg/reason"] == "forming bar"
+    assert run_requested(instance, request).success
+    assert [row[1:3] for row in partial_bars(db, "5m")] == [(window, 1)]
+    assert partial_bars(db, "5m", "USDJPY") == []
+    assert tick(first.cursor).run_requests == []

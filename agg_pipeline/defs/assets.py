@@ -104,7 +104,8 @@ def run_reason(tags: dict[str, str]) -> str:
     reason = tags.get(REASON_TAG, "")
     for prefix, name in (("late data", "late_data"), ("correction", "correction"),
                          ("deletion", "deletion"), ("reconciliation", "reconciliation"),
-                         ("catch-up", "catch_up"), ("new complete windows", "catch_up")):
+                         ("catch-up", "catch_up"), ("new complete windows", "catch_up"),
+                         ("forming bar", "catch_up")):
         if reason.startswith(prefix):
             return name
     return "backfill" if BACKFILL_TAG in tags else "manual"

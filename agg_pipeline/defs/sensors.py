@@ -96,8 +96,9 @@ def frontier_observations(found: planning.Tasks, symbols: list[str], state: dict
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
-        "When new 1m rows complete windows (past the confirmation delay), requests those days "
-        "for bars_5m and everything derived from it, batched: runs over blocks of symbols x "
+        "When new 1m rows complete windows (past the confirmation delay), or move past what a "
+        "symbol's forming bar shows (registry agg_forming_bars), requests those days for "
+        "bars_5m and everything derived from it, batched: runs over blocks of symbols x "
         "days through the live planner. Nothing new, no run. Observes bars_1m's per-symbol "
         f"frontier on a rotation (at most {OBSERVATIONS_PER_TICK} per tick)."
     ),
@@ -111,6 +112,7 @@ def source_frontier_sensor(context: dg.SensorEvaluationContext,
         def find_work():
             found = planning.task_states(conn, as_of)
             return found, (planning.catchup_work(found, roots_only=True, first_day=FIRST_DAY)
+                           + planning.forming_work(found, first_day=FIRST_DAY)
                            + planning.synthetic_work(conn, found, as_of, FIRST_DAY))
 
         found, result = plan(context.instance, conn, "frontier", symbols, find_work)

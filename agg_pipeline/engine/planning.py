@@ -48,6 +48,7 @@ CATCH_UP = "catch-up"
 NEW_WINDOWS = "new complete windows"
 LATE_DATA = "late data"
 RECONCILIATION = "reconciliation"
+FORMING = "forming bar"
 
 # what a pending change of migration 012 is, for the run's reason
 CHANGE_CAUSES = {"update": "correction", "delete": "deletion", "truncate": "deletion"}
@@ -64,6 +65,7 @@ class TaskState:
     order: tuple  # contract 12 sort key
     failing: bool = False  # hard failures since its last success (hard_failed included)
     ahead: bool = False  # cursor past the end of the window holding the newest source row
+    forming_behind: bool = False  # its forming bar reflects an older frontier than the newest
 
     @property
     def behind(self) -> bool:
@@ -186,7 +188,10 @@ def _task_state(row: dict, as_of: datetime) -> TaskState | str:
     return TaskState(row["canonical_symbol"], name, cursor, max(cursor, target), frontier,
                      _order(row),
                      failing=row["status"] == "hard_failed" or row["hard_fail_streak"] > 0,
-                     ahead=frontier_end is not None and cursor > frontier_end)
+                     ahead=frontier_end is not None and cursor > frontier_end,
+                     forming_behind=bool(row["forming"]) and tf.reads_data_bars
+                     and frontier is not None
+                     and (row["forming_through"] is None or frontier > row["forming_through"]))
 
 
 def task_states(conn: psycopg.Connection, as_of: datetime) -> Tasks:
@@ -242,6 +247,22 @@ def catchup_work(tasks: Tasks, *, roots_only: bool, first_day: date) -> list[Wor
         last = max(_day(max(t.target, t.cursor) - timedelta(microseconds=1)) for t in chosen)
         work.append(Work(symbol, tuple(t.timeframe for t in chosen), first, max(last, first),
                          reason, min(t.order for t in triggers)))
+    return work
+
+
+def forming_work(tasks: Tasks, *, first_day: date) -> list[Work]:
+    """Symbols keeping a forming bar (registry agg_forming_bars) whose newest source row is
+    past what their forming bar reflects: the frontier's day, for the roots and what derives
+    from them (the engine refreshes the forming bars of every rung it runs). The frontier
+    sensor, FORMING."""
+    work: list[Work] = []
+    for symbol, states in tasks.by_symbol().items():
+        stale = [t for t in states.values() if t.forming_behind]
+        if not stale:
+            continue
+        day = max(_day(max(t.frontier for t in stale)), first_day)
+        chosen = _with_downstream([t.timeframe for t in stale], states)
+        work.append(Work(symbol, chosen, day, day, FORMING, min(t.order for t in stale)))
     return work
 
 
