@@ -162,7 +162,7 @@ def reconcile_days() -> int:
 
 
 RECONCILE_SYMBOLS_VAR = "AGG_RECONCILE_SYMBOLS_PER_TICK"
-DEFAULT_RECONCILE_SYMBOLS = 20
+DEFAULT_RECONCILE_SYMBOLS = 10  # ~0.35 s of a late-data tick (bench/tick_bench.py)
 
 
 def reconcile_symbols_per_tick() -> int:

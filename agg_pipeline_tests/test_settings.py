@@ -11,7 +11,7 @@ from agg_pipeline import settings
     (settings.MAX_RUNS_PER_TICK_VAR, settings.max_runs_per_tick, 10),
     (settings.MAX_PARTITIONS_PER_RUN_VAR, settings.max_partitions_per_run, 1000),
     (settings.RECONCILE_DAYS_VAR, settings.reconcile_days, 7),
-    (settings.RECONCILE_SYMBOLS_VAR, settings.reconcile_symbols_per_tick, 20),
+    (settings.RECONCILE_SYMBOLS_VAR, settings.reconcile_symbols_per_tick, 10),
     (settings.BACKFILL_BATCH_VAR, settings.backfill_max_partitions_per_run, None),
     (settings.ALERT_WEBHOOK_VAR, settings.alert_webhook_url, None),
 ])
