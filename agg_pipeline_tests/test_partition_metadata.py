@@ -133,19 +133,23 @@ MONTH_RUN = textwrap.dedent("""
     from pathlib import Path
     import dagster as dg
     from agg_pipeline.definitions import defs
-    from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, TIME_GRAIN, range_tags
+    from agg_pipeline.defs.partitions import (
+        SYMBOLS_PARTITIONS_NAME, TIME_GRAIN, days_tag, range_tags)
     from agg_pipeline.defs.assets import AS_OF_TAG
     from agg_pipeline_tests.processes import storage_instance
 
     assert TIME_GRAIN == "month", TIME_GRAIN
     first, last, as_of = (datetime.fromisoformat(v) for v in sys.argv[2:5])
+    days = sys.argv[5:]  # first and last day a live run needs (agg/days), or none
     with storage_instance(sys.argv[1], Path(tempfile.mkdtemp())) as instance:
         instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["EURUSD"])
         tags = {**range_tags("EURUSD", first.date(), last.date()), AS_OF_TAG: as_of.isoformat()}
+        if days:
+            tags.update(days_tag(*(datetime.fromisoformat(d).date() for d in days)))
         result = defs.resolve_job_def("aggregate_bars").execute_in_process(
             instance=instance, tags=tags, asset_selection=[dg.AssetKey("bars_5m")])
         assert result.success
-        events = instance.fetch_materializations(dg.AssetKey("bars_5m"), limit=10).records
+        events = instance.fetch_materializations(dg.AssetKey("bars_5m"), limit=1).records
         print(json.dumps({r.asset_materialization.partition: {
             k: v.value for k, v in r.asset_materialization.metadata.items()} for r in events}))
 """)
@@ -155,13 +159,17 @@ def test_a_month_partition_carries_the_sum_of_its_days(two_days_and_a_gap, insta
                                                        dagster_storage_url):
     """AGG_TIME_PARTITION=month (read at import: a fresh interpreter)."""
     db = two_days_and_a_gap
-    out = subprocess.run(
-        [sys.executable, "-c", MONTH_RUN, dagster_storage_url, DAYS[0].isoformat(),
-         DAYS[-1].isoformat(), AS_OF.isoformat()],
-        env={**os.environ, "AGG_TIME_PARTITION": "month"}, capture_output=True, text=True,
-        timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    metadata = json.loads(out.stdout.strip().splitlines()[-1])
+
+    def month_run(*days: date) -> dict:
+        out = subprocess.run(
+            [sys.executable, "-c", MONTH_RUN, dagster_storage_url, DAYS[0].isoformat(),
+             DAYS[-1].isoformat(), AS_OF.isoformat(), *(d.isoformat() for d in days)],
+            env={**os.environ, "AGG_TIME_PARTITION": "month"}, capture_output=True, text=True,
+            timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    metadata = month_run()
     assert list(metadata) == ["2025-07-01|EURUSD"]
     month = metadata["2025-07-01|EURUSD"]
     bars, source = stored_per_day(db, "EURUSD", "5m"), source_per_day(db, "EURUSD")
@@ -175,3 +183,14 @@ def test_a_month_partition_carries_the_sum_of_its_days(two_days_and_a_gap, insta
         timedelta(minutes=5))
     assert month["final_through"] == final_through.timestamp()
     assert month["partition_note"] == f"final through {final_through:%Y-%m-%d %H:%M} UTC"
+    assert "days_read" not in month
+
+    # a live run needing one day of the month (agg/days) re-reads that day, not the month,
+    # and the month's materialisation says so, with that day's counts
+    insert_bars(db, "EURUSD", [bar(T0 + timedelta(days=1, hours=3, minutes=7), 1.5,
+                                   ingested_at=AS_OF)], upsert=True)
+    db.commit()
+    live = month_run(DAYS[1], DAYS[1])["2025-07-01|EURUSD"]
+    assert live["days_read"] == DAYS[1].isoformat()
+    assert (live["bars_updated"], live["bars_unchanged"], live["windows_seen"]) == (1, 143, 288)
+    assert live["source_rows_read"] == source[DAYS[1]][0]

@@ -17,7 +17,7 @@ from agg_pipeline.db import queries
 from agg_pipeline.defs import metadata
 from agg_pipeline.defs.partitions import (
     day_bounds,
-    day_spans_by_symbol,
+    run_day_spans,
     split_key,
     symbol_time_partitions,
     symbols_partitions,
@@ -190,7 +190,7 @@ def materialize_timeframe(
 ) -> dg.MaterializeResult:
     as_of = run_as_of(context)
     keys = context.partition_keys
-    ranges = day_spans_by_symbol(keys)
+    ranges = run_day_spans(keys, context.run.tags)
     try:
         with market_db.connect() as conn:
             results, skipped, failed = _aggregate_ranges(context, market_db, conn, tf, ranges,
@@ -205,7 +205,7 @@ def materialize_timeframe(
                             "retrying")
         raise _transient_retry(context) from exc
     context.log.info(metadata.run_totals(tf.name, len(keys), results, skipped))
-    by_partition = metadata.partition_metadata(keys, results, skipped, as_of)
+    by_partition = metadata.partition_metadata(keys, results, skipped, as_of, ranges)
     if failed:
         # the symbols that succeeded are written: their partitions say so, the others do not
         for key, entry in by_partition.items():

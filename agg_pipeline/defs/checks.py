@@ -19,7 +19,7 @@ from agg_pipeline.defs.assets import ASSET_KEY_BY_TIMEFRAME
 from agg_pipeline.defs.partitions import (
     RANGE_END_TAG,
     RANGE_START_TAG,
-    day_spans_by_symbol,
+    run_day_spans,
     symbol_time_partitions,
 )
 from agg_pipeline.defs.resources import MarketDatabase
@@ -38,7 +38,8 @@ class CheckSettings(dg.Config):
 
 
 def run_scope(context: dg.AssetCheckExecutionContext) -> Scope:
-    """The run's symbols and days, from its single-run partition-range tags."""
+    """The run's symbols and days, from its single-run partition-range tags (within its
+    DAYS_TAG when it has one)."""
     tags = context.run.tags
     if RANGE_START_TAG not in tags or RANGE_END_TAG not in tags:
         return Scope()
@@ -46,7 +47,7 @@ def run_scope(context: dg.AssetCheckExecutionContext) -> Scope:
         dg.PartitionKeyRange(tags[RANGE_START_TAG], tags[RANGE_END_TAG]),
         dynamic_partitions_store=context.instance,
     )
-    return Scope(day_spans_by_symbol(keys))
+    return Scope(run_day_spans(keys, tags))
 
 
 def _plain(value: object) -> object:

@@ -26,9 +26,11 @@ RUN_TOTALS_SYMBOL_LINES = 50  # the run-totals log line lists at most this many 
 
 def partition_metadata(
     partition_keys: Iterable[str], results: list[AggregationResult], skipped: Mapping[str, str],
-    as_of: datetime,
+    as_of: datetime, spans: Mapping[str, list[tuple[date, date]]],
 ) -> dict[str, dict[str, object]]:
-    """Each partition key's metadata: the sum of its own days' counts."""
+    """Each partition key's metadata: the sum of its own days' counts. `spans` are the days
+    the run read per symbol: a partition it read only partly (a live run's days of a month)
+    says which days, and its counts are theirs."""
     by_day: dict[tuple[str, date], DayCounts] = {}
     final_through: dict[str, datetime] = {}
     for result in results:
@@ -49,6 +51,12 @@ def partition_metadata(
         if counts.newest_source_ts is not None:
             entry["newest_source_ts"] = dg.MetadataValue.timestamp(counts.newest_source_ts)
         entry["as_of"] = dg.MetadataValue.timestamp(as_of)
+        last = period_last_day(period)
+        read = [(max(a, period), min(b, last)) for a, b in spans.get(symbol, ())
+                if a <= last and period <= b]
+        if read and read != [(period, last)]:
+            entry["days_read"] = ", ".join(a.isoformat() if a == b else f"{a}..{b}"
+                                           for a, b in read)
         end = datetime.combine(period_last_day(period) + timedelta(days=1), datetime.min.time(),
                                tzinfo=as_of.tzinfo)
         through = final_through.get(symbol)

@@ -57,6 +57,9 @@ symbol_time_partitions = dg.MultiPartitionsDefinition(
 # consecutive symbols of the `symbols` partitions, times a range of periods), and the symbol
 # of a run that covers only one.
 SYMBOL_TAG = "agg/symbol"
+# A live run that needs only some days of its partitions (a month partition's today, say)
+# names them, "first..last" (UTC days, inclusive): it re-reads those days, not the months.
+DAYS_TAG = "agg/days"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
@@ -106,6 +109,24 @@ def day_spans_by_symbol(partition_keys: Iterable[str]) -> dict[str, list[tuple[d
                 spans.append((period, last))
         spans_by_symbol[symbol] = spans
     return spans_by_symbol
+
+
+def days_tag(first_day: date, last_day: date) -> dict[str, str]:
+    return {DAYS_TAG: f"{first_day.isoformat()}..{last_day.isoformat()}"}
+
+
+def run_day_spans(partition_keys: Iterable[str],
+                  tags: dict[str, str]) -> dict[str, list[tuple[date, date]]]:
+    """Each symbol's days of a run: its partitions' days (day_spans_by_symbol), within the
+    run's DAYS_TAG when it has one."""
+    spans = day_spans_by_symbol(partition_keys)
+    if DAYS_TAG not in tags:
+        return spans
+    first, _, last = tags[DAYS_TAG].partition("..")
+    low, high = date.fromisoformat(first), date.fromisoformat(last)
+    clipped = {symbol: [(max(a, low), min(b, high)) for a, b in found if a <= high and low <= b]
+               for symbol, found in spans.items()}
+    return {symbol: found for symbol, found in clipped.items() if found}
 
 
 def day_bounds(first_day: date, last_day: date) -> tuple[datetime, datetime]:

@@ -14,6 +14,7 @@ from agg_pipeline.defs.assets import ASSET_KEY_BY_TIMEFRAME
 from agg_pipeline.defs.checks import CHECK_KEYS_BY_TIMEFRAME
 from agg_pipeline.defs.partitions import (
     SYMBOLS_PARTITIONS_NAME,
+    days_tag,
     period_last_day,
     period_start,
     range_tags,
@@ -81,6 +82,8 @@ def run_request(run: planning.PlannedRun) -> dg.RunRequest:
     """One run over the rectangle run.symbols x the periods holding its days."""
     tags = range_tags(run.symbols[0], run.first_day, run.last_day, last_symbol=run.symbols[-1])
     tags.update({LANE_TAG: LIVE_LANE, REASON_TAG: run.reason, PLAN_TAG: run.plan_id})
+    # the days the work needs (a month partition's run then re-reads them, not the month)
+    tags.update(days_tag(min(w.first_day for w in run.work), max(w.last_day for w in run.work)))
     return dg.RunRequest(
         run_key=run.plan_id,
         asset_selection=[ASSET_KEY_BY_TIMEFRAME[tf] for tf in run.timeframes],

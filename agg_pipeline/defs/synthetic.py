@@ -21,8 +21,8 @@ from agg_pipeline.defs.assets import (
 )
 from agg_pipeline.defs.partitions import (
     day_bounds,
-    day_spans_by_symbol,
     period_last_day,
+    run_day_spans,
     split_key,
     symbol_time_partitions,
 )
@@ -74,7 +74,7 @@ def synthetic_bars_1m(context: dg.AssetExecutionContext,
                       market_db: MarketDatabase) -> dg.MaterializeResult:
     as_of = run_as_of(context)
     keys = context.partition_keys
-    ranges = day_spans_by_symbol(keys)
+    ranges = run_day_spans(keys, context.run.tags)
     results: list[synthetic.SyntheticResult] = []
     failed: dict[str, str] = {}
     try:
