@@ -110,12 +110,10 @@ def empty_tables(url: str) -> None:
         tables = [psycopg.sql.Identifier(name) for (name,) in conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
             "AND tablename <> 'agg_schema_migrations'").fetchall()]
-        truncate = psycopg.sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(
-            psycopg.sql.SQL(", ").join(tables))
-        # twice: data_bars' truncate trigger (migration 012) records the days it empties,
-        # which the second pass removes (nothing is left for it to record)
-        conn.execute(truncate)
-        conn.execute(truncate)
+        # one statement: data_bars' BEFORE TRUNCATE trigger (migration 012) records the days
+        # it empties in data_agg_source_changes before any of the tables is emptied
+        conn.execute(psycopg.sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(
+            psycopg.sql.SQL(", ").join(tables)))
         for (table,) in conn.execute("SELECT backup_table FROM v_agg_state_backups").fetchall():
             conn.execute(psycopg.sql.SQL("DROP TABLE {}").format(psycopg.sql.Identifier(table)))
 
