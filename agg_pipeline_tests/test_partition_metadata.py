@@ -14,11 +14,21 @@ import textwrap
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
+import pandas as pd
 import pytest
 
 from agg_pipeline.defs.metadata import NO_SOURCE
 from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, partition_key
-from agg_pipeline_tests.helpers import T0, add_symbol, bar, insert_bars, minute_bars, sync
+from agg_pipeline_tests.conftest import empty_tables
+from agg_pipeline_tests.helpers import (
+    T0,
+    active_bars,
+    add_symbol,
+    bar,
+    insert_bars,
+    minute_bars,
+    sync,
+)
 from agg_pipeline_tests.test_orchestration import run_range
 
 DAYS = [T0.date() + timedelta(days=d) for d in range(4)]  # Monday .. Thursday
@@ -55,6 +65,10 @@ def source_per_day(conn, symbol: str) -> dict[date, tuple[int, datetime]]:
 
 @pytest.fixture
 def two_days_and_a_gap(db, instance):
+    return seed_two_days_and_a_gap(db, instance)
+
+
+def seed_two_days_and_a_gap(db, instance):
     """EURUSD: Monday full, Tuesday half a day with one invalid row, Wednesday nothing (an
     outage), Thursday full."""
     add_symbol(db, "EURUSD")
@@ -147,7 +161,8 @@ MONTH_RUN = textwrap.dedent("""
         if days:
             tags.update(days_tag(*(datetime.fromisoformat(d).date() for d in days)))
         result = defs.resolve_job_def("aggregate_bars").execute_in_process(
-            instance=instance, tags=tags, asset_selection=[dg.AssetKey("bars_5m")])
+            instance=instance, tags=tags,
+            asset_selection=[dg.AssetKey("bars_5m"), dg.AssetKey("bars_1h")])
         assert result.success
         events = instance.fetch_materializations(dg.AssetKey("bars_5m"), limit=1).records
         print(json.dumps({r.asset_materialization.partition: {
@@ -155,21 +170,24 @@ MONTH_RUN = textwrap.dedent("""
 """)
 
 
+def month_run(dagster_storage_url: str, *days: date) -> dict:
+    """One run of July's EURUSD partition with AGG_TIME_PARTITION=month (read at import: a
+    fresh interpreter); `days`: the first and last day a live run needs. Returns the
+    bars_5m materialisation's metadata by partition."""
+    out = subprocess.run(
+        [sys.executable, "-c", MONTH_RUN, dagster_storage_url, DAYS[0].isoformat(),
+         DAYS[-1].isoformat(), AS_OF.isoformat(), *(d.isoformat() for d in days)],
+        env={**os.environ, "AGG_TIME_PARTITION": "month"}, capture_output=True, text=True,
+        timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def test_a_month_partition_carries_the_sum_of_its_days(two_days_and_a_gap, instance,
                                                        dagster_storage_url):
-    """AGG_TIME_PARTITION=month (read at import: a fresh interpreter)."""
     db = two_days_and_a_gap
 
-    def month_run(*days: date) -> dict:
-        out = subprocess.run(
-            [sys.executable, "-c", MONTH_RUN, dagster_storage_url, DAYS[0].isoformat(),
-             DAYS[-1].isoformat(), AS_OF.isoformat(), *(d.isoformat() for d in days)],
-            env={**os.environ, "AGG_TIME_PARTITION": "month"}, capture_output=True, text=True,
-            timeout=300)
-        assert out.returncode == 0, out.stderr[-3000:]
-        return json.loads(out.stdout.strip().splitlines()[-1])
-
-    metadata = month_run()
+    metadata = month_run(dagster_storage_url)
     assert list(metadata) == ["2025-07-01|EURUSD"]
     month = metadata["2025-07-01|EURUSD"]
     bars, source = stored_per_day(db, "EURUSD", "5m"), source_per_day(db, "EURUSD")
@@ -190,7 +208,39 @@ def test_a_month_partition_carries_the_sum_of_its_days(two_days_and_a_gap, insta
     insert_bars(db, "EURUSD", [bar(T0 + timedelta(days=1, hours=3, minutes=7), 1.5,
                                    ingested_at=AS_OF)], upsert=True)
     db.commit()
-    live = month_run(DAYS[1], DAYS[1])["2025-07-01|EURUSD"]
+    live = month_run(dagster_storage_url, DAYS[1], DAYS[1])["2025-07-01|EURUSD"]
     assert live["days_read"] == DAYS[1].isoformat()
     assert (live["bars_updated"], live["bars_unchanged"], live["windows_seen"]) == (1, 143, 288)
     assert live["source_rows_read"] == source[DAYS[1]][0]
+
+
+def test_month_partitions_build_the_same_bars_as_day_partitions(two_days_and_a_gap, instance,
+                                                                dagster_storage_url,
+                                                                database_url):
+    """Issue 14: the coarser time grain changes the bookkeeping, never a bar. The same source
+    built once through one July partition, once (emptied and seeded again) through its days."""
+    db = two_days_and_a_gap
+    month_run(dagster_storage_url)
+
+    def built() -> dict:
+        bars = {tf: active_bars(db, "EURUSD", tf) for tf in ("5m", "1h")}
+        cursors = dict(db.execute(
+            "SELECT timeframe, last_agg_bar_ts_utc FROM data_agg_state "
+            "WHERE canonical_symbol = 'EURUSD'").fetchall())
+        db.commit()
+        return {"bars": bars, "cursors": cursors}
+
+    by_month = built()
+    assert len(by_month["bars"]["5m"]) == 720 and len(by_month["bars"]["1h"]) == 60
+
+    empty_tables(database_url)
+    seed_two_days_and_a_gap(db, instance)
+    # every day the month's run read: from agg_start_utc (July 1, where the cursors start)
+    # up to the run's instant
+    july = date(2025, 7, 1)
+    days = [july + timedelta(days=d) for d in range((AS_OF.date() - july).days)]
+    assert run_range(instance, "EURUSD", days[0], days[-1], as_of=AS_OF).success
+    by_day = built()
+    assert by_day["cursors"] == by_month["cursors"]
+    for tf, frame in by_month["bars"].items():
+        pd.testing.assert_frame_equal(by_day["bars"][tf], frame, obj=f"{tf} bars by day")
