@@ -18,10 +18,14 @@ script measures it on the configured server (AGG_DATABASE_URL, else the embedded
   daemon   a real `dagster-daemon run` on the repo's workspace.yaml and dagster.yaml, with the
            code's default intervals (source_frontier_sensor 30 s, late_data_sensor and
            registry_sync_sensor 60 s, catchup_schedule every 5 minutes).
-  latency  a poller (every second) notes when each new active 5m/1h bar first becomes
+  latency  a poller (every second) notes when each new active final 5m/1h bar first becomes
            visible; a window is confirmed at its end + the task's aggregation_delay_seconds
            (data_agg_state; 60 s by default). Latency = first seen - confirmation, for the
            windows confirmed after the daemon was ready and completed by the feed.
+  forming  with --forming the symbols keep a forming bar (registry agg_forming_bars, issue
+           13): the poller also notes when each task's forming bar was refreshed from a newer
+           source row (data_agg_state.forming_through, written in the forming bar's
+           transaction). Latency = first seen - the feed's commit of that 1m row.
   drain    after the feed stops: wait until no run is in flight and every completed window
            with enough source minutes has its bar (up to --timeout); the rest are reported.
   memory   RSS of the daemon process and of its process tree (code server, run workers),
@@ -82,6 +86,7 @@ MIN_5M_PER_1H = 7
 MINUTE = timedelta(minutes=1)
 
 LATENCY_TARGET_S = 60.0  # p95, 5m bars, default sensor interval
+FORMING_TARGET_S = 45.0  # p95, 1m row landed -> the forming 5m bar includes it (issue 13)
 MEMORY_FLAT_FRACTION = 0.10  # flat: grew less than 10% ...
 MEMORY_FLAT_BYTES = 30 * 2**20  # ... or less than 30 MB
 FEED_OFFSET_S = 2.0  # the feed inserts a minute's bar this long after the minute closed
@@ -214,6 +219,8 @@ class Feed(threading.Thread):
         self.inserted = 0
         self.missing = 0
         self.late_s: list[float] = []  # insert time - (minute close + offset)
+        # ts_utc -> (database clock at commit, the symbols whose row was inserted)
+        self.committed: dict[datetime, tuple[float, tuple[str, ...]]] = {}
         self.error: str | None = None
 
     @property
@@ -249,6 +256,7 @@ class Feed(threading.Thread):
                 "close, vol, vwap, trade_count, is_partial, source, ingested_at, raw) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb) "
                 "ON CONFLICT (canonical_symbol, timeframe, ts_utc) DO NOTHING", present)
+        self.committed[ts] = (self.clock.now(), tuple(r[0] for r in present))
         self.inserted += len(present)
         self.missing += len(rows) - len(present)
         self.late_s.append(now.timestamp() - (ts + MINUTE).timestamp() - FEED_OFFSET_S)
@@ -275,9 +283,13 @@ class Feed(threading.Thread):
 
 
 class Poller(threading.Thread):
-    def __init__(self, market: Market, since: datetime, stop: threading.Event):
+    def __init__(self, market: Market, since: datetime, stop: threading.Event,
+                 forming: bool = False):
         super().__init__(name="poller", daemon=True)
-        self.market, self.since, self.stop = market, since, stop
+        self.market, self.since, self.stop, self.forming = market, since, stop, forming
+        # (symbol, timeframe) -> [(first seen, forming_through)], each time it moved
+        self.forming_seen: dict[tuple[str, str], list[tuple[float, datetime]]] = {}
+        self.partial_bars: set[tuple[str, str, datetime]] = set()
         self.baseline: set[tuple[str, str, datetime]] = set()  # there before the daemon ran
         self.first_seen: dict[tuple[str, str, datetime], datetime] = {}
         self.created_at: dict[tuple[str, str, datetime], datetime] = {}
@@ -287,17 +299,29 @@ class Poller(threading.Thread):
 
     def _poll(self, conn) -> None:
         rows = conn.execute(
-            "SELECT canonical_symbol, timeframe, ts_utc, created_at, clock_timestamp() "
-            "FROM derived_data_bars WHERE deleted_at IS NULL AND canonical_symbol = ANY(%s) "
-            "AND timeframe = ANY(%s) AND ts_utc >= %s",
+            "SELECT canonical_symbol, timeframe, ts_utc, created_at, clock_timestamp(), "
+            "is_partial FROM derived_data_bars WHERE deleted_at IS NULL "
+            "AND canonical_symbol = ANY(%s) AND timeframe = ANY(%s) AND ts_utc >= %s",
             (list(self.market.symbols), list(TIMEFRAMES), self.since)).fetchall()
-        for symbol, tf, ts, created, seen in rows:
+        for symbol, tf, ts, created, seen, partial in rows:
             key = (symbol, tf, ts)
+            if partial:
+                self.partial_bars.add(key)
+                continue
             if self.polls == 0:
                 self.baseline.add(key)
             elif key not in self.first_seen and key not in self.baseline:
                 self.first_seen[key] = seen
                 self.created_at[key] = created
+        if self.forming:
+            for symbol, tf, through, seen in conn.execute(
+                    "SELECT canonical_symbol, timeframe, forming_through, clock_timestamp() "
+                    "FROM data_agg_state WHERE canonical_symbol = ANY(%s) AND timeframe = ANY(%s) "
+                    "AND forming_through IS NOT NULL",
+                    (list(self.market.symbols), list(TIMEFRAMES))).fetchall():
+                moves = self.forming_seen.setdefault((symbol, tf), [])
+                if not moves or through > moves[-1][1]:
+                    moves.append((seen.timestamp(), through))
         self.polls += 1
 
     def run(self) -> None:
@@ -723,6 +747,10 @@ def run_soak(args: argparse.Namespace, symbols: tuple[str, ...], scratch: Scratc
             log(f"the database clock is {clock.offset:+.1f} s off the local one; "
                 "the database's is used")
         market = prepare_market(market_url, symbols, args.days, clock)
+        if args.forming:
+            with connection.connect(market_url) as conn:
+                conn.execute("UPDATE core_asset_registry_all SET agg_forming_bars = true "
+                             "WHERE canonical_symbol = ANY(%s)", (list(symbols),))
         soak = Soak(args, market, clock, scratch.server, embedded_server,
                     checkout_before=checkout_state())
 
@@ -733,7 +761,8 @@ def run_soak(args: argparse.Namespace, symbols: tuple[str, ...], scratch: Scratc
         with storage_instance(storage_url, home / "setup") as instance:
             instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, list(symbols))
 
-        poller = Poller(market, windows.floor(market.seed_end, STEP["1h"]) - STEP["1h"], stop)
+        poller = Poller(market, windows.floor(market.seed_end, STEP["1h"]) - STEP["1h"], stop,
+                        forming=args.forming)
         poller.start()
         threads.append(poller)
         poller.ready.wait(60)
@@ -815,7 +844,8 @@ def check_threads(feed: Feed, poller: Poller, sampler: MemorySampler, daemon) ->
 
 
 def drain(soak: Soak, instance, poller: Poller, daemon, sampler, feed) -> None:
-    """Until every measured window has its bar and no run is in flight (--timeout at most)."""
+    """Until every measured window has its bar, with --forming every live row is in a forming
+    bar, and no run is in flight (--timeout at most)."""
     started = time.monotonic()
     last_progress = started
     while True:
@@ -825,17 +855,20 @@ def drain(soak: Soak, instance, poller: Poller, daemon, sampler, feed) -> None:
         missing = [k for k in measured.expected if k not in poller.first_seen]
         flying = runs_in_flight(instance)
         soak.peak_in_flight = max(soak.peak_in_flight, flying)
-        if measured.due(now) and not missing and not flying:
+        unformed = forming_unseen(soak, feed, poller) if soak.args.forming else 0
+        if measured.due(now) and not missing and not flying and not unformed:
             soak.drained = True
             break
         if time.monotonic() - started > soak.args.timeout:
             soak.drain_note = (f"not drained after {soak.args.timeout:.0f} s: {len(missing)} "
-                               f"windows without a bar, {flying} runs in flight")
+                               f"windows without a bar, {unformed} live rows in no forming "
+                               f"bar, {flying} runs in flight")
             log(soak.drain_note)
             break
         if time.monotonic() - last_progress >= 30:
             last_progress = time.monotonic()
-            log(f"draining: {len(missing)} windows without a bar, {flying} runs in flight")
+            log(f"draining: {len(missing)} windows without a bar, {unformed} live rows in no "
+                f"forming bar, {flying} runs in flight")
         time.sleep(2)
     soak.drain_s = time.monotonic() - started
     log(f"drained in {soak.drain_s:.0f} s" if soak.drained else "drain gave up")
@@ -919,6 +952,16 @@ def report(soak: Soak, feed: Feed, poller: Poller, sampler: MemorySampler, daemo
         print(f"  bar transaction start (created_at) -> first visible: mean "
               f"{statistics.fmean(stored):.1f} s, max {max(stored):.1f} s")
     print()
+
+    forming = forming_latency(soak, feed, poller) if args.forming else None
+    if forming is not None:
+        print(f"Forming 5m bar: 1m row committed by the feed -> the forming bar refreshed from "
+              f"it (data_agg_state.forming_through, polled every {POLL_S:.0f} s), seconds")
+        table(("timeframe", "rows", "mean", "p50", "p95", "min", "max"), [forming.row()])
+        print(f"  {len(poller.partial_bars)} distinct forming bars seen (5m and 1h); "
+              f"{forming_unseen(soak, feed, poller)} feed rows of the live phase never "
+              "reflected by a forming bar")
+        print()
 
     # runs
     print(f"Runs (Dagster storage): {runs.total}, {runs.failures} not SUCCESS, "
@@ -1005,9 +1048,40 @@ def report(soak: Soak, feed: Feed, poller: Poller, sampler: MemorySampler, daemo
          f"{len(missing)} of {len(confirmations)} without a bar"
          + (f"; {soak.drain_note}" if soak.drain_note else "")),
     ]
+    if forming is not None:
+        fp95 = percentile(forming.values, 95) if forming.values else None
+        verdicts.insert(1, (f"forming 5m bar p95 latency < {FORMING_TARGET_S:.0f} s",
+                            None if fp95 is None else fp95 < FORMING_TARGET_S,
+                            "no row measured" if fp95 is None else
+                            f"p95 {fp95:.1f} s over {len(forming.values)} rows"))
     for name, ok, detail in verdicts:
         verdict = "n/a " if ok is None else ("PASS" if ok else "FAIL")
         print(f"  {verdict}  {name}: {detail}")
+
+
+def live_rows(soak: Soak, feed: Feed) -> list[tuple[str, datetime, float]]:
+    """(symbol, ts_utc, committed at) of each 1m row the feed committed in the live phase."""
+    return [(symbol, ts, at) for ts, (at, present) in sorted(feed.committed.items())
+            if soak.live_start <= at <= soak.live_end for symbol in present]
+
+
+def first_forming(poller: Poller, symbol: str, ts: datetime) -> float | None:
+    """When the symbol's forming 5m bar was first refreshed from a frontier at or past ts."""
+    for seen, through in poller.forming_seen.get((symbol, "5m"), []):
+        if through >= ts:
+            return seen
+    return None
+
+
+def forming_latency(soak: Soak, feed: Feed, poller: Poller) -> Latency:
+    values = [seen - at for symbol, ts, at in live_rows(soak, feed)
+              if (seen := first_forming(poller, symbol, ts)) is not None]
+    return Latency("5m", sorted(values))
+
+
+def forming_unseen(soak: Soak, feed: Feed, poller: Poller) -> int:
+    return sum(1 for symbol, ts, _ in live_rows(soak, feed)
+               if first_forming(poller, symbol, ts) is None)
 
 
 def fmt_load(load: tuple[float, float, float]) -> str:
@@ -1024,6 +1098,8 @@ def main() -> int:
                         help="minutes of live feed once the daemon is ready (default 20)")
     parser.add_argument("--timeout", type=float, default=300,
                         help="seconds the final drain may take (default 300)")
+    parser.add_argument("--forming", action="store_true",
+                        help="the symbols keep a forming bar; also measure its latency")
     parser.add_argument("--keep", action="store_true",
                         help="leave the scratch databases and folders in place")
     args = parser.parse_args()
