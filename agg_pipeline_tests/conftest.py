@@ -19,15 +19,35 @@ from agg_pipeline import settings
 from agg_pipeline.db import connection, embedded, migrations
 
 RUNTIME_ROLE = "agg_pipeline_runtime"  # created by sql/008_least_privilege.sql
+# Sessions sharing a server (CI runs two at once) serialise creating and dropping that
+# cluster-wide role on this key: two migrations of 008 in different databases would both
+# see no role and one would fail on pg_authid's unique index.
+RUNTIME_ROLE_LOCK_KEY = "agg_pipeline_tests:runtime_role"
+
+
+@contextlib.contextmanager
+def runtime_role_lock(server_url: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to server_url's database holding the role's advisory lock
+    (advisory locks are per database, so every session takes it in the same one)."""
+    with connection.connect(server_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))",
+                     (RUNTIME_ROLE_LOCK_KEY,))
+        yield conn
 
 
 @pytest.fixture(scope="session")
 def server_url() -> str:
-    """A URL on the test server whose credentials may create and drop databases."""
+    """A URL on the test server whose credentials may create and drop databases, on which
+    the runtime role exists (so no migration of this session creates it concurrently with
+    another session's)."""
     configured = os.environ.get(settings.TEST_DATABASE_URL_VAR, "").strip()
-    if configured:
-        return configured
-    return embedded.ensure_server().server_url
+    url = configured or embedded.ensure_server().server_url
+    with runtime_role_lock(url) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
+                            (RUNTIME_ROLE,)).fetchone():
+            conn.execute(psycopg.sql.SQL("CREATE ROLE {} NOLOGIN").format(
+                psycopg.sql.Identifier(RUNTIME_ROLE)))
+    return url
 
 
 def unique_name(prefix: str) -> str:
@@ -50,7 +70,7 @@ def make_database(server_url: str) -> Iterator:
         connection.drop_database(server_url, name)
     # the runtime role is cluster-wide: drop it once no database grants it anything (another
     # database on this server may still use it; then it stays)
-    with (connection.connect(server_url, autocommit=True) as conn,
+    with (runtime_role_lock(server_url) as conn,
           contextlib.suppress(psycopg.errors.DependentObjectsStillExist)):
         conn.execute(psycopg.sql.SQL("DROP ROLE IF EXISTS {}").format(
                 psycopg.sql.Identifier(RUNTIME_ROLE)))
