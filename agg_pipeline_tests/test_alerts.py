@@ -73,11 +73,11 @@ def tick(instance, cursor):
     return result.cursor
 
 
-def run_bars(instance, ok=True):
+def run_bars(instance, ok=True, symbol="EURUSD", last_symbol=None):
     result = defs.resolve_job_def("aggregate_bars").execute_in_process(
         instance=instance, raise_on_error=False,
         asset_selection=[dg.AssetKey("bars_5m")],
-        tags={**range_tags("EURUSD", T0.date(), T0.date()),
+        tags={**range_tags(symbol, T0.date(), T0.date(), last_symbol=last_symbol),
               AS_OF_TAG: (T0 + timedelta(days=1)).isoformat()})
     assert result.success is ok
     return result
@@ -131,6 +131,39 @@ def test_alerts_fire_once_clear_once_and_never_leak_the_url(db, instance, receiv
     # payloads carry no secret; logs never show the URL
     assert SECRET_PATH not in caplog.text and "T0KEN" not in caplog.text
     assert '"status": "firing"' in caplog.text  # the structured log line is always written
+
+
+def test_a_failed_batched_run_alerts_for_each_symbol_until_that_symbol_succeeds(
+        db, instance, receiver):
+    symbols = ["EURUSD", "GBPUSD", "USDJPY"]
+    for symbol in symbols:
+        add_symbol(db, symbol)
+    sync(db)
+    for symbol in symbols:
+        insert_bars(db, symbol, minute_bars(T0, 60))
+    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = NULL WHERE timeframe = '5m' "
+               "AND canonical_symbol IN ('EURUSD', 'GBPUSD')")
+    db.commit()
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, symbols)
+
+    def run_alerts():
+        return sorted(entry for entry in receiver.take() if entry[1].startswith("run:"))
+
+    run_bars(instance, ok=False, symbol="EURUSD", last_symbol="GBPUSD")
+    run_bars(instance, ok=True, symbol="USDJPY")  # a later run of another symbol clears nothing
+    cursor = tick(instance, None)
+    summaries = {m["incident"]: m["summary"] for m in receiver.messages}
+    assert run_alerts() == [("firing", "run:EURUSD"), ("firing", "run:GBPUSD")]
+    assert summaries["run:GBPUSD"].endswith("for GBPUSD failed (one of the run's 2 symbols)")
+
+    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s WHERE timeframe = '5m'", (T0,))
+    db.commit()
+    run_bars(instance, ok=True, symbol="GBPUSD")
+    cursor = tick(instance, cursor)
+    assert run_alerts() == [("resolved", "run:GBPUSD")]  # EURUSD has not succeeded since
+    run_bars(instance, ok=True, symbol="EURUSD", last_symbol="USDJPY")
+    tick(instance, cursor)
+    assert run_alerts() == [("resolved", "run:EURUSD")]
 
 
 def test_alert_payload_is_chat_ready(receiver, db, instance):

@@ -8,7 +8,7 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 
 from agg_pipeline import settings
 from agg_pipeline.defs.checks import all_checks
-from agg_pipeline.defs.partitions import SYMBOL_TAG
+from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, run_symbols
 from agg_pipeline.defs.requests import database_now
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.engine import alerts
@@ -44,21 +44,26 @@ def failed_checks(instance: dg.DagsterInstance) -> list[Incident]:
 
 
 def failed_runs(instance: dg.DagsterInstance) -> list[Incident]:
-    """The latest finished run of each symbol (or job, for runs without one) that failed."""
+    """Each symbol whose latest finished run failed (a run covering many symbols counts for
+    each of them, so a later run of other symbols does not clear it), and each job whose
+    latest finished run without partitions failed."""
     records = instance.get_run_records(
         dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE]),
         limit=RECENT_RUNS)
-    latest: dict[str, dg.DagsterRun] = {}
+    symbols_in_order = instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME)
+    latest: dict[str, tuple[dg.DagsterRun, int]] = {}
     for record in records:  # newest first
         run = record.dagster_run
-        subject = run.tags.get(SYMBOL_TAG) or run.job_name
-        latest.setdefault(subject, run)
+        subjects = run_symbols(run.tags, symbols_in_order) or [run.job_name]
+        for subject in subjects:
+            latest.setdefault(subject, (run, len(subjects)))
     return [
         Incident(key=f"run:{subject}", kind="run",
-                 summary=f"run {run.run_id[:8]} of {run.job_name} for {subject} failed",
+                 summary=f"run {run.run_id[:8]} of {run.job_name} for {subject} failed"
+                         + (f" (one of the run's {covered} symbols)" if covered > 1 else ""),
                  details={"run_id": run.run_id, "job": run.job_name,
                           "reason": run.tags.get("agg/reason", "")})
-        for subject, run in sorted(latest.items())
+        for subject, (run, covered) in sorted(latest.items())
         if run.status == dg.DagsterRunStatus.FAILURE
     ]
 

@@ -11,10 +11,11 @@ Dagster mapping).
 
 
 import calendar
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
+from dagster._core.storage.tags import MULTIDIMENSIONAL_PARTITION_PREFIX  # not re-exported
 
 from agg_pipeline import settings
 
@@ -81,6 +82,23 @@ def range_tags(symbol: str, first_day: date, last_day: date, *,
     if last_symbol in (None, symbol):
         tags[SYMBOL_TAG] = symbol
     return tags
+
+
+def run_symbols(tags: Mapping[str, str], symbols_in_order: Sequence[str]) -> list[str]:
+    """The symbols a run covers: its SYMBOL_TAG, or the symbol of its one partition (a "Launch
+    backfill" run), or the block between its range tags' symbols in the `symbols` partitions'
+    order (Dagster's range over a multi-partition is each dimension's range: a rectangle);
+    [] for a run without partitions."""
+    one = tags.get(SYMBOL_TAG) or tags.get(f"{MULTIDIMENSIONAL_PARTITION_PREFIX}{SYMBOL_DIMENSION}")
+    if one:
+        return [one]
+    if RANGE_START_TAG not in tags or RANGE_END_TAG not in tags:
+        return []
+    first, last = split_key(tags[RANGE_START_TAG])[0], split_key(tags[RANGE_END_TAG])[0]
+    if first in symbols_in_order and last in symbols_in_order:
+        return list(symbols_in_order[symbols_in_order.index(first):
+                                     symbols_in_order.index(last) + 1])
+    return sorted({first, last})  # a symbol since removed from the partitions: the ends
 
 
 def split_key(key: str) -> tuple[str, date]:
