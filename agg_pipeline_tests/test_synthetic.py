@@ -18,13 +18,19 @@ from agg_pipeline import demo
 from agg_pipeline.db import connection, migrations
 from agg_pipeline.definitions import defs
 from agg_pipeline.defs.assets import AS_OF_TAG
-from agg_pipeline.defs.partitions import RANGE_START_TAG, SYMBOLS_PARTITIONS_NAME, range_tags
+from agg_pipeline.defs.partitions import (
+    RANGE_START_TAG,
+    SYMBOLS_PARTITIONS_NAME,
+    range_tags,
+    run_symbols,
+)
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.defs.schedules import catchup_schedule
 from agg_pipeline.defs.sensors import late_data_sensor, source_frontier_sensor
 from agg_pipeline.engine import aggregate as engine
 from agg_pipeline.engine import synthetic
 from agg_pipeline_tests.helpers import (
+    AGG_START,
     DXY_CONSTANT,
     DXY_EXPONENTS,
     T0,
@@ -359,6 +365,52 @@ def test_a_late_component_correction_restates_dxy_1m_5m_and_1h_through_the_senso
     after = late_data_sensor(dg.build_sensor_context(instance=instance, resources=RESOURCES,
                                                      cursor=quiet.cursor))
     assert not after.run_requests
+
+
+def test_the_reconciliation_rebuilds_dxy_when_a_leg_changed_around_the_capture(
+        legs, instance, monkeypatch):
+    """Protects the backstop for synthetic series: a leg's minute edited in place with the
+    capture triggers disabled is seen by no late-data path; the reconciliation that finds the
+    leg's day changed requests DXY's days that read it too, and the run restates DXY."""
+    monkeypatch.setenv("AGG_RECONCILE_DAYS", "1000")  # T0 is long before the database clock
+    monkeypatch.setenv("AGG_RECONCILE_SYMBOLS_PER_TICK", str(len(ALL)))
+    write(legs, leg_frames(T0, T0 + timedelta(days=1), missing=0))
+    legs.commit()
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, list(ALL))
+    # from agg_start: the cursors move to the end of the data, behind which the backstop looks
+    tags = {**range_tags("DXY", AGG_START.date(), DAY, last_symbol=ALL[-1]),
+            AS_OF_TAG: AS_OF.isoformat()}
+    assert defs.resolve_job_def("aggregate_bars").execute_in_process(
+        instance=instance, tags=tags, asset_selection=[
+            dg.AssetKey(a) for a in ("synthetic_bars_1m", "bars_5m", "bars_1h")]).success
+    quiet = late_data_sensor(dg.build_sensor_context(instance=instance, resources=RESOURCES))
+    assert not quiet.run_requests
+
+    minute = T0 + timedelta(hours=5, minutes=2)
+    capture = ("agg_capture_source_update", "agg_capture_source_delete")
+    for trigger in capture:
+        legs.execute(f"ALTER TABLE data_bars DISABLE TRIGGER {trigger}")
+    legs.execute("UPDATE data_bars SET close = close * 1.01, high = greatest(high, close * 1.01)"
+                 " WHERE canonical_symbol = 'USDJPY' AND ts_utc = %s", (minute,))
+    for trigger in capture:
+        legs.execute(f"ALTER TABLE data_bars ENABLE ALWAYS TRIGGER {trigger}")
+    legs.commit()
+    before = stored_index(legs, minute, minute + MINUTE).iloc[0]["close"]
+
+    result = late_data_sensor(dg.build_sensor_context(instance=instance, resources=RESOURCES,
+                                                      cursor=quiet.cursor))
+    assert result.run_requests
+    assert all(r.tags["agg/reason"] == "reconciliation" for r in result.run_requests)
+    in_order = instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME)
+    # (the legs between them in the block ride along)
+    assert {"DXY", "USDJPY"} <= {s for r in result.run_requests
+                                 for s in run_symbols(r.tags, in_order)}
+    for request in result.run_requests:
+        assert "synthetic_bars_1m" in {k.to_user_string() for k in request.asset_selection}
+        assert run_requested(instance, request, AS_OF).success
+
+    assert_matches_oracle(legs, T0, T0 + timedelta(days=1))
+    assert stored_index(legs, minute, minute + MINUTE).iloc[0]["close"] != before
 
 
 def test_the_frontier_sensor_builds_dxy_live_before_its_5m(db, instance):

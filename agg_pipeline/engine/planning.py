@@ -366,7 +366,8 @@ def reconciliation_work(conn: psycopg.Connection, tasks: Tasks, *, after: str | 
     twice: the recorded day fingerprints against the rows present (rows added or removed),
     and the engine's own re-aggregation of the span behind the cursor, in a transaction that
     is rolled back (in-place edits that left ingested_at as it was). Days either finds
-    changed become work, for the roots and what derives from them."""
+    changed become work, for the roots and what derives from them, and so do the days of
+    synthetic indices that read them."""
     states = tasks.by_symbol()
     candidates = sorted(s for s, mine in states.items()
                         if any(timeframes.get(n).reads_data_bars for n in mine))
@@ -409,6 +410,11 @@ def reconciliation_work(conn: psycopg.Connection, tasks: Tasks, *, after: str | 
                             queries.query("check_changed_windows"), bounds))
             for day in changed:
                 found.setdefault(symbol, {}).setdefault(day, set()).add(RECONCILIATION)
+    # a synthetic index read those component days: its days are rebuilt too (its own
+    # recorded inputs, unlike the late-data path's, cannot see a change the capture missed)
+    for symbol, days in synthetic.reading_days(conn, found).items():
+        for day in days:
+            found.setdefault(symbol, {}).setdefault(day, set()).add(RECONCILIATION)
     conn.rollback()
     return Reconciliation(_day_work(found, tasks, RECONCILIATION, first_day), checked,
                           tuple(dict.fromkeys(busy)), errors, windows_checked)

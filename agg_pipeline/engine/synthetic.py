@@ -102,6 +102,22 @@ def frontier_days(conn: psycopg.Connection, as_of: datetime) -> dict[str, set[da
     return found
 
 
+def reading_days(conn: psycopg.Connection,
+                 changed: dict[str, Iterable[date]]) -> dict[str, set[date]]:
+    """Per synthetic symbol, its built days that read any of the `changed` component days
+    (component -> UTC days): the same day, and the next through the forward fill. Read-only."""
+    pairs = [(component, day) for component, days in sorted(changed.items()) for day in days]
+    found: dict[str, set[date]] = {}
+    if not pairs:
+        return found
+    components, days = map(list, zip(*pairs, strict=True))
+    rows = conn.execute(queries.query("synthetic_reading_days"),
+                        {"components": components, "days": days})
+    for symbol, day in rows:
+        found.setdefault(symbol, set()).add(day)
+    return found
+
+
 def late_days(conn: psycopg.Connection, since: datetime,
               as_of: datetime) -> dict[str, dict[date, set[str]]]:
     """Per synthetic symbol, its built days whose components changed: rows landed after
