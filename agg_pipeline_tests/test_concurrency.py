@@ -412,7 +412,8 @@ def test_live_writer_while_the_daemon_runs_loses_and_doubles_nothing(
     feed writing 1m rows for several minutes, corrections, late minutes, invalid and
     duplicate rows among them, ends with exactly the oracle's bars and cursors over the final
     source rows: no window lost (the frontier sensor and the schedule follow the feed, the
-    late-data sensor re-materialises the corrected days), none doubled (one active row per
+    corrected days already built are re-read, by the late-data sensor or by a frontier run of
+    the same day), none doubled (one active row per
     window, every created row counted once), no failed run."""
     symbols = ("LIVEA", "LIVEB")
     for symbol in symbols:
@@ -467,7 +468,12 @@ def test_live_writer_while_the_daemon_runs_loses_and_doubles_nothing(
         daemon.stop()
 
     assert reasons["new complete windows"] >= 2, reasons  # the frontier sensor followed
-    assert reasons["late data"] >= 1, reasons  # the corrections were found
+    # corrections reached bars already built and restated them: through a late-data run, or
+    # a frontier run re-reading the same day (the planner claims a day once; which path took
+    # it is a matter of timing). That none was lost, the oracle comparison shows.
+    restated = db.execute("SELECT count(*) FROM derived_bar_revisions "
+                          "WHERE change = 'restated'").fetchone()[0]
+    assert restated >= 1, reasons
     tasks = task_rows(db)
     for symbol in symbols:
         for timeframe in TIMEFRAMES:
@@ -476,4 +482,5 @@ def test_live_writer_while_the_daemon_runs_loses_and_doubles_nothing(
             assert task["total_bars_created"] == len(rows), (symbol, timeframe)
             assert (task["status"], task["hard_fail_streak"]) == ("idle", 0), task
     report(f"concurrency, live writer with the daemon: {LIVE_WRITER_SECONDS} s feed, "
-           f"{dict(writer.figures)}; runs {dict(reasons)}; compared {figures}")
+           f"{dict(writer.figures)}; runs {dict(reasons)}; {restated} bars restated; "
+           f"compared {figures}")
