@@ -21,6 +21,7 @@ from dagster import MultiPartitionKey
 from agg_pipeline.db import connection, embedded
 from agg_pipeline.defs.partitions import SYMBOL_DIMENSION, TIME_DIMENSION
 from agg_pipeline_tests.browser import VIEWPORT, Screenshots, chromium_executable, launch
+from agg_pipeline_tests.helpers import wait_for
 from agg_pipeline_tests.processes import DevServer, start_dev
 
 # the browser test always runs on its own embedded server: no point repeating it on
@@ -79,6 +80,21 @@ def wait_for_symbol_partitions(server: DevServer) -> dict[str, list[str]]:
         time.sleep(2)
     raise AssertionError(f"symbols partitions after {PARTITIONS_TIMEOUT}s: {symbols}\n"
                          f"{server.log()[-3000:]}")
+
+
+def wait_for_first_materialization(server: DevServer, asset: str) -> None:
+    """The demo's first live run materialises `asset`. Until then Dagster's Materialize…
+    asks "Are you sure?" for an upstream asset never materialised (synthetic_bars_1m, before
+    bars_5m), which is not the dialog this test drives."""
+    def materialized() -> bool:
+        node = server.graphql("""query ($path: [String!]!) {
+            assetNodeOrError(assetKey: {path: $path}) {
+              ... on AssetNode { assetMaterializations(limit: 1) { timestamp } } } }""",
+                              {"path": [asset]})
+        return bool(node["assetNodeOrError"]["assetMaterializations"])
+
+    wait_for(materialized, PARTITIONS_TIMEOUT, f"a first materialization of {asset}",
+             lambda: server.log()[-3000:], interval=2)
 
 
 def latest_two_days(market_url: str, symbol: str) -> tuple[date, date]:
@@ -181,6 +197,7 @@ def test_backfill_bars_5m_from_the_ui_in_chromium(chromium: str, dev_server: Dev
     chosen = [partition_key(SYMBOL, first_day), partition_key(SYMBOL, last_day)]
     dims = wait_for_symbol_partitions(dev_server)
     symbols, days = dims[SYMBOL_DIMENSION], dims[TIME_DIMENSION]
+    wait_for_first_materialization(dev_server, "synthetic_bars_1m")
     print(f"\nUI {dev_server.url} loaded, symbols {symbols} synced after "
           f"{time.monotonic() - started:.0f}s; backfilling {SYMBOL} {first_day}..{last_day}")
     # Dagster asks a new local user to join its community once (after a second); Skip.
