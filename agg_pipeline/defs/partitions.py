@@ -95,6 +95,8 @@ def run_symbols(tags: Mapping[str, str], symbols_in_order: Sequence[str]) -> lis
     if RANGE_START_TAG not in tags or RANGE_END_TAG not in tags:
         return []
     first, last = split_key(tags[RANGE_START_TAG])[0], split_key(tags[RANGE_END_TAG])[0]
+    # the slice DynamicPartitionsDefinition.get_partition_keys_in_range takes, on a list the
+    # caller fetched once: Dagster's own would query both ends' existence for every run
     if first in symbols_in_order and last in symbols_in_order:
         return list(symbols_in_order[symbols_in_order.index(first):
                                      symbols_in_order.index(last) + 1])
