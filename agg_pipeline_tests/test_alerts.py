@@ -14,7 +14,13 @@ from agg_pipeline.definitions import defs
 from agg_pipeline.defs.alerts import alerts_sensor
 from agg_pipeline.defs.assets import AS_OF_TAG, bars_1m, derived_bars_assets
 from agg_pipeline.defs.checks import all_checks
-from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, range_tags
+from agg_pipeline.defs.partitions import (
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    SYMBOLS_PARTITIONS_NAME,
+    range_tags,
+    run_symbols,
+)
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.settings import ALERT_WEBHOOK_VAR
 from agg_pipeline_tests.helpers import T0, add_symbol, insert_bars, minute_bars, sync
@@ -164,6 +170,20 @@ def test_a_failed_batched_run_alerts_for_each_symbol_until_that_symbol_succeeds(
     run_bars(instance, ok=True, symbol="EURUSD", last_symbol="USDJPY")
     tick(instance, cursor)
     assert run_alerts() == [("resolved", "run:EURUSD")]
+
+
+def test_a_runs_symbols_come_from_each_kind_of_tag_and_a_foreign_range_names_none():
+    """Protects the alerts sensor from one odd run: a range of another partitions definition
+    (single-dimension keys) names no symbol, so its job is the subject, not a crash."""
+    order = ["AAA", "BBB", "CCC", "DDD"]
+    assert run_symbols(range_tags("BBB", T0.date(), T0.date()), order) == ["BBB"]
+    assert run_symbols(range_tags("BBB", T0.date(), T0.date(), last_symbol="DDD"),
+                       order) == ["BBB", "CCC", "DDD"]
+    assert run_symbols({"dagster/partition/symbol": "CCC"}, order) == ["CCC"]
+    removed = range_tags("AAA", T0.date(), T0.date(), last_symbol="ZZZ")
+    assert run_symbols(removed, order) == ["AAA", "ZZZ"]
+    assert run_symbols({RANGE_START_TAG: "AAA", RANGE_END_TAG: "CCC"}, order) == []
+    assert run_symbols({}, order) == []
 
 
 def test_alert_payload_is_chat_ready(receiver, db, instance):

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
+from dagster._check import CheckError
 from dagster._core.storage.tags import MULTIDIMENSIONAL_PARTITION_PREFIX  # not re-exported
 
 from agg_pipeline import settings
@@ -88,13 +89,16 @@ def run_symbols(tags: Mapping[str, str], symbols_in_order: Sequence[str]) -> lis
     """The symbols a run covers: its SYMBOL_TAG, or the symbol of its one partition (a "Launch
     backfill" run), or the block between its range tags' symbols in the `symbols` partitions'
     order (Dagster's range over a multi-partition is each dimension's range: a rectangle);
-    [] for a run without partitions."""
+    [] for a run without symbol x period partitions."""
     one = tags.get(SYMBOL_TAG) or tags.get(f"{MULTIDIMENSIONAL_PARTITION_PREFIX}{SYMBOL_DIMENSION}")
     if one:
         return [one]
     if RANGE_START_TAG not in tags or RANGE_END_TAG not in tags:
         return []
-    first, last = split_key(tags[RANGE_START_TAG])[0], split_key(tags[RANGE_END_TAG])[0]
+    try:
+        first, last = split_key(tags[RANGE_START_TAG])[0], split_key(tags[RANGE_END_TAG])[0]
+    except CheckError:  # a range of another partitions definition: no symbols of ours
+        return []
     # the slice DynamicPartitionsDefinition.get_partition_keys_in_range takes, on a list the
     # caller fetched once: Dagster's own would query both ends' existence for every run
     if first in symbols_in_order and last in symbols_in_order:
