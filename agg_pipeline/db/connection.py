@@ -1,7 +1,9 @@
 """Connection URLs and connections to the market-data database.
 
 URLs carry secrets, so every message that mentions a server goes through `describe_url`,
-which keeps only host, port and database name.
+which keeps only host, port and database name. A URL whose password holds an unencoded `@`
+or `/` is refused before anything reads it: libpq would end the password there and take the
+rest of it as host, port and database name, which error messages then print.
 """
 
 from __future__ import annotations
@@ -41,17 +43,59 @@ _UNAVAILABLE = re.compile(
 )
 
 
+# libpq recognises these prefixes exactly (case-sensitive); anything else is key=value.
+URI_PREFIXES = ("postgresql://", "postgres://")
+# Shorter strings occur inside ordinary words ("p" in "supported"): masking them everywhere
+# would garble messages, and a fragment that short tells nothing.
+MIN_SECRET_FRAGMENT = 4
+MASK = "***"
+PERCENT_ENCODING_HINT = (
+    "percent-encode the user name and password: @ as %40, / as %2F, : as %3A, % as %25, "
+    "space as %20"
+)
+MALFORMED_URL = (
+    "the database URL is malformed: an '@' or '/' in its user name or password would be read "
+    f"as host and database name; {PERCENT_ENCODING_HINT}"
+)
+INVALID_URL = (
+    "the database URL is not a valid PostgreSQL connection string "
+    f"(expected postgresql://user:password@host:port/dbname); {PERCENT_ENCODING_HINT}"
+)
+
+
+def is_ambiguous_uri(url: str) -> bool:
+    """True for a postgresql:// URL with an '@' that libpq would not read as the end of the
+    credentials. libpq ends them at the first '@' and looks for it only before the first
+    '/': a password holding an unencoded '@' or '/' spills into host, port and database."""
+    prefix = next((p for p in URI_PREFIXES if url.startswith(p)), None)
+    if prefix is None:
+        return False
+    rest = url[len(prefix):]
+    at, slash = rest.find("@"), rest.find("/")
+    return at >= 0 and (rest.count("@") > 1 or 0 <= slash < at)
+
+
 def parse_url(url: str) -> dict[str, str]:
-    """Split a libpq URL or key=value string into its parameters (clear error if malformed)."""
+    """Split a libpq URL or key=value string into its parameters (clear error if malformed;
+    the error names no part of the URL)."""
+    if is_ambiguous_uri(url):
+        raise DatabaseConfigError(MALFORMED_URL)
     try:
         params = conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         # psycopg's message can quote the string, password included: do not chain it.
-        raise DatabaseConfigError(
-            "the database URL is not a valid PostgreSQL connection string "
-            "(expected postgresql://user:password@host:port/dbname)"
-        ) from None
+        raise DatabaseConfigError(INVALID_URL) from None
     return {k: str(v) for k, v in params.items() if v is not None}
+
+
+def mask_secret(message: str, secret: str | None) -> str:
+    """`message` with `secret` replaced by ***: everywhere when it is MIN_SECRET_FRAGMENT
+    characters or longer, else only where it stands alone (not inside a word)."""
+    if not secret:
+        return message
+    if len(secret) >= MIN_SECRET_FRAGMENT:
+        return message.replace(secret, MASK)
+    return re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", MASK, message)
 
 
 def build_url(params: dict[str, str]) -> str:
@@ -80,6 +124,12 @@ def build_url(params: dict[str, str]) -> str:
     return f"postgresql://{netloc}/{quote(dbname, safe='')}{query}"
 
 
+def without_driver(url: str) -> str:
+    """A SQLAlchemy URL (`postgresql+psycopg2://...`, as DAGSTER_POSTGRES_URL may be) as
+    libpq reads it; other strings unchanged."""
+    return re.sub(r"^postgresql\+\w+://", "postgresql://", url)
+
+
 def with_database(url: str, dbname: str) -> str:
     """The same server and credentials, another database."""
     params = parse_url(url)
@@ -92,27 +142,41 @@ def describe_url(url: str) -> str:
     try:
         params = parse_url(url)
     except DatabaseConfigError:
-        return "<invalid URL>"
+        return "<malformed URL>" if is_ambiguous_uri(url) else "<invalid URL>"
     host = params.get("host", "localhost")
     port = params.get("port", "5432")
     return f"{host}:{port}/{params.get('dbname', '')}"
 
 
+def describe_error(exc: psycopg.Error) -> str:
+    """One line for a user: the server's message and hint, without the statement excerpt
+    (LINE 2: ...) psycopg appends. Server messages never contain the connection's password."""
+    diag = exc.diag
+    text = diag.message_primary or " ".join(str(exc).split()) or type(exc).__name__
+    return f"{text} ({diag.message_hint})" if diag.message_hint else text
+
+
+# Every session runs in UTC whatever the server's or database's default TimeZone (SPEC
+# contract 1): date_trunc, ::date and day boundaries on timestamptz follow the session zone.
+SESSION_OPTIONS = "-c TimeZone=UTC"
+
+
 def connect(url: str, *, autocommit: bool = False, connect_timeout: int = 10) -> psycopg.Connection:
-    """Open a connection; failures name the server but never the credentials."""
+    """Open a connection in UTC; failures name the server but never the credentials."""
     params = parse_url(url)
     params.setdefault("application_name", APPLICATION_NAME)
     params.setdefault("connect_timeout", str(connect_timeout))
+    # appended, so the URL's own options stay, and ours wins a conflicting TimeZone
+    params["options"] = " ".join(filter(None, [params.get("options"), SESSION_OPTIONS]))
     try:
         return psycopg.connect(conninfo.make_conninfo(**params), autocommit=autocommit)
     except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:  # also bad options
-        message = str(exc)
-        if params.get("password"):
-            message = message.replace(params["password"], "***")
+        # one line (libpq adds a tab-indented hint line)
+        message = " ".join(mask_secret(str(exc), params.get("password")).split())
         unavailable = isinstance(exc, psycopg.OperationalError) and _UNAVAILABLE.search(message)
         error = DatabaseUnavailableError if unavailable else DatabaseConfigError
         raise error(
-            f"cannot connect to PostgreSQL at {describe_url(url)}: {message.strip()}"
+            f"cannot connect to PostgreSQL at {describe_url(url)}: {message}"
         ) from None
 
 
