@@ -77,6 +77,21 @@ DAGSTER_PROCESS_ENV: dict[str, str] = {
     "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true",
 }
 
+
+def apply_dagster_process_env() -> list[str]:
+    """Set the DAGSTER_PROCESS_ENV variables this process's environment lacks (a value the
+    user set wins); returns the names that were missing.
+
+    Effective for what this process and its children do afterwards: Dagster 1.13.27 reads
+    both with os.getenv each time it uses them (DAGSTER_EVENT_BATCH_SIZE when a run stores
+    its events, DAGSTER_EMIT_... when a run is created and its planned events written). It
+    cannot reach a webserver or daemon that is already running: they create runs too."""
+    missing = [name for name in DAGSTER_PROCESS_ENV if name not in os.environ]
+    for name in missing:
+        os.environ[name] = DAGSTER_PROCESS_ENV[name]
+    return missing
+
+
 START_VAR = "AGG_START_UTC"
 DEFAULT_START = "2025-07-01T00:00:00+00:00"
 
@@ -118,7 +133,14 @@ DEFAULT_FRESHNESS_CRON = "*/30 0-20 * * 1-5"
 def freshness_cron() -> str | None:
     """Deadlines of Dagster's freshness policy on the mandatory bars assets; None when off."""
     raw = os.environ.get(FRESHNESS_CRON_VAR, DEFAULT_FRESHNESS_CRON).strip()
-    return None if raw.lower() in ("", "off") else raw
+    if raw.lower() in ("", "off"):
+        return None
+    from dagster._utils.schedules import is_valid_cron_string  # Dagster's own cron rules
+
+    if not is_valid_cron_string(raw):
+        raise ValueError(f"{FRESHNESS_CRON_VAR}={raw!r} is not a cron expression "
+                         "(five fields, e.g. '*/30 0-20 * * 1-5'), nor 'off'")
+    return raw
 
 
 def _positive_int(var: str, raw: str) -> int:
@@ -185,3 +207,20 @@ ALERT_WEBHOOK_VAR = "AGG_ALERT_WEBHOOK_URL"
 def alert_webhook_url() -> str | None:
     """Where alerts are POSTed (a secret: never logged); None for log lines only."""
     return os.environ.get(ALERT_WEBHOOK_VAR, "").strip() or None
+
+
+def validate() -> None:
+    """Read every setting once: ValueError naming each bad one (one line). `agg-pipeline dev`
+    calls it before starting anything, so a bad value is not found later by each Dagster
+    process as it loads the code (with a traceback each)."""
+    readers = (environment, default_agg_start, time_partition, freshness_cron,
+               max_runs_per_tick, max_partitions_per_run, reconcile_days,
+               reconcile_symbols_per_tick, backfill_max_partitions_per_run)
+    problems = []
+    for read in readers:
+        try:
+            read()
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ValueError("; ".join(problems))

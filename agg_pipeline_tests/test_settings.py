@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from agg_pipeline import settings
@@ -54,3 +59,70 @@ def test_agg_start_must_be_an_iso_midnight(monkeypatch, raw, message):
     monkeypatch.setenv(settings.START_VAR, raw)
     with pytest.raises(ValueError, match=message):
         settings.default_agg_start()
+
+
+def test_validate_names_every_bad_setting_in_one_line(monkeypatch):
+    for var in (settings.ENVIRONMENT_VAR, settings.START_VAR, settings.TIME_PARTITION_VAR,
+                settings.FRESHNESS_CRON_VAR, *COUNTS):
+        monkeypatch.delenv(var, raising=False)
+    settings.validate()  # the defaults are valid
+    monkeypatch.setenv(settings.ENVIRONMENT_VAR, "staging")
+    monkeypatch.setenv(settings.FRESHNESS_CRON_VAR, "every five minutes")
+    monkeypatch.setenv(settings.RECONCILE_DAYS_VAR, "0")
+    with pytest.raises(ValueError) as raised:
+        settings.validate()
+    message = str(raised.value)
+    assert "\n" not in message
+    for named in ("AGG_ENV='staging'", "AGG_FRESHNESS_CRON='every five minutes'",
+                  "AGG_RECONCILE_DAYS='0'"):
+        assert named in message
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("off", None), ("", None), ("*/30 0-20 * * 1-5", "*/30 0-20 * * 1-5")])
+def test_freshness_cron(monkeypatch, raw, expected):
+    monkeypatch.setenv(settings.FRESHNESS_CRON_VAR, raw)
+    assert settings.freshness_cron() == expected
+
+
+# What a process that loads the code location sees, and what Dagster then reads: Dagster
+# 1.13.27 reads both variables with os.getenv when it uses them, so values set while the
+# definitions are imported are the ones it uses.
+PROBE = """
+import json, os
+import agg_pipeline.definitions
+import dagster as dg
+from dagster._core.instance.utils import _is_batch_writing_enabled
+with dg.DagsterInstance.ephemeral() as instance:
+    planned_subset = (instance.event_log_storage
+                      .supports_partition_subset_in_asset_materialization_planned_events)
+print(json.dumps({"env": {k: os.environ.get(k) for k in %r},
+                  "batched": _is_batch_writing_enabled(), "planned_subset": planned_subset}))
+"""
+
+
+def load_code_location(env: dict[str, str]) -> tuple[dict, str]:
+    environment = {k: v for k, v in os.environ.items() if k not in settings.DAGSTER_PROCESS_ENV}
+    result = subprocess.run([sys.executable, "-c", PROBE % (list(settings.DAGSTER_PROCESS_ENV),)],
+                            capture_output=True, text=True, timeout=120,
+                            env={**environment, **env})
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout), result.stderr
+
+
+def test_the_code_location_sets_dagsters_variables_and_says_they_were_missing():
+    seen, stderr = load_code_location({})
+    assert seen == {"env": settings.DAGSTER_PROCESS_ENV, "batched": True,
+                    "planned_subset": True}
+    [warning] = [line for line in stderr.splitlines() if "DAGSTER_EVENT_BATCH_SIZE" in line]
+    assert ("DAGSTER_EVENT_BATCH_SIZE=1000, DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS=true"
+            " missing from the environment") in warning
+    assert "webserver and daemon" in warning and '(README, "Configuration")' in warning
+
+
+def test_the_code_location_keeps_the_users_values_without_a_word():
+    mine = {"DAGSTER_EVENT_BATCH_SIZE": "500",
+            "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "false"}
+    seen, stderr = load_code_location(mine)
+    assert seen == {"env": mine, "batched": True, "planned_subset": False}
+    assert "DAGSTER_" not in stderr

@@ -1,6 +1,11 @@
-"""The market-data database as a Dagster resource."""
+"""The market-data database as a Dagster resource.
 
+Imported by agg_pipeline.definitions, so by every process that loads the code location
+(code server, run workers, `dagster asset materialize`): it also sets the Dagster variables
+the product needs there (settings.DAGSTER_PROCESS_ENV), and says once when they were missing.
+"""
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +17,20 @@ from agg_pipeline import settings
 from agg_pipeline.db import connection, migrations
 
 _schema_checked: set[str] = set()
+
+
+def _ensure_dagster_process_env() -> None:
+    missing = settings.apply_dagster_process_env()
+    if missing:
+        names = ", ".join(f"{name}={settings.DAGSTER_PROCESS_ENV[name]}" for name in missing)
+        logging.getLogger(__name__).warning(
+            "%s missing from the environment: set for this code location and the runs it "
+            "starts, but Dagster's webserver and daemon read them from their own environment "
+            "and create runs too (without them a run over many partitions is many times "
+            "slower); set them for every Dagster process (README, \"Configuration\")", names)
+
+
+_ensure_dagster_process_env()
 
 
 class MarketDatabase(dg.ConfigurableResource):
