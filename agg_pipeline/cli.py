@@ -16,13 +16,21 @@ from functools import wraps
 from pathlib import Path
 
 import click
+import psycopg
 
 from agg_pipeline import devserver, settings
 from agg_pipeline.db import connection, embedded, migrations
 
+# A login without a right the command needs: the pipeline's runtime login (README, "Least
+# privilege") may run dev, status and history, and migrate when nothing is pending.
+PERMISSION_HINT = (f"the login in {settings.DATABASE_URL_VAR} lacks this privilege; the "
+                   "pipeline's runtime login may not change the schema or the registry: run "
+                   "`migrate` and `seed-demo` with the migrator's URL")
+
 
 def _clean_errors(command: Callable) -> Callable:
-    """Expected failures print one clear line, not a traceback."""
+    """Expected failures (configuration, connection, permissions, schema not ready) print one
+    clear line on stderr and exit 1, not a traceback."""
 
     @wraps(command)
     def wrapper(*args, **kwargs):
@@ -30,8 +38,15 @@ def _clean_errors(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except (connection.DatabaseConfigError, migrations.MigrationError,
                 devserver.DevServerError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(" ".join(str(exc).split())) from None
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise click.ClickException(
+                f"{connection.describe_error(exc)}: {PERMISSION_HINT}") from None
+        except psycopg.OperationalError as exc:  # the connection broke, a timeout, a conflict
+            raise click.ClickException(
+                f"database error: {connection.describe_error(exc)}") from None
 
+    wrapper.cleans_errors = True  # a test checks that every command has it
     return wrapper
 
 
@@ -216,6 +231,7 @@ def dev(host: str, port: int, demo_days: int, no_demo: bool, no_feed: bool) -> N
     the day partitions start on the demo's first day.
     """
     started = time.monotonic()
+    settings.validate()  # here, not later in each Dagster process with a traceback
     home = settings.agg_home()
     ui_url = devserver.http_url(host, port)
     with devserver.exclusive_home(home, ui_url):
@@ -227,8 +243,7 @@ def dev(host: str, port: int, demo_days: int, no_demo: bool, no_feed: bool) -> N
             os.environ[settings.START_VAR] = demo_start.isoformat()
         # the children inherit this process's environment; the user's own values win
         os.environ[settings.HOME_VAR] = str(home)
-        for name, value in settings.DAGSTER_PROCESS_ENV.items():
-            os.environ.setdefault(name, value)
+        settings.apply_dagster_process_env()
         dagster_home = home / "dagster_home"
         devserver.write_instance(dagster_home, _project_file("dagster.yaml"))
         os.environ["DAGSTER_HOME"] = str(dagster_home)
@@ -293,10 +308,20 @@ def _prepare_databases(home: Path) -> str:
         os.environ.setdefault(
             settings.DAGSTER_STORAGE_URL_VAR, server.database_url(embedded.DAGSTER_DATABASE)
         )
+    _check_storage(os.environ[settings.DAGSTER_STORAGE_URL_VAR])
     applied = migrations.migrate(market_url, echo=click.echo)
     click.echo(f"market data: {connection.describe_url(market_url)} "
                f"({len(applied)} migration(s) applied)")
     return market_url
+
+
+def _check_storage(url: str) -> None:
+    """Dagster's storage URL is well formed and its server answers: checked here, before
+    Dagster's processes each fail on it (SQLAlchemy would quote a mis-parsed password)."""
+    try:
+        connection.connect(connection.without_driver(url)).close()
+    except connection.DatabaseConfigError as exc:
+        raise click.ClickException(f"{settings.DAGSTER_STORAGE_URL_VAR}: {exc}") from None
 
 
 def _demo_data(market_url: str, days: int) -> datetime | None:
@@ -358,7 +383,8 @@ def _runs_in_flight() -> Callable[[], int]:
 
 def _summary(ui_url: str, market_url: str, symbols: list[str], demo_start: datetime | None,
              feed: bool, no_demo: bool, no_feed: bool, seconds: float) -> str:
-    storage = connection.describe_url(os.environ[settings.DAGSTER_STORAGE_URL_VAR])
+    storage = connection.describe_url(
+        connection.without_driver(os.environ[settings.DAGSTER_STORAGE_URL_VAR]))
     start = settings.default_agg_start()
     if demo_start is not None:
         data = f"demo data from {demo_start:%Y-%m-%d}"
@@ -374,12 +400,32 @@ def _summary(ui_url: str, market_url: str, symbols: list[str], demo_start: datet
         f"agg-pipeline dev is up ({seconds:.0f} s)",
         f"  UI          {ui_url}",
         f"  database    {connection.describe_url(market_url)}  (Dagster's storage: {storage})",
-        f"  symbols     {', '.join(symbols) or 'none in the registry yet'}  ({data})",
+        f"  symbols     {_symbols_text(symbols)}  ({data})",
         f"  partitions  days from {start:%Y-%m-%d} (AGG_START_UTC)",
         f"  next        {next_step}",
         "  stop        Ctrl-C",
     ]
     return "\n".join(lines)
+
+
+# The start-up summary lists the symbols when they fit in SUMMARY_ALL_CHARS, else names those
+# that fit in SUMMARY_SOME_CHARS and counts the rest: one short line whatever the registry.
+SUMMARY_ALL_CHARS, SUMMARY_SOME_CHARS = 60, 40
+
+
+def _symbols_text(symbols: list[str]) -> str:
+    """`8 symbols: DXY, EURUSD, ...`, or `1000 symbols: AAA, AAB, ... (+992 more)`."""
+    if not symbols:
+        return "none in the registry yet"
+    noun = "symbol" if len(symbols) == 1 else "symbols"
+    if len(", ".join(symbols)) <= SUMMARY_ALL_CHARS:
+        return f"{len(symbols)} {noun}: {', '.join(symbols)}"
+    shown = [symbols[0]]
+    for symbol in symbols[1:]:
+        if len(", ".join([*shown, symbol])) > SUMMARY_SOME_CHARS:
+            break
+        shown.append(symbol)
+    return f"{len(symbols)} {noun}: {', '.join(shown)}, ... (+{len(symbols) - len(shown)} more)"
 
 
 def _project_file(name: str) -> Path:

@@ -7,8 +7,12 @@ import socket
 import subprocess
 import sys
 
+import click
+import pytest
+
 from agg_pipeline import cli, settings
 from agg_pipeline.db import connection, migrations
+from agg_pipeline_tests.processes import free_port
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 300):
@@ -105,3 +109,102 @@ def test_dev_refuses_a_port_in_use_before_starting_anything(tmp_path):
     assert "Traceback" not in result.stderr
     assert "Serving" not in result.stdout + result.stderr
     assert not (home / "pg").exists() and not (home / "dagster_home").exists()
+
+
+def leaf_commands(group: click.Group = cli.main, path: str = "") -> dict[str, click.Command]:
+    found = {}
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found.update(leaf_commands(command, f"{path}{name} "))
+        else:
+            found[f"{path}{name}"] = command
+    return found
+
+
+def test_every_command_turns_expected_failures_into_one_line():
+    unwrapped = [name for name, command in leaf_commands().items()
+                 if not getattr(command.callback, "cleans_errors", False)]
+    assert not unwrapped
+
+
+def single_error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("Error: ")
+    return line
+
+
+UNREACHABLE = "postgresql://agg:hunter2-secret@127.0.0.1:1/markets"
+
+
+def test_an_unreachable_database_is_one_line_for_every_command(tmp_path):
+    commands = [("migrate",), ("status",), ("seed-demo", "--days", "1"),
+                ("history", "EURUSD", "5m", "2025-07-07T00:00Z"),
+                ("dev", "--no-demo", "--port", "1")]
+    for args in commands:
+        env = {settings.DATABASE_URL_VAR: UNREACHABLE, settings.HOME_VAR: str(tmp_path),
+               settings.DAGSTER_STORAGE_URL_VAR: UNREACHABLE.replace("markets", "dagster")}
+        if args[0] == "dev":  # its UI port must be free to get as far as the databases
+            args = (*args[:-1], str(free_port()))
+        line = single_error_line(run_cli(*args, env=env, timeout=120))
+        assert "cannot connect to PostgreSQL at 127.0.0.1:1/" in line, (args, line)
+        assert "Connection refused" in line and "hunter2" not in line, (args, line)
+
+
+@pytest.mark.parametrize(("var", "value"), [
+    (settings.ENVIRONMENT_VAR, "staging"),
+    (settings.START_VAR, "yesterday"),
+    (settings.START_VAR, "2025-07-01T06:00:00+00:00"),
+    (settings.TIME_PARTITION_VAR, "week"),
+    (settings.FRESHNESS_CRON_VAR, "every five minutes"),
+    (settings.MAX_RUNS_PER_TICK_VAR, "0"),
+])
+def test_bad_configuration_stops_dev_before_it_starts_anything(tmp_path, var, value):
+    home = tmp_path / "home"
+    line = single_error_line(run_cli("dev", "--port", str(free_port()),
+                                     env={var: value, settings.HOME_VAR: str(home)}))
+    assert f"{var}={value!r}" in line
+    assert not home.exists()  # no embedded server, no Dagster home
+
+
+def test_every_bad_setting_is_named_at_once(tmp_path):
+    line = single_error_line(run_cli("dev", env={
+        settings.ENVIRONMENT_VAR: "staging", settings.TIME_PARTITION_VAR: "week",
+        settings.HOME_VAR: str(tmp_path)}))
+    assert "AGG_ENV='staging'" in line and "AGG_TIME_PARTITION='week'" in line
+
+
+@pytest.mark.parametrize(("storage", "expected"), [
+    ("postgresql://dagster:pa@ss/word@127.0.0.1:5432/dagster",
+     f"Error: {settings.DAGSTER_STORAGE_URL_VAR}: {connection.MALFORMED_URL}"),
+    ("postgresql+psycopg2://dagster:hunter2-secret@127.0.0.1:1/dagster",
+     f"Error: {settings.DAGSTER_STORAGE_URL_VAR}: cannot connect to PostgreSQL at "
+     "127.0.0.1:1/dagster: "),
+])
+def test_dev_checks_dagsters_storage_url_first(tmp_path, storage, expected):
+    """Before dev migrates or starts Dagster (whose SQLAlchemy would quote a mis-parsed
+    password in its own traceback)."""
+    line = single_error_line(run_cli("dev", "--port", str(free_port()), env={
+        settings.DATABASE_URL_VAR: UNREACHABLE, settings.DAGSTER_STORAGE_URL_VAR: storage,
+        settings.HOME_VAR: str(tmp_path)}))
+    assert line.startswith(expected)
+    assert "hunter2" not in line and "word@" not in line and "ss/" not in line
+
+
+def test_the_start_up_summary_names_a_few_symbols_and_counts_the_rest(monkeypatch):
+    symbols = [f"{a}{b}{c}" for a in "ABCDEFGHIJ" for b in "ABCDEFGHIJ" for c in "ABCDEFGHIJ"]
+    monkeypatch.setenv(settings.DAGSTER_STORAGE_URL_VAR, "postgresql://d@127.0.0.1:5432/dag")
+    summary = cli._summary("http://127.0.0.1:3000", "postgresql://m@127.0.0.1:5432/market",
+                           symbols, None, False, True, False, 12.0)
+    [line] = [line for line in summary.splitlines() if line.startswith("  symbols")]
+    assert line.startswith("  symbols     1000 symbols: AAA, AAB, AAC, ")
+    shown = line.split(": ", 1)[1].split(", ...")[0].split(", ")
+    assert line.endswith(f", ... (+{1000 - len(shown)} more)  (--no-demo)")
+    assert shown == symbols[:len(shown)] and len(shown) >= 5
+    assert all(len(line) <= 100 for line in summary.splitlines())
+    assert cli._symbols_text(["EURUSD"]) == "1 symbol: EURUSD"
+    assert cli._symbols_text([]) == "none in the registry yet"
+    assert cli._symbols_text(["A" * 80, "B"]) == f"2 symbols: {'A' * 80}, ... (+1 more)"
+    demo = ["DXY", "EURUSD", "GBPUSD", "USDCAD", "USDCHF", "USDJPY", "USDSEK", "XAUUSD"]
+    assert cli._symbols_text(demo) == f"8 symbols: {', '.join(demo)}"

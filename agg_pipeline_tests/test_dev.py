@@ -96,7 +96,7 @@ def test_dev_serves_definitions_on_embedded_database_with_demo_data(dev_server, 
     log = wait_for(lambda: "agg-pipeline dev is up" in dev_server.log() and dev_server.log(),
                    30, "the start-up summary", dev_server.log)
     assert f"  UI          {dev_server.url}\n" in log
-    assert f"  symbols     {', '.join(sorted(DEMO_SYMBOLS))}" in log
+    assert f"  symbols     8 symbols: {', '.join(sorted(DEMO_SYMBOLS))}" in log
     assert "/agg_market  (Dagster's storage: " in log
     assert "the feed writes a bar per symbol every minute" in log
     assert "Traceback" not in log
