@@ -80,8 +80,13 @@ def ceil_time(ts: datetime, step: timedelta) -> datetime:
 
 
 def final_bound(now: datetime, step: timedelta) -> datetime:
-    """Windows starting before this are final at `now` (end + delay <= now)."""
+    """Windows starting before this are final at `now` by the delay (end + delay <= now)."""
     return floor_time(now - DELAY, step)
+
+
+def ended_bound(now: datetime, step: timedelta) -> datetime:
+    """Windows starting before this have ended at `now`: final once complete (contract 6)."""
+    return floor_time(now, step)
 
 
 US = timedelta(microseconds=1)
@@ -148,10 +153,12 @@ def newest_usable(frame: pd.DataFrame, now: datetime) -> datetime | None:
 
 @dataclass
 class Derivation:
-    """What a run over [read_from, hi) sees: the bars it must hold and its counters."""
+    """What a run sees: the bars of its final windows in [read_from, final_to), its counters,
+    and `hi`, the first window that is not final (its cursor's bound)."""
 
     read_from: datetime
     hi: datetime
+    final_to: datetime
     bars: dict[datetime, dict]
     windows_seen: int
     windows_with_source: int
@@ -163,18 +170,33 @@ class Derivation:
 
 
 def derive(frame: pd.DataFrame, spec: Spec, *, start: datetime, end: datetime,
-           now: datetime, agg_start: datetime, skip_zero_volume: bool) -> Derivation:
-    """The bars of every final window whose start lies in [start, end), on/after agg_start."""
+           now: datetime, agg_start: datetime, skip_zero_volume: bool,
+           stored: Iterable[datetime] = ()) -> Derivation:
+    """The bars of every final window whose start lies in [start, end), on/after agg_start.
+
+    Contract 6 (amended): a window is final once end + delay <= now, or once it has ended
+    with every expected source bar usable, or when a final bar of it is `stored` already."""
     step = spec.step
     lo = ceil_time(start, step)
-    hi = max(lo, min(ceil_time(end, step), final_bound(now, step)))
+    delay_final = max(lo, min(ceil_time(end, step), final_bound(now, step)))
+    final_to = max(delay_final, min(ceil_time(end, step), ended_bound(now, step)))
     read_from = max(lo, ceil_time(agg_start, step))
-    windows_seen = max(0, (hi - read_from) // step)
 
     step_us = step // US
     t = frame["t"].to_numpy()
-    rows = frame[(t >= to_us(read_from)) & (t < to_us(hi))]
+    rows = frame[(t >= to_us(read_from)) & (t < to_us(final_to))]
     window_of = rows["t"].to_numpy() // step_us * step_us
+    complete = {from_us(w) for w, n in zip(*np.unique(window_of[rows["usable"].to_numpy()],
+                                                      return_counts=True), strict=True)
+                if n == spec.expected}
+    final = {w for w in complete | set(stored) if delay_final <= w < final_to}
+    hi = delay_final
+    while hi < final_to and hi in final:
+        hi += step
+    is_final = np.array([w < to_us(delay_final) or from_us(w) in final for w in window_of],
+                        dtype=bool)
+    rows, window_of = rows[is_final], window_of[is_final]
+    windows_seen = max(0, (hi - read_from) // step)
     windows_with_source = len(np.unique(window_of))
 
     usable = rows[rows["usable"].to_numpy()]
@@ -230,6 +252,7 @@ def derive(frame: pd.DataFrame, spec: Spec, *, start: datetime, end: datetime,
     return Derivation(
         read_from=read_from,
         hi=hi,
+        final_to=final_to,
         bars=bars,
         windows_seen=windows_seen,
         windows_with_source=int(windows_with_source),
@@ -343,10 +366,10 @@ class OracleStore:
     def run(self, timeframe: str, start: datetime, end: datetime, now: datetime) -> RunExpectation:
         spec = SPECS[timeframe]
         frame = self.source_of(spec)
-        d = derive(frame, spec, start=start, end=end, now=now, agg_start=self.agg_start,
-                   skip_zero_volume=self.skip_zero_volume)
         table = self.active.setdefault(timeframe, {})
-        in_range = {ts for ts in table if d.read_from <= ts < d.hi}
+        d = derive(frame, spec, start=start, end=end, now=now, agg_start=self.agg_start,
+                   skip_zero_volume=self.skip_zero_volume, stored=table)
+        in_range = {ts for ts in table if d.read_from <= ts < d.final_to}
         inserted = sorted(set(d.bars) - in_range)
         soft_deleted = sorted(in_range - set(d.bars))
         both = sorted(in_range & set(d.bars))
@@ -360,17 +383,16 @@ class OracleStore:
 
         # contract 7/8: forward only; at most to the end of the window holding the newest
         # usable source row at or before now; empty windows behind it are passed over; never
-        # past the first non-final window; never over windows this run did not process (a
-        # run processes windows from ceil(start); the next window at the cursor, which may
-        # sit off the grid at agg_start, is ceil(cursor)).
+        # past the first non-final window (d.hi); never over windows this run did not
+        # process (a run processes windows from ceil(start); the next window at the cursor,
+        # which may sit off the grid at agg_start, is ceil(cursor)).
         before = self.cursor(timeframe)
         newest = newest_usable(frame, now)
         lo = ceil_time(start, spec.step)
         after = before
         if newest is not None and lo <= ceil_time(before, spec.step):
             frontier_end = floor_time(newest, spec.step) + spec.step
-            processed_to = min(ceil_time(end, spec.step), final_bound(now, spec.step))
-            after = max(before, min(processed_to, frontier_end))
+            after = max(before, min(d.hi, frontier_end))
         also = before if before < lo and after != before else None
         self.cursors[timeframe] = after
         return RunExpectation(d, inserted, updated, soft_deleted, unchanged, poor,

@@ -11,7 +11,7 @@ import psycopg
 
 from agg_pipeline_tests import oracle
 from agg_pipeline_tests.helpers import AGG_START
-from agg_pipeline_tests.oracle import SPECS, final_bound, floor_time
+from agg_pipeline_tests.oracle import SPECS, floor_time
 
 DAY = timedelta(days=1)
 TIMEFRAMES = ("5m", "1h")
@@ -63,7 +63,7 @@ def oracle_state(conn: psycopg.Connection, symbol: str, now: datetime,
         step = SPECS[name].step
         newest = oracle.newest_usable(frame_, now)
         cursor = (None if newest is None
-                  else min(final_bound(now, step), floor_time(newest, step) + step))
+                  else min(derivation.hi, floor_time(newest, step) + step))
         state[name] = {"bars": derivation.bars, "cursor": cursor}
     return state
 

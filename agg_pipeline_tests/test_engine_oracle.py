@@ -29,7 +29,14 @@ from hypothesis import strategies as st
 from agg_pipeline.engine.aggregate import aggregate
 from agg_pipeline_tests import oracle
 from agg_pipeline_tests.helpers import AGG_START, T0, add_symbol, bar, insert_bars, sync
-from agg_pipeline_tests.oracle import SPECS, OracleStore, ceil_time, final_bound, floor_time
+from agg_pipeline_tests.oracle import (
+    SPECS,
+    OracleStore,
+    ceil_time,
+    ended_bound,
+    final_bound,
+    floor_time,
+)
 from agg_pipeline_tests.reporting import report
 from agg_pipeline_tests.stored import assert_active_bars_equal, derived_rows
 
@@ -556,14 +563,13 @@ def check_cursor_run(db, store: OracleStore, timeframe: str, start_mode: str, st
         assert newest is not None and newest <= now, f"{context}: moved without data"
         assert after <= floor_time(newest, step) + step, (
             f"{context}: cursor {after} beyond the window of the newest source row {newest}")
-        assert after <= final_bound(now, step), (
+        assert after <= want.derivation.hi, (
             f"{context}: cursor {after} beyond the first non-final window")
         assert after <= ceil_time(end, step), f"{context}: cursor {after} beyond the range"
         assert ceil_time(start, step) <= ceil_time(before, step), (
             f"{context}: cursor {after} jumped over windows this run did not process")
     if ceil_time(start, step) <= before and want.newest_source_ts is not None:
-        reach = min(ceil_time(end, step), final_bound(now, step),
-                    floor_time(want.newest_source_ts, step) + step)
+        reach = min(want.derivation.hi, floor_time(want.newest_source_ts, step) + step)
         assert after >= reach, (
             f"{context}: cursor {after} stalled before {reach} (empty windows behind newer "
             "data must be passed over)")
@@ -576,9 +582,10 @@ def check_cursor_run(db, store: OracleStore, timeframe: str, start_mode: str, st
     STATS["cursor stopped by the frontier"] += (
         after != before and want.newest_source_ts is not None
         and after == floor_time(want.newest_source_ts, step) + step
-        and after < min(ceil_time(end, step), final_bound(now, step)))
+        and after < want.derivation.hi)
     STATS["cursor stopped at the first non-final window"] += (
-        after != before and after == final_bound(now, step))
+        after != before and after == want.derivation.hi)
+    STATS["cursor past the delay's bound (complete windows)"] += after > final_bound(now, step)
     # the 1h frontier reads the 5m table: keep the oracle's 5m table honest
     if timeframe == "5m":
         active = {r["ts_utc"] for r in derived_rows(db, SYMBOL, "5m") if r["deleted_at"] is None}
@@ -795,7 +802,7 @@ def test_fuzz_no_insane_bar(db, batches, now_minutes, skip_zero):
             # a far-future row (2090-2099) never moves a cursor beyond now, nor beyond the
             # window of the newest usable row at or before now
             step = SPECS[timeframe].step
-            assert cursor <= final_bound(now, step) or cursor == AGG_START, timeframe
+            assert cursor <= ended_bound(now, step) or cursor == AGG_START, timeframe
             newest = want.newest_source_ts
             assert newest is None or newest <= now, f"{timeframe}: frontier {newest} after now"
             if newest is not None:

@@ -65,20 +65,30 @@ def test_the_open_window_has_one_forming_bar_refreshed_then_final(forming):
     assert (hour_ts, hour_candles, hour_quality) == (HOUR, 1, None)
     assert HOUR not in final_bars(db, "5m") and T0 in final_bars(db, "1h")
 
-    # three more minutes land: the same row is refreshed, still forming
-    insert_bars(db, "EURUSD", minute_bars(HOUR + 2 * MINUTE, 3, price=1.2))
+    # two more minutes land: the same row is refreshed, still forming (4 of 5)
+    insert_bars(db, "EURUSD", minute_bars(HOUR + 2 * MINUTE, 2, price=1.2))
     db.commit()
-    build(db, HOUR + timedelta(minutes=5, seconds=30))  # window ends 01:05, final at 01:06
+    build(db, HOUR + timedelta(minutes=4, seconds=30))
     ((same_id, _, candles, _, _, new_close),) = partial_bars(db, "5m")
-    assert (same_id, candles) == (five_id, 5) and new_close != close
+    assert (same_id, candles) == (five_id, 4) and new_close != close
 
-    # 01:05 lands after the confirmation delay: 01:00 is final, 01:05 is forming
-    insert_bars(db, "EURUSD", minute_bars(HOUR + 5 * MINUTE, 1, price=1.3))
+    # its last minute lands before the confirmation delay: complete, so final at once
+    # (contract 6), the forming row made final in place
+    insert_bars(db, "EURUSD", minute_bars(HOUR + 4 * MINUTE, 1, price=1.25))
     db.commit()
-    results = build(db, HOUR + timedelta(minutes=6, seconds=10))
+    results = build(db, HOUR + timedelta(minutes=5, seconds=2))  # delay ends at 01:06
     final = final_bars(db, "5m")
     assert final[HOUR]["quality_score"] == 2 and final[HOUR]["source_candles"] == 5
     assert results["5m"].bars_inserted == 1 and results["5m"].bars_updated == 0
+    assert partial_bars(db, "5m") == []
+    assert db.execute("SELECT id FROM derived_data_bars WHERE canonical_symbol = 'EURUSD' "
+                      "AND timeframe = '5m' AND ts_utc = %s AND deleted_at IS NULL",
+                      (HOUR,)).fetchone()[0] == five_id
+
+    # 01:05 lands: 01:05 is forming; 1h reads the final 01:00 bar and the forming one
+    insert_bars(db, "EURUSD", minute_bars(HOUR + 5 * MINUTE, 1, price=1.3))
+    db.commit()
+    build(db, HOUR + timedelta(minutes=6, seconds=10))
     assert [row[1:3] for row in partial_bars(db, "5m")] == [(HOUR + 5 * MINUTE, 1)]
     assert [row[1:3] for row in partial_bars(db, "1h")] == [(HOUR, 2)]
     # the symbol that did not opt in has no partial bar, ever
@@ -109,7 +119,10 @@ def test_readers_of_final_bars_see_exactly_the_final_bars(forming):
         insert_bars(db, "EURUSD", minute_bars(HOUR + minutes * MINUTE, 1, price=1.1 + minutes))
         db.commit()
         build(db, HOUR + (minutes + 1) * MINUTE + timedelta(seconds=5))
-        assert len(partial_bars(db, "5m")) == 1 and len(partial_bars(db, "1h")) == 1
+        # the newest minute's window forms until it is complete, then it is final at once
+        complete = minutes % 5 == 4
+        assert len(partial_bars(db, "5m")) == (0 if complete else 1)
+        assert len(partial_bars(db, "1h")) == 1
     now = HOUR + timedelta(minutes=18, seconds=5)
     source = db.execute(
         "SELECT ts_utc, open, high, low, close, vol, vwap, trade_count, is_partial "
@@ -123,7 +136,7 @@ def test_readers_of_final_bars_see_exactly_the_final_bars(forming):
     assert sorted(stored) == sorted(oracle.bars)
     assert all(not bar_difference(oracle.bars[ts], stored[ts]) for ts in stored)
     scope = Scope({"EURUSD": [(T0.date(), T0.date())]})
-    assert monitoring.matches_source(db, "5m", scope, sample_days=1).passed
+    assert monitoring.matches_source(db, "5m", scope, sample=timedelta(days=1)).passed
     db.rollback()
     assert monitoring.ohlc_sane(db, "5m", scope).passed
     db.rollback()

@@ -81,8 +81,9 @@ def test_a_restated_bar_keeps_its_previous_version_and_why(eurusd):
     (hour_then,) = as_of(eurusd, "1h", T0, before)
     (hour_now,) = as_of(eurusd, "1h", T0, after)
     assert hour_then["high"] < 1.5 and hour_now["high"] == 1.501
+    # ... and says why as its 5m bars do: a correction, not the run's "late data"
     history = revisions(eurusd, "1h", T0, T0 + timedelta(hours=1))
-    assert [(h["change"], h["reason"]) for h in history] == [("restated", "late_data"),
+    assert [(h["change"], h["reason"]) for h in history] == [("restated", "correction"),
                                                              ("current", None)]
 
     # nothing changed since: a re-run writes no bar and no revision

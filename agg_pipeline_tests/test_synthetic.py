@@ -357,7 +357,8 @@ def test_a_late_component_correction_restates_dxy_1m_5m_and_1h_through_the_senso
     revisions = legs.execute(
         "SELECT timeframe, ts_utc, change, reason FROM derived_bar_revisions "
         "WHERE canonical_symbol = 'DXY' ORDER BY timeframe").fetchall()
-    assert revisions == [("1h", T0 + timedelta(hours=3), "restated", "late_data"),
+    # the 1h bar says why as its 5m bar does (it was "late_data", the run's reason)
+    assert revisions == [("1h", T0 + timedelta(hours=3), "restated", "correction"),
                          ("5m", window, "restated", "correction")]
     # DXY's own recorded change was consumed by its 5m run; nothing is left to do
     assert legs.execute("SELECT count(*) FROM data_agg_source_changes "

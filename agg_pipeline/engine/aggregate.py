@@ -1,15 +1,19 @@
-"""Set-based roll-up of one (symbol, timeframe) over a time range.
+"""Set-based roll-up of many symbols of one timeframe over their time ranges.
 
-`aggregate` is a pure function of the source rows at the moment it runs (SPEC contract 9):
-one SQL statement computes every final window of the range, inserts new bars, updates
-changed ones, soft-deletes bars that no longer qualify and leaves the rest unwritten; the
-cursor then moves forward within the same transaction. A transaction-scoped advisory lock
-keeps two writers off the same (symbol, timeframe) (contract 13).
+`aggregate_many` is a pure function of the source rows at the moment it runs (SPEC contract
+9): for every symbol's range one statement (aggregate_windows.sql) computes the final windows,
+inserts new bars, restates changed ones, soft-deletes bars that no longer qualify and leaves
+the rest unwritten; a second one (forming_bars.sql) keeps the forming bars; the cursors then
+move forward within the same transaction. The number of statements does not depend on the
+number of symbols, and each symbol's part reads only its own index ranges, so the cost
+follows the rows. The task rows are locked in symbol order for the transaction: one writer
+per (symbol, timeframe) (contract 13).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timedelta
 
@@ -19,7 +23,9 @@ from psycopg.rows import dict_row
 
 from agg_pipeline.db import queries
 from agg_pipeline.engine import timeframes, windows
+from agg_pipeline.engine.bounds import Bounds, TaskView, cursor_after, request_bounds, windows_seen
 from agg_pipeline.engine.errors import (
+    AggregationError,
     InvalidRangeError,
     MissingTaskError,
     NullCursorError,
@@ -30,7 +36,6 @@ from agg_pipeline.engine.timeframes import Timeframe
 
 log = logging.getLogger(__name__)
 
-LOCK_NAMESPACE = "agg_pipeline"
 # Why bars were (re)written, recorded with every version a restatement replaces
 # (derived_bar_revisions.reason).
 REASONS = ("catch_up", "late_data", "correction", "deletion", "reconciliation", "backfill",
@@ -38,8 +43,8 @@ REASONS = ("catch_up", "late_data", "correction", "deletion", "reconciliation", 
 # Sorts and hashes of a year-long range fit in memory with this, not in temp files.
 WORK_MEM = "64MB"
 
-# {window_traded} of aggregate_range.sql: the per-window "has a bar with volume" test costs a
-# sort, so only symbols that skip zero-volume fillers pay for it.
+# {window_traded} of aggregate_windows.sql: the per-window "has a bar with volume" test costs
+# a sort, so only symbols that skip zero-volume fillers pay for it (a statement of their own).
 WINDOW_HAS_TRADED_BAR = sql.SQL(
     "COALESCE(bool_or(valid AND final AND vol > 0) OVER "
     "(PARTITION BY date_bin(%(step)s, ts_utc, TIMESTAMPTZ '2000-01-01 00:00:00+00')), false)"
@@ -49,15 +54,16 @@ NO_FILLER_RULE = sql.SQL("false")
 
 @dataclass(frozen=True)
 class DayCounts:
-    """What one `aggregate` call saw and did in one UTC day (a partition's own counts)."""
+    """What one request saw and did in one UTC day (a partition's own counts)."""
 
-    windows_seen: int = 0  # final windows of the day in the range, on or after agg_start_utc
+    windows_seen: int = 0  # final windows of the day it read, on or after agg_start_utc
     windows_with_source: int = 0
     windows_skipped: int = 0  # had source rows, too few usable ones for the quality ladder
     bars_inserted: int = 0
     bars_updated: int = 0
     bars_soft_deleted: int = 0
     bars_unchanged: int = 0
+    bars_kept_source_gone: int = 0  # contract 16: source removed by retention, bar kept
     bars_poor_quality: int = 0  # written with quality_score <= 0
     source_rows_read: int = 0
     source_rows_invalid: int = 0
@@ -78,7 +84,7 @@ class DayCounts:
 
 @dataclass(frozen=True)
 class AggregationResult:
-    """What one `aggregate` call saw and did: totals, and the same per UTC day."""
+    """What one request (a symbol's range) saw and did: totals, and the same per UTC day."""
 
     symbol: str
     timeframe: str
@@ -90,6 +96,7 @@ class AggregationResult:
     bars_updated: int
     bars_soft_deleted: int
     bars_unchanged: int
+    bars_kept_source_gone: int
     bars_poor_quality: int
     source_rows_read: int
     source_rows_invalid: int
@@ -99,6 +106,7 @@ class AggregationResult:
     cursor_after: datetime
     final_through: datetime  # windows ending at or before this were final and processed
     derivation_version: int
+    read_from: datetime  # the first source row read: the cursor for an incremental read
     forming_ts: datetime | None = None  # the forming bar's window, when one is kept
     # every UTC day of the request that had final windows, source rows or bars
     days: dict[date, DayCounts] = field(default_factory=dict, compare=False)
@@ -112,104 +120,55 @@ class AggregationResult:
 
 
 @dataclass(frozen=True)
-class _Task:
-    timeframe: Timeframe
-    delay: timedelta
-    agg_start: datetime
-    cursor: datetime
-    derivation_version: int
-    skip_zero_volume: bool
-    forming: bool  # the symbol keeps a forming (is_partial) bar of its open window
+class Span:
+    """One request: `symbol` over [start, end) (aware datetimes)."""
+
+    symbol: str
+    start: datetime
+    end: datetime
 
 
-def advisory_lock_key(symbol: str, timeframe: str) -> str:
-    return f"{LOCK_NAMESPACE}/{symbol}/{timeframe}"
+@dataclass(frozen=True)
+class Batch:
+    """What `aggregate_many` did: a result per request that ran, and per symbol that could
+    not run, why (its other symbols are unaffected)."""
+
+    results: list[AggregationResult]
+    failed: dict[str, AggregationError]
 
 
-def _lock_and_load(conn: psycopg.Connection, symbol: str, tf: Timeframe) -> _Task:
-    conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-        (advisory_lock_key(symbol, tf.name),),
-    )
-    with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(
-            queries.query("task_for_update"), {"symbol": symbol, "timeframe": tf.name}
-        ).fetchone()
-    if row is None:
-        known = conn.execute(
-            "SELECT 1 FROM core_asset_registry_all WHERE canonical_symbol = %s", (symbol,)
-        ).fetchone()
-        raise MissingTaskError(symbol, tf.name) if known else UnknownSymbolError(symbol)
-    if row["source_timeframe"] != tf.source or row["run_interval_minutes"] != tf.minutes:
-        raise TaskConfigError(
-            f"task {symbol!r} / {tf.name} is configured as {row['source_timeframe']!r} every "
-            f"{row['run_interval_minutes']} min, but {tf.name} is built from {tf.source} every "
-            f"{tf.minutes} min; fix the row or let the registry sync rewrite it"
-        )
-    delay = row["aggregation_delay_seconds"]
-    if delay is None or delay < 0:
-        raise TaskConfigError(
-            f"task {symbol!r} / {tf.name} has aggregation_delay_seconds={delay!r}; "
-            "it must be a number of seconds >= 0"
-        )
-    if row["last_agg_bar_ts_utc"] is None:
-        raise NullCursorError(symbol, tf.name)
-    return _Task(
-        timeframe=tf,
-        delay=timedelta(seconds=delay),
-        agg_start=row["agg_start_utc"],
-        cursor=row["last_agg_bar_ts_utc"],
-        derivation_version=row["derivation_version"],
-        skip_zero_volume=row["agg_skip_zero_volume_ohlc"],
-        forming=row["agg_forming_bars"],
-    )
+# ----------------------------------------------------------------------------- validation
 
 
-def _bounds(
-    task: _Task, start: datetime, end: datetime, as_of: datetime
-) -> tuple[datetime, datetime, datetime]:
-    """(lo, hi, read_from): windows starting in [lo, hi) are final; rows before read_from
-    (agg_start_utc) are never read."""
-    step = task.timeframe.step
-    lo = windows.ceil(start, step)
-    hi = min(windows.ceil(end, step), windows.floor(as_of - task.delay, step))
-    hi = max(hi, lo)
-    read_from = max(lo, windows.ceil(task.agg_start, step))
-    return lo, hi, read_from
-
-
-def _day_counts(rows: list[dict], step: timedelta, read_from: datetime,
-                hi: datetime) -> dict[date, DayCounts]:
-    """The statement's rows per UTC day, plus every day holding final windows of the range
-    (windows_seen), so a day without source rows is there with zeros."""
-    days = {row["day"]: DayCounts(**{k: v for k, v in row.items() if k != "day"})
-            for row in rows}
-    day = windows.day_start(read_from)
-    while day < hi:
-        seen = (min(day + windows.DAY, hi) - max(day, read_from)) // step
-        key = day.date()
-        days[key] = replace(days.get(key, DayCounts()), windows_seen=seen)
-        day += windows.DAY
-    return dict(sorted(days.items()))
-
-
-def _validate_request(conn: object, symbol: object, timeframe: object, start: object,
-                      end: object) -> tuple[Timeframe, datetime, datetime]:
-    """Each argument checked, each error naming the argument it is about."""
+def _validate_spans(conn: object, timeframe: object,
+                    spans: Iterable[object]) -> tuple[Timeframe, list[Span]]:
+    """Each argument checked, each error naming the argument it is about; a symbol's
+    requests sorted and merged where they touch."""
     if not isinstance(conn, psycopg.Connection):
         raise TypeError(f"conn must be a psycopg.Connection, got {type(conn).__name__}")
-    if not isinstance(symbol, str) or not symbol:
-        raise TypeError(f"symbol must be a non-empty str, got {symbol!r}")
     tf = timeframes.get(timeframe)
-    start = windows.require_utc(start, "start")
-    end = windows.require_utc(end, "end")
-    if end <= start:
-        kind = "empty" if end == start else "inverted"
-        raise InvalidRangeError(
-            f"{kind} range for {symbol!r} / {timeframe}: start {start.isoformat()} must be "
-            f"before end {end.isoformat()}"
-        )
-    return tf, start, end
+    checked: list[Span] = []
+    for span in spans:
+        if not isinstance(span, Span):
+            raise TypeError(f"spans must be Span(symbol, start, end), got {span!r}")
+        if not isinstance(span.symbol, str) or not span.symbol:
+            raise TypeError(f"symbol must be a non-empty str, got {span.symbol!r}")
+        start = windows.require_utc(span.start, "start")
+        end = windows.require_utc(span.end, "end")
+        if end <= start:
+            kind = "empty" if end == start else "inverted"
+            raise InvalidRangeError(
+                f"{kind} range for {span.symbol!r} / {tf.name}: start {start.isoformat()} must "
+                f"be before end {end.isoformat()}")
+        checked.append(Span(span.symbol, start, end))
+    merged: list[Span] = []
+    for span in sorted(checked, key=lambda s: (s.symbol, s.start)):
+        last = merged[-1] if merged else None
+        if last and last.symbol == span.symbol and span.start <= last.end:
+            merged[-1] = Span(span.symbol, last.start, max(last.end, span.end))
+        else:
+            merged.append(span)
+    return tf, merged
 
 
 def _validate_version(derivation_version: object) -> None:
@@ -229,8 +188,258 @@ def _validate_reason(reason: object, run_id: object) -> None:
 
 def _resolve_as_of(conn: psycopg.Connection, now: datetime | None) -> datetime:
     if now is None:
-        return conn.execute("SELECT now()").fetchone()[0]
+        return windows.require_utc(conn.execute("SELECT now()").fetchone()[0], "now()")
     return windows.require_utc(now, "now")
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+def _task_view(row: dict, tf: Timeframe) -> TaskView | AggregationError:
+    symbol = row["canonical_symbol"]
+    if row["source_timeframe"] != tf.source or row["run_interval_minutes"] != tf.minutes:
+        return TaskConfigError(
+            f"task {symbol!r} / {tf.name} is configured as {row['source_timeframe']!r} every "
+            f"{row['run_interval_minutes']} min, but {tf.name} is built from {tf.source} every "
+            f"{tf.minutes} min; fix the row or let the registry sync rewrite it")
+    delay = row["aggregation_delay_seconds"]
+    if delay is None or delay < 0:
+        return TaskConfigError(
+            f"task {symbol!r} / {tf.name} has aggregation_delay_seconds={delay!r}; "
+            "it must be a number of seconds >= 0")
+    if row["last_agg_bar_ts_utc"] is None:
+        return NullCursorError(symbol, tf.name)
+    return TaskView(
+        symbol=symbol, cursor=row["last_agg_bar_ts_utc"], agg_start=row["agg_start_utc"],
+        delay=timedelta(seconds=delay), derivation_version=row["derivation_version"],
+        skip_zero_volume=row["agg_skip_zero_volume_ohlc"], forming=row["agg_forming_bars"],
+        frontier=row["frontier"], fingerprint_through=row["fingerprint_through"],
+        retained_from=row["retained_from"])
+
+
+def _lock_and_load(conn: psycopg.Connection, tf: Timeframe, symbols: list[str],
+                   as_of: datetime) -> tuple[dict[str, TaskView], dict[str, AggregationError]]:
+    """The tasks of `symbols`, locked in symbol order; the symbols that cannot run, why."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(queries.query("tasks_for_update"),
+                           {"timeframe": tf.name, "symbols": symbols, "as_of": as_of},
+                           prepare=False).fetchall()
+    tasks: dict[str, TaskView] = {}
+    failed: dict[str, AggregationError] = {}
+    for row in rows:
+        view = _task_view(row, tf)
+        if isinstance(view, AggregationError):
+            failed[row["canonical_symbol"]] = view
+        else:
+            tasks[view.symbol] = view
+    missing = sorted(set(symbols) - tasks.keys() - failed.keys())
+    if missing:
+        known = {r[0] for r in conn.execute(
+            "SELECT canonical_symbol FROM core_asset_registry_all "
+            "WHERE canonical_symbol = ANY (%s::text[])", (missing,))}
+        for symbol in missing:
+            failed[symbol] = (MissingTaskError(symbol, tf.name) if symbol in known
+                              else UnknownSymbolError(symbol))
+    return tasks, failed
+
+
+# ----------------------------------------------------------------------------- statements
+
+
+def _columns(requests: Sequence[tuple[int, TaskView, Bounds]], version: int | None) -> dict:
+    """The per-request arrays of aggregate_windows.sql (`ord` numbers the requests)."""
+    return {
+        "ords": [i for i, _, _ in requests],
+        "symbols": [t.symbol for _, t, _ in requests],
+        "lo": [b.lo for _, _, b in requests],
+        "hi": [b.hi for _, _, b in requests],
+        "final_to": [b.final_to for _, _, b in requests],
+        "read_from": [b.read_from for _, _, b in requests],
+        "record_from": [b.record_from for _, _, b in requests],
+        "record_limit": [b.record_limit for _, _, b in requests],
+        "consume_from": [b.consume_from for _, _, b in requests],
+        "versions": [version or t.derivation_version for _, t, _ in requests],
+    }
+
+
+def _source(tf: Timeframe) -> tuple[sql.Identifier, sql.SQL]:
+    if tf.reads_data_bars:
+        return sql.Identifier("data_bars"), sql.SQL("")
+    return sql.Identifier("derived_data_bars"), sql.SQL("AND b.deleted_at IS NULL")
+
+
+def _run_windows(conn: psycopg.Connection, tf: Timeframe,
+                 requests: Sequence[tuple[int, TaskView, Bounds]], *, skip_zero_volume: bool,
+                 version: int | None, reason: str, run_id: str | None) -> list[tuple]:
+    table, active_only = _source(tf)
+    statement = queries.query(
+        "aggregate_windows", source_table=table, active_only=active_only,
+        window_traded=WINDOW_HAS_TRADED_BAR if skip_zero_volume else NO_FILLER_RULE)
+    params = {
+        **_columns(requests, version),
+        "timeframe": tf.name, "source_timeframe": tf.source, "step": tf.step,
+        "source_step": tf.source_step, "expected": tf.expected_candles,
+        "score_by_count": tf.score_by_count(), "retention_applies": tf.reads_data_bars,
+        "reason": reason, "run_id": run_id,
+    }
+    # Never prepared: psycopg prepares a statement on its 5th execution on a connection, and
+    # after 5 more PostgreSQL switches a prepared statement to a generic plan, which for this
+    # one (bounds and step unknown) runs ~1.5x slower. Planning it afresh costs ~2 ms.
+    return conn.execute(statement, params, prepare=False).fetchall()
+
+
+def _run_forming(conn: psycopg.Connection, tf: Timeframe,
+                 requests: Sequence[tuple[TaskView, Bounds, datetime]], as_of: datetime,
+                 version: int | None) -> dict[str, tuple[datetime, int]]:
+    """forming_bars.sql for the requests that reach past their last final window; returns
+    each symbol's forming bar (window, source count)."""
+    reaching = [(t, b, h) for t, b, h in requests if b.range_end > h]
+    if not reaching:
+        return {}
+    table, _ = _source(tf)
+    statement = queries.query(
+        "forming_bars", source_table=table,
+        # 5m reads final 1m rows only; 1h and above read final and forming 5m bars
+        source_filter=sql.SQL("AND NOT b.is_partial" if tf.reads_data_bars
+                              else "AND b.deleted_at IS NULL"))
+    rows = conn.execute(statement, {
+        "symbols": [t.symbol for t, _, _ in reaching], "hi": [h for _, _, h in reaching],
+        "range_end": [b.range_end for _, b, _ in reaching],
+        "forming": [t.forming for t, _, _ in reaching],
+        "versions": [version or t.derivation_version for t, _, _ in reaching],
+        "timeframe": tf.name, "source_timeframe": tf.source, "as_of": as_of, "step": tf.step,
+        "source_step": tf.source_step, "expected": tf.expected_candles,
+    }, prepare=False).fetchall()
+    return {symbol: (ts, candles) for symbol, ts, candles in rows}
+
+
+# ----------------------------------------------------------------------------- results
+
+
+# DayCounts' integer fields in the order of aggregate_windows.sql's counts[] (windows_seen
+# is the engine's own arithmetic, bounds.windows_seen)
+_COUNTED = [f.name for f in fields(DayCounts) if f.type == "int"][1:]
+
+
+def _collect(rows: list[tuple]) -> tuple[dict[int, dict[date, DayCounts]], dict[int, datetime]]:
+    """The statements' rows: per request (`ord`) its days' counts, and its final_hi."""
+    days: dict[int, dict[date, DayCounts]] = {}
+    final_hi: dict[int, datetime] = {}
+    for ord_, kind, at, counts, newest in rows:
+        if kind == "bound":
+            final_hi[ord_] = at
+        else:
+            day = windows.day_start(at).date()
+            days.setdefault(ord_, {})[day] = DayCounts(
+                **dict(zip(_COUNTED, counts, strict=False)), newest_source_ts=newest)
+    return days, final_hi
+
+
+def _result(tf: Timeframe, task: TaskView, bounds: Bounds, final_hi: datetime,
+            days: dict[date, DayCounts], cursors: tuple[datetime, datetime], as_of: datetime,
+            version: int | None, forming: tuple[datetime, int] | None) -> AggregationResult:
+    seen = windows_seen(bounds, final_hi, tf.step)
+    mine = dict(days)
+    for day, count in seen.items():
+        mine[day] = replace(mine.get(day, DayCounts()), windows_seen=count)
+    mine = dict(sorted(mine.items()))
+    totals = sum(mine.values(), DayCounts())
+    return AggregationResult(
+        symbol=task.symbol, timeframe=tf.name, as_of=as_of, **totals.counts(),
+        newest_source_ts=task.frontier, cursor_before=cursors[0], cursor_after=cursors[1],
+        final_through=final_hi, derivation_version=version or task.derivation_version,
+        read_from=bounds.read_from, forming_ts=forming[0] if forming else None, days=mine)
+
+
+def _record_success(conn: psycopg.Connection, tf: Timeframe,
+                    results: list[AggregationResult], tasks: dict[str, TaskView]) -> None:
+    by_symbol: dict[str, list[AggregationResult]] = {}
+    for result in results:
+        by_symbol.setdefault(result.symbol, []).append(result)
+    symbols = sorted(by_symbol)
+    conn.execute(queries.query("tasks_record_success"), {
+        "timeframe": tf.name, "symbols": symbols,
+        "cursors": [max(r.cursor_after for r in by_symbol[s]) for s in symbols],
+        "bars_inserted": [sum(r.bars_inserted for r in by_symbol[s]) for s in symbols],
+        "bars_poor_quality": [sum(r.bars_poor_quality for r in by_symbol[s]) for s in symbols],
+        "forming_through": [tasks[s].frontier if tasks[s].forming else None for s in symbols],
+    }, prepare=False)
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+def _materialize(conn: psycopg.Connection, tf: Timeframe, spans: list[Span],
+                 tasks: dict[str, TaskView], as_of: datetime, *, version: int | None,
+                 reason: str, run_id: str | None, incremental: bool) -> list[AggregationResult]:
+    """Both statements for the spans of runnable tasks, the cursors, the task rows."""
+    requests = [(i, tasks[s.symbol], request_bounds(tasks[s.symbol], tf, s.start, s.end,
+                                                    as_of, incremental=incremental))
+                for i, s in enumerate(s for s in spans if s.symbol in tasks)]
+    if not requests:
+        return []
+    conn.execute(sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(WORK_MEM)))
+    rows: list[tuple] = []
+    for skip in (False, True):
+        group = [r for r in requests if r[1].skip_zero_volume is skip]
+        if group:
+            rows += _run_windows(conn, tf, group, skip_zero_volume=skip, version=version,
+                                 reason=reason, run_id=run_id)
+    days, final_hi = _collect(rows)
+    forming = _run_forming(conn, tf, [(t, b, final_hi[i]) for i, t, b in requests], as_of,
+                           version)
+    results: list[AggregationResult] = []
+    cursors = {symbol: task.cursor for symbol, task in tasks.items()}
+    for i, task, bounds in requests:  # spans are sorted: a symbol's requests in time order
+        before = cursors[task.symbol]
+        cursors[task.symbol] = cursor_after(task, tf, bounds, before, final_hi[i])
+        results.append(_result(tf, task, bounds, final_hi[i], days.get(i, {}),
+                               (before, cursors[task.symbol]), as_of, version,
+                               forming.get(task.symbol)))
+    _record_success(conn, tf, results, tasks)
+    return results
+
+
+def aggregate_many(
+    conn: psycopg.Connection,
+    timeframe: str,
+    spans: Iterable[Span],
+    *,
+    now: datetime | None = None,
+    derivation_version: int | None = None,
+    reason: str = "manual",
+    run_id: str | None = None,
+    incremental: bool = False,
+) -> Batch:
+    """Materialise every final window of each span's [start, end) for one target timeframe.
+
+    A window is labelled by its start; windows whose start lies in a span are considered, and
+    those not final at `now` (window end + aggregation delay, or complete: contract 6) are
+    left alone but for the forming bar. `now` defaults to the database clock. One
+    transaction (a savepoint when the caller holds one) for every span. A symbol whose task
+    cannot run (missing, misconfigured, NULL cursor) is in `failed` and the others run.
+    `incremental` (live runs) reads each symbol from its cursor when the days before it are
+    fingerprinted (bounds.request_bounds). Every bar restated or withdrawn keeps its previous
+    version in derived_bar_revisions, labelled with `reason` (one of REASONS) and `run_id`.
+    """
+    tf, checked = _validate_spans(conn, timeframe, spans)
+    _validate_version(derivation_version)
+    _validate_reason(reason, run_id)
+    with conn.transaction():
+        as_of = _resolve_as_of(conn, now)
+        symbols = sorted({s.symbol for s in checked})
+        if not symbols:
+            return Batch([], {})
+        tasks, failed = _lock_and_load(conn, tf, symbols, as_of)
+        results = _materialize(conn, tf, checked, tasks, as_of, version=derivation_version,
+                               reason=reason, run_id=run_id, incremental=incremental)
+    invalid = [r for r in results if r.source_rows_invalid]
+    for result in invalid[:20]:
+        log.warning("%s / %s: %d invalid source rows excluded since %s", result.symbol,
+                    tf.name, result.source_rows_invalid, result.read_from.isoformat())
+    if len(invalid) > 20:
+        log.warning("... and %d more symbols with invalid source rows", len(invalid) - 20)
+    return Batch(results, failed)
 
 
 def aggregate(
@@ -245,176 +454,56 @@ def aggregate(
     reason: str = "manual",
     run_id: str | None = None,
 ) -> AggregationResult:
-    """Materialise every final window of [start, end) for one symbol and target timeframe.
-
-    A window is labelled by its start; windows whose start lies in [start, end) are
-    considered, those not yet final at `now` (window end + aggregation delay) are left alone.
-    `now` defaults to the database clock. Runs in one transaction (a savepoint when the
-    caller already holds one). Every bar it restates or withdraws keeps its previous version
-    in derived_bar_revisions, labelled with `reason` (one of REASONS) and `run_id`.
-    """
-    tf, start, end = _validate_request(conn, symbol, timeframe, start, end)
-    _validate_version(derivation_version)
-    _validate_reason(reason, run_id)
-    with conn.transaction():
-        as_of = _resolve_as_of(conn, now)
-        task = _lock_and_load(conn, symbol, tf)
-        version = derivation_version if derivation_version is not None else task.derivation_version
-        lo, hi, read_from = _bounds(task, start, end, as_of)
-
-        if tf.reads_data_bars:
-            # fingerprint the UTC days the request covers completely (late-data detection)
-            record_from = windows.ceil(lo, windows.DAY)
-            record_to = max(record_from, min(windows.floor(end, windows.DAY),
-                                             windows.ceil(hi, windows.DAY)))
-            source_table, active_only = "data_bars", sql.SQL("")
-        else:
-            record_from = record_to = lo
-            source_table, active_only = "derived_data_bars", sql.SQL("AND b.deleted_at IS NULL")
-
-        statement = queries.query(
-            "aggregate_range",
-            source_table=sql.Identifier(source_table),
-            active_only=active_only,
-            window_traded=WINDOW_HAS_TRADED_BAR if task.skip_zero_volume else NO_FILLER_RULE,
-        )
-        conn.execute(sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(WORK_MEM)))
-        with conn.cursor(row_factory=dict_row) as cur:
-            # Never prepared: psycopg prepares a statement on its 5th execution on a connection,
-            # and after 5 more PostgreSQL switches a prepared statement to a generic plan,
-            # which for this one (bounds and step unknown) runs ~1.5x slower. Planning it
-            # afresh costs about a millisecond.
-            day_rows = cur.execute(
-                statement,
-                {
-                    "symbol": symbol,
-                    "timeframe": tf.name,
-                    "source_timeframe": tf.source,
-                    "step": tf.step,
-                    "source_step": tf.source_step,
-                    "lo": lo,
-                    "hi": hi,
-                    "read_from": read_from,
-                    "expected": tf.expected_candles,
-                    "score_by_count": tf.score_by_count(),
-                    "derivation_version": version,
-                    "record_from": record_from,
-                    "record_to": record_to,
-                    "reason": reason,
-                    "run_id": run_id,
-                },
-                prepare=False,
-            ).fetchall()
-        days = _day_counts(day_rows, tf.step, read_from, hi)
-        totals = sum(days.values(), DayCounts())
-
-        newest = conn.execute(
-            "SELECT agg_source_frontier(%s, %s, %s)", (symbol, tf.source, as_of)
-        ).fetchone()[0]
-        cursor_after = task.cursor
-        # (an off-grid cursor, e.g. after agg_start_utc was set mid-window, points at the
-        # window starting at its next boundary)
-        if lo <= windows.ceil(task.cursor, tf.step) and newest is not None:
-            # contract 7: forward only, never past the end of the window holding the newest
-            # source row; contract 8: empty windows behind newer data are passed over
-            frontier_end = windows.floor(newest, tf.step) + tf.step
-            # and never past the first window not yet final (contract 6): `hi` alone is not
-            # that bound when nothing of the range is final (it is raised to `lo` then)
-            first_not_final = windows.floor(as_of - task.delay, tf.step)
-            cursor_after = max(task.cursor, min(hi, frontier_end, first_not_final))
-
-        forming_ts = _refresh_forming_bar(conn, task, symbol, lo, end, as_of, version,
-                                          source_table)
-        conn.execute(
-            queries.query("task_record_success"),
-            {
-                "symbol": symbol,
-                "timeframe": tf.name,
-                "cursor": cursor_after,
-                "bars_inserted": totals.bars_inserted,
-                "bars_poor_quality": totals.bars_poor_quality,
-                "forming_through": newest if task.forming else None,
-            },
-        )
-
-    result = AggregationResult(
-        symbol=symbol,
-        timeframe=tf.name,
-        as_of=as_of,
-        **{**totals.counts(), "windows_seen": max(0, (hi - read_from) // tf.step)},
-        newest_source_ts=newest,
-        cursor_before=task.cursor,
-        cursor_after=cursor_after,
-        final_through=hi,
-        derivation_version=version,
-        forming_ts=forming_ts,
-        days=days,
-    )
-    if result.source_rows_invalid:
-        log.warning(
-            "%s / %s: %d invalid source rows excluded in [%s, %s)",
-            symbol, tf.name, result.source_rows_invalid, read_from.isoformat(), hi.isoformat(),
-        )
-    return result
+    """One symbol's [start, end): `aggregate_many` with one span, raising its failure."""
+    batch = aggregate_many(conn, timeframe, [Span(symbol, start, end)], now=now,
+                           derivation_version=derivation_version, reason=reason, run_id=run_id)
+    if batch.failed:
+        raise batch.failed[symbol]
+    return batch.results[0]
 
 
-def _refresh_forming_bar(conn: psycopg.Connection, task: _Task, symbol: str, lo: datetime,
-                         end: datetime, as_of: datetime, version: int,
-                         source_table: str) -> datetime | None:
-    """The forming bar of the window still open, when the request reaches it (forming_bar.sql);
-    for a symbol without forming bars only the clean-up of any left over. Returns its window."""
-    tf = task.timeframe
-    forming_from = max(lo, windows.floor(as_of - task.delay, tf.step))  # first not final
-    range_end = windows.ceil(end, tf.step)
-    if range_end <= forming_from:
-        return None  # the request ends among final windows: nothing is forming in it
-    statement = queries.query(
-        "forming_bar",
-        source_table=sql.Identifier(source_table),
-        # 5m reads final 1m rows only; 1h and above read final and forming 5m bars
-        source_filter=sql.SQL("AND NOT b.is_partial" if tf.reads_data_bars
-                              else "AND b.deleted_at IS NULL"),
-    )
-    row = conn.execute(statement, {
-        "forming": task.forming, "symbol": symbol, "timeframe": tf.name,
-        "source_timeframe": tf.source, "hi": forming_from, "range_end": range_end,
-        "as_of": as_of, "step": tf.step, "source_step": tf.source_step,
-        "expected": tf.expected_candles, "derivation_version": version,
-    }, prepare=False).fetchone()
-    return row[0]
-
-
-def rebuild_range(
-    conn: psycopg.Connection,
-    symbol: str,
-    timeframe: str,
-    start: datetime,
-    end: datetime,
-    *,
-    now: datetime | None = None,
-    run_id: str | None = None,
-) -> AggregationResult:
-    """Soft-delete the range's active bars and recompute them under a bumped derivation_version.
+def rebuild_many(conn: psycopg.Connection, timeframe: str, spans: Iterable[Span], *,
+                 now: datetime | None = None, run_id: str | None = None) -> Batch:
+    """Soft-delete the spans' active bars and recompute them under a bumped derivation_version.
 
     For operators: after a change of derivation rules, or to rewrite a range from scratch.
     The soft-deleted rows remain and their versions go to derived_bar_revisions (reason
-    `rebuild`); the task's derivation_version stays bumped for later runs.
+    `rebuild`); each task's derivation_version stays bumped for later runs. Bars whose source
+    was removed by retention are kept (contract 16).
     """
-    tf, start, end = _validate_request(conn, symbol, timeframe, start, end)
+    tf, checked = _validate_spans(conn, timeframe, spans)
     _validate_reason("rebuild", run_id)
     with conn.transaction():
         as_of = _resolve_as_of(conn, now)
-        task = _lock_and_load(conn, symbol, tf)
-        version = conn.execute(
+        symbols = sorted({s.symbol for s in checked})
+        tasks, failed = _lock_and_load(conn, tf, symbols, as_of)
+        runnable = [s for s in checked if s.symbol in tasks]
+        if not runnable:
+            return Batch([], failed)
+        conn.execute(
             "UPDATE data_agg_state SET derivation_version = derivation_version + 1 "
-            "WHERE canonical_symbol = %s AND timeframe = %s RETURNING derivation_version",
-            (symbol, tf.name),
-        ).fetchone()[0]
-        lo, hi, _ = _bounds(task, start, end, as_of)
-        deleted = conn.execute(
-            queries.query("soft_delete_range"),
-            {"symbol": symbol, "timeframe": tf.name, "lo": lo, "hi": hi, "run_id": run_id},
-        ).fetchone()[0]
-        result = aggregate(conn, symbol, tf.name, start, end, now=as_of,
-                           derivation_version=version, reason="rebuild", run_id=run_id)
-    return replace(result, bars_soft_deleted=deleted)
+            "WHERE timeframe = %s AND canonical_symbol = ANY (%s::text[])",
+            (tf.name, sorted({s.symbol for s in runnable})))
+        bounds = [request_bounds(tasks[s.symbol], tf, s.start, s.end, as_of, incremental=False)
+                  for s in runnable]
+        deleted = dict(conn.execute(queries.query("soft_delete_ranges"), {
+            "symbols": [s.symbol for s in runnable], "lo": [b.lo for b in bounds],
+            "hi": [b.hi for b in bounds], "timeframe": tf.name,
+            "retention_applies": tf.reads_data_bars, "run_id": run_id,
+        }, prepare=False).fetchall())
+        batch = aggregate_many(conn, tf.name, runnable, now=as_of, reason="rebuild",
+                               run_id=run_id)
+    results = []
+    for result in batch.results:  # the soft-deleted bars, once per symbol
+        results.append(replace(result, bars_soft_deleted=deleted.pop(result.symbol, 0)))
+    return Batch(results, {**failed, **batch.failed})
+
+
+def rebuild_range(conn: psycopg.Connection, symbol: str, timeframe: str, start: datetime,
+                  end: datetime, *, now: datetime | None = None,
+                  run_id: str | None = None) -> AggregationResult:
+    """One symbol's `rebuild_many`, raising its failure."""
+    batch = rebuild_many(conn, timeframe, [Span(symbol, start, end)], now=now, run_id=run_id)
+    if batch.failed:
+        raise batch.failed[symbol]
+    return batch.results[0]

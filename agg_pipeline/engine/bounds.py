@@ -1,0 +1,113 @@
+"""Where each engine request reads and writes: pure window arithmetic, no database.
+
+A request is one symbol's [start, end) of one timeframe, judged at one instant (`as_of`).
+Its `Bounds` say which windows are final (SPEC contract 6: by the confirmation delay, or as
+soon as they are complete), which source rows are read (all of the range, or for an
+incremental live read only those from the cursor on), which UTC days get a fingerprint and
+which captured changes are consumed; `cursor_after` applies contracts 7 and 8 to what the
+statement found final.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from agg_pipeline.engine import windows
+from agg_pipeline.engine.timeframes import Timeframe
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """What the engine needs of one task row (tasks_for_update.sql), read under its lock."""
+
+    symbol: str
+    cursor: datetime
+    agg_start: datetime
+    delay: timedelta
+    derivation_version: int
+    skip_zero_volume: bool
+    forming: bool
+    frontier: datetime | None  # newest usable source row now
+    fingerprint_through: datetime | None  # end of the cursor's day's recorded fingerprint
+    retained_from: datetime | None  # the source's declared retention horizon (contract 16)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """One request's windows and reads (aggregate_windows.sql's header says what each is)."""
+
+    lo: datetime
+    hi: datetime
+    final_to: datetime
+    read_from: datetime
+    record_from: datetime
+    record_limit: datetime
+    consume_from: datetime | None
+    range_end: datetime  # the forming bar is looked for in [final_hi, range_end)
+    incremental: bool
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+def request_bounds(task: TaskView, tf: Timeframe, start: datetime, end: datetime,
+                   as_of: datetime, *, incremental: bool) -> Bounds:
+    """The bounds of [start, end) for `task` at `as_of`.
+
+    `incremental` (live runs) reads from the cursor instead of the range's start when what
+    lies before it was read and fingerprinted by earlier runs: for a timeframe read from
+    data_bars, when the cursor's day's fingerprint ends at the cursor (or the cursor is the
+    day's start); for one read from derived bars, always (a run that changes older source
+    bars re-reads its days in full, downstream included). Source rows a late-data run
+    re-reads are then never missed: late rows before the cursor change the fingerprint.
+    """
+    step = tf.step
+    lo = windows.ceil(_utc(start), step)
+    if task.retained_from is not None and tf.reads_data_bars:
+        lo = max(lo, windows.ceil(_utc(task.retained_from), step))  # frozen before it
+    range_end = max(windows.ceil(_utc(end), step), lo)
+    hi = max(min(range_end, windows.floor(_utc(as_of) - task.delay, step)), lo)
+    final_to = max(min(range_end, windows.floor(_utc(as_of), step)), hi)
+    read_from = max(lo, windows.ceil(_utc(task.agg_start), step))
+    cursor = windows.ceil(_utc(task.cursor), step)
+    chained = incremental and read_from < cursor <= final_to and (
+        not tf.reads_data_bars or cursor == windows.day_start(cursor)
+        or (task.fingerprint_through is not None and _utc(task.fingerprint_through) == cursor))
+    if chained:
+        lo = read_from = cursor
+    if not tf.reads_data_bars:
+        record_from = record_limit = lo  # fingerprints are of data_bars only
+    else:
+        record_from = (windows.day_start(read_from) if chained
+                       else windows.ceil(lo, windows.DAY))
+        record_limit = max(record_from, windows.floor(_utc(end), windows.DAY))
+    return Bounds(lo=lo, hi=hi, final_to=final_to, read_from=read_from,
+                  record_from=record_from, record_limit=record_limit,
+                  consume_from=read_from if chained else None, range_end=range_end,
+                  incremental=chained)
+
+
+def cursor_after(task: TaskView, tf: Timeframe, bounds: Bounds, cursor: datetime,
+                 final_hi: datetime) -> datetime:
+    """The cursor once the request's final windows (up to `final_hi`, the first that is not)
+    are materialised: forward only, never past the end of the window holding the newest
+    source row (contract 7), passing over empty windows behind newer data (contract 8).
+    `cursor` is the task's cursor before (or after an earlier request of the same run)."""
+    if task.frontier is None or bounds.lo > windows.ceil(_utc(cursor), tf.step):
+        return cursor  # (an off-grid cursor points at the window starting at its next boundary)
+    frontier_end = windows.floor(_utc(task.frontier), tf.step) + tf.step
+    return max(cursor, min(final_hi, frontier_end))
+
+
+def windows_seen(bounds: Bounds, final_hi: datetime, step: timedelta) -> dict[date, int]:
+    """Final windows of the request per UTC day, on or after agg_start_utc (read_from)."""
+    seen: dict[date, int] = {}
+    day = windows.day_start(bounds.read_from)
+    while day < final_hi:
+        count = (min(day + windows.DAY, final_hi) - max(day, bounds.read_from)) // step
+        if count > 0:
+            seen[day.date()] = count
+        day += windows.DAY
+    return seen

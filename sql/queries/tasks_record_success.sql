@@ -1,0 +1,21 @@
+-- Successful materialisations of many tasks of one timeframe (contract 11: success resets
+-- the fail streak and brings a hard_failed task back to idle; disabled and retired tasks
+-- keep their status). Each cursor only moves forward (contract 7; the engine computed it).
+UPDATE data_agg_state s
+SET last_agg_bar_ts_utc     = greatest(s.last_agg_bar_ts_utc, u.cursor),
+    last_attempted_at_utc   = now(),
+    last_successful_at_utc  = now(),
+    hard_fail_streak        = 0,
+    last_error              = NULL,
+    status                  = CASE WHEN s.status IN ('hard_failed', 'running') THEN 'idle'
+                                   ELSE s.status END,
+    total_runs              = s.total_runs + 1,
+    total_bars_created      = s.total_bars_created + u.bars_inserted,
+    total_bars_quality_poor = s.total_bars_quality_poor + u.bars_poor_quality,
+    next_run_at             = now() + make_interval(mins => s.run_interval_minutes),
+    -- the frontier its forming bar reflects (NULL when the symbol has none)
+    forming_through         = u.forming_through
+FROM unnest(%(symbols)s::text[], %(cursors)s::timestamptz[], %(bars_inserted)s::bigint[],
+            %(bars_poor_quality)s::bigint[], %(forming_through)s::timestamptz[])
+    AS u(symbol, cursor, bars_inserted, bars_poor_quality, forming_through)
+WHERE s.canonical_symbol = u.symbol AND s.timeframe = %(timeframe)s
