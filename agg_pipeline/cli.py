@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 import psycopg
 
-from agg_pipeline import devserver, settings
+from agg_pipeline import devserver, listing, settings
 from agg_pipeline.db import connection, embedded, migrations
 
 # A login without a right the command needs: the pipeline's runtime login (README, "Least
@@ -408,24 +408,9 @@ def _summary(ui_url: str, market_url: str, symbols: list[str], demo_start: datet
     return "\n".join(lines)
 
 
-# The start-up summary lists the symbols when they fit in SUMMARY_ALL_CHARS, else names those
-# that fit in SUMMARY_SOME_CHARS and counts the rest: one short line whatever the registry.
-SUMMARY_ALL_CHARS, SUMMARY_SOME_CHARS = 60, 40
-
-
 def _symbols_text(symbols: list[str]) -> str:
     """`8 symbols: DXY, EURUSD, ...`, or `1000 symbols: AAA, AAB, ... (+992 more)`."""
-    if not symbols:
-        return "none in the registry yet"
-    noun = "symbol" if len(symbols) == 1 else "symbols"
-    if len(", ".join(symbols)) <= SUMMARY_ALL_CHARS:
-        return f"{len(symbols)} {noun}: {', '.join(symbols)}"
-    shown = [symbols[0]]
-    for symbol in symbols[1:]:
-        if len(", ".join([*shown, symbol])) > SUMMARY_SOME_CHARS:
-            break
-        shown.append(symbol)
-    return f"{len(symbols)} {noun}: {', '.join(shown)}, ... (+{len(symbols) - len(shown)} more)"
+    return listing.summarise(symbols) if symbols else "none in the registry yet"
 
 
 def _project_file(name: str) -> Path:

@@ -11,6 +11,7 @@ from agg_pipeline.defs.checks import all_checks
 from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, run_symbols
 from agg_pipeline.defs.requests import database_now
 from agg_pipeline.defs.resources import MarketDatabase
+from agg_pipeline.defs.tags import REASON_TAG
 from agg_pipeline.engine import alerts
 from agg_pipeline.engine.alerts import Incident
 
@@ -62,7 +63,7 @@ def failed_runs(instance: dg.DagsterInstance) -> list[Incident]:
                  summary=f"run {run.run_id[:8]} of {run.job_name} for {subject} failed"
                          + (f" (one of the run's {covered} symbols)" if covered > 1 else ""),
                  details={"run_id": run.run_id, "job": run.job_name,
-                          "reason": run.tags.get("agg/reason", "")})
+                          "reason": run.tags.get(REASON_TAG, "")})
         for subject, (run, covered) in sorted(latest.items())
         if run.status == dg.DagsterRunStatus.FAILURE
     ]

@@ -19,6 +19,7 @@ from dagster._check import CheckError
 from dagster._core.storage.tags import MULTIDIMENSIONAL_PARTITION_PREFIX  # not re-exported
 
 from agg_pipeline import settings
+from agg_pipeline.defs.tags import DAYS_TAG, RANGE_END_TAG, RANGE_START_TAG, SYMBOL_TAG
 
 SYMBOL_DIMENSION = "symbol"
 SYMBOLS_PARTITIONS_NAME = "symbols"
@@ -55,15 +56,6 @@ symbol_time_partitions = dg.MultiPartitionsDefinition(
     {SYMBOL_DIMENSION: symbols_partitions, TIME_DIMENSION: time_partitions}
 )
 
-# Run tags: the single-run partition range Dagster executes (a rectangle: a block of
-# consecutive symbols of the `symbols` partitions, times a range of periods), and the symbol
-# of a run that covers only one.
-SYMBOL_TAG = "agg/symbol"
-# A live run that needs only some days of its partitions (a month partition's today, say)
-# names them, "first..last" (UTC days, inclusive): it re-reads those days, not the months.
-DAYS_TAG = "agg/days"
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 def partition_key(symbol: str, day: date) -> dg.MultiPartitionKey:

@@ -19,13 +19,8 @@ from agg_pipeline.defs.partitions import (
     period_start,
     range_tags,
 )
+from agg_pipeline.defs.tags import LANE_TAG, LIVE_LANE, PLAN_TAG, REASON_TAG
 from agg_pipeline.engine import planning
-
-# Tags of every run the planner requests: the run queue's live lane (dagster.yaml limits it),
-# why, and the plan whose claims the run holds (the run key too).
-LANE_TAG, LIVE_LANE = "agg/lane", "live"
-REASON_TAG = "agg/reason"
-PLAN_TAG = "agg/plan"
 
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import dagster as dg
 
 from agg_pipeline.defs.resources import MarketDatabase
+from agg_pipeline.defs.tags import RUNBOOK_TAG
 from agg_pipeline.engine import runbook
 
 
@@ -208,7 +209,7 @@ def legacy_cleanup_undo_op(context: dg.OpExecutionContext, market_db: MarketData
 
 
 def _job(name: str, op: dg.OpDefinition, description: str) -> dg.JobDefinition:
-    @dg.job(name=name, description=description, tags={"agg/runbook": name})
+    @dg.job(name=name, description=description, tags={RUNBOOK_TAG: name})
     def runbook_job() -> None:
         op()
 

@@ -1,0 +1,23 @@
+"""Run tags: the one home of the names the planner, the assets, the checks and the alerts
+share (a new tag or lane is added here, not spelled again in each module)."""
+
+# The run queue's live lane (dagster.yaml limits it): every run the planner requests.
+LANE_TAG, LIVE_LANE = "agg/lane", "live"
+# Why a run writes bars: the planner's reason (catch-up, late data on ..., ...).
+REASON_TAG = "agg/reason"
+# The plan whose claims the run holds (data_agg_plan_claims; also the run key).
+PLAN_TAG = "agg/plan"
+# Optional: judge finality at this instant (ISO 8601) instead of the run's creation.
+AS_OF_TAG = "agg/as_of"
+# The symbol of a run that covers only one.
+SYMBOL_TAG = "agg/symbol"
+# A live run that needs only some days of its partitions (a month partition's today, say)
+# names them, "first..last" (UTC days, inclusive): it re-reads those days, not the months.
+DAYS_TAG = "agg/days"
+# A runbook job's run.
+RUNBOOK_TAG = "agg/runbook"
+
+# Dagster's own: the single-run partition range a run executes, and a backfill's runs.
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+BACKFILL_TAG = "dagster/backfill"
