@@ -109,10 +109,10 @@ def test_multi_day_range_run_is_one_engine_call_per_timeframe(eurusd, instance):
     # the run's totals are logged once per timeframe, labelled as the run's
     totals = run_totals_lines(instance, result.run_id)
     assert [line.splitlines()[0] for line in totals] == [
-        "run totals, bars_5m, 9 partitions of 1 symbols (1 engine calls): inserted 864, "
+        "run totals, bars_5m, 9 partitions of 1 symbols (1 ranges): inserted 864, "
         "updated 0, soft-deleted 0, unchanged 0, skipped windows 0; source rows 4320 "
         "(0 invalid)",
-        "run totals, bars_1h, 9 partitions of 1 symbols (1 engine calls): inserted 72, "
+        "run totals, bars_1h, 9 partitions of 1 symbols (1 ranges): inserted 72, "
         "updated 0, soft-deleted 0, unchanged 0, skipped windows 0; source rows 864 "
         "(0 invalid)"]
     cursors = dict(eurusd.execute("SELECT timeframe, last_agg_bar_ts_utc FROM data_agg_state "
@@ -138,7 +138,7 @@ def test_optional_timeframe_without_task_is_skipped_not_failed(eurusd, instance)
     assert meta["partition_note"].value.startswith("skipped: no task")
     assert meta["bars_inserted"].value == 0
     (totals,) = [line for line in run_totals_lines(instance, result.run_id) if "bars_15m" in line]
-    assert "(0 engine calls)" in totals and "EURUSD: skipped, no task" in totals
+    assert "(0 ranges)" in totals and "skipped, no task" in totals and "1 symbol: EURUSD" in totals
 
 
 def test_registry_sync_sensor_adds_and_removes_partitions(db, instance):

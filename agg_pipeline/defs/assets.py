@@ -7,7 +7,8 @@ consecutive days), and each partition's materialisation carries its own days' co
 """
 
 
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import psycopg
@@ -23,11 +24,12 @@ from agg_pipeline.defs.partitions import (
     symbols_partitions,
 )
 from agg_pipeline.defs.resources import MarketDatabase
+from agg_pipeline.defs.tags import AS_OF_TAG, BACKFILL_TAG, LANE_TAG, LIVE_LANE, REASON_TAG
 from agg_pipeline.engine import aggregate as engine
 from agg_pipeline.engine import tasks, timeframes
 from agg_pipeline.engine.timeframes import Timeframe
+from agg_pipeline.listing import summarise
 
-AS_OF_TAG = "agg/as_of"  # optional run tag: evaluate finality at this instant (ISO 8601)
 GROUP = "bars"
 TRANSIENT_RETRIES = 3
 
@@ -95,10 +97,6 @@ def run_as_of(context: dg.AssetExecutionContext) -> datetime:
     return created if created.tzinfo else created.replace(tzinfo=UTC)
 
 
-REASON_TAG = "agg/reason"  # set by the planner's runs: catch-up, late data on ..., ...
-BACKFILL_TAG = "dagster/backfill"
-
-
 def run_reason(tags: dict[str, str]) -> str:
     """Why this run writes bars, in the words of derived_bar_revisions.reason."""
     reason = tags.get(REASON_TAG, "")
@@ -111,20 +109,23 @@ def run_reason(tags: dict[str, str]) -> str:
     return "backfill" if BACKFILL_TAG in tags else "manual"
 
 
-def _task_status(conn: psycopg.Connection, symbol: str, timeframe: str) -> tuple | None:
-    return conn.execute(queries.query("task_status"),
-                        {"symbol": symbol, "timeframe": timeframe}).fetchone()
-
-
-def _skip_reason(status: tuple | None) -> str | None:
-    if status is None:
-        return "no task (optional timeframe not enabled for this symbol, or registry not synced)"
-    enabled, state = status
-    if state == "retired":
-        return "task retired (symbol or timeframe no longer in the registry)"
-    if not enabled:
-        return f"task disabled ({state}): set data_agg_state.enabled = true to resume"
-    return None
+def _skip_reasons(conn: psycopg.Connection, timeframe: str,
+                  symbols: list[str]) -> dict[str, str]:
+    """The symbols whose task does not run, and why."""
+    statuses = {symbol: (enabled, status) for symbol, enabled, status in conn.execute(
+        queries.query("task_statuses"), {"timeframe": timeframe, "symbols": symbols})}
+    conn.rollback()
+    skipped: dict[str, str] = {}
+    for symbol in symbols:
+        if symbol not in statuses:
+            skipped[symbol] = ("no task (optional timeframe not enabled for this symbol, or "
+                               "registry not synced)")
+        elif statuses[symbol][1] == "retired":
+            skipped[symbol] = "task retired (symbol or timeframe no longer in the registry)"
+        elif not statuses[symbol][0]:
+            skipped[symbol] = (f"task disabled ({statuses[symbol][1]}): set "
+                               "data_agg_state.enabled = true to resume")
+    return skipped
 
 
 def _record_failure(market_db: MarketDatabase, context, symbol: str, timeframe: str,
@@ -149,40 +150,63 @@ def _transient_retry(context: dg.AssetExecutionContext) -> dg.RetryRequested:
                              seconds_to_wait=min(60, 5 * 2 ** context.retry_number))
 
 
-def _aggregate_ranges(
+def reads_incrementally(tags: Mapping[str, str]) -> bool:
+    """A live run bringing tasks up to their frontier (catch-up, new windows, forming bar)
+    reads each symbol from its cursor; late data, reconciliation, backfills and manual runs
+    re-read their whole days."""
+    return tags.get(LANE_TAG) == LIVE_LANE and run_reason(tags) == "catch_up"
+
+
+def _engine_call(context: dg.AssetExecutionContext, conn: psycopg.Connection, tf: Timeframe,
+                 spans: list[engine.Span], as_of: datetime) -> engine.Batch:
+    batch = engine.aggregate_many(conn, tf.name, spans, now=as_of,
+                                  reason=run_reason(context.run.tags), run_id=context.run_id,
+                                  incremental=reads_incrementally(context.run.tags))
+    conn.commit()
+    return batch
+
+
+def _aggregate_spans(
     context: dg.AssetExecutionContext, market_db: MarketDatabase, conn: psycopg.Connection,
-    tf: Timeframe, ranges: dict[str, list[tuple[date, date]]], as_of: datetime,
-) -> tuple[list[engine.AggregationResult], dict[str, str], dict[str, str]]:
-    """One engine call per (symbol, run of consecutive days); each failure is booked on its
-    task (contract 11). Returns the results, the skipped and the hard-failed symbols; a
-    transient failure raises RetryRequested."""
-    results: list[engine.AggregationResult] = []
-    skipped: dict[str, str] = {}
-    failed: dict[str, str] = {}
-    why = run_reason(context.run.tags)
-    for symbol, spans in ranges.items():
-        reason = _skip_reason(_task_status(conn, symbol, tf.name))
-        conn.rollback()
-        if reason:
-            skipped[symbol] = reason
-            context.log.info(f"{symbol} / {tf.name}: skipped, {reason}")
+    tf: Timeframe, spans: list[engine.Span], as_of: datetime,
+) -> tuple[list[engine.AggregationResult], dict[str, str]]:
+    """One engine call for every symbol of the run. When it fails hard, each symbol is
+    tried alone, so one symbol's bad data fails only that symbol, booked on its task
+    (contract 11). Returns the results and the hard-failed symbols; a transient failure
+    raises RetryRequested."""
+    try:
+        batch = _engine_call(context, conn, tf, spans, as_of)
+        groups = []
+    except Exception as exc:
+        if not conn.closed:
+            conn.rollback()
+        if tasks.is_transient(exc):
+            context.log.warning(f"{tf.name}: transient failure ({type(exc).__name__}); retrying")
+            raise _transient_retry(context) from exc
+        symbols = sorted({s.symbol for s in spans})
+        if len(symbols) == 1:
+            _record_failure(market_db, context, symbols[0], tf.name, exc, transient=False)
+            return [], {symbols[0]: f"{type(exc).__name__}: {exc}"}
+        context.log.warning(f"{tf.name}: the run's engine call failed ({type(exc).__name__}); "
+                            f"each of its {len(symbols)} symbols on its own")
+        batch = engine.Batch([], {})
+        groups = [[s for s in spans if s.symbol == symbol] for symbol in symbols]
+    results, failed = list(batch.results), dict(batch.failed)
+    for group in groups:
+        try:
+            alone = _engine_call(context, conn, tf, group, as_of)
+        except Exception as exc:
+            if not conn.closed:
+                conn.rollback()
+            if tasks.is_transient(exc):
+                raise _transient_retry(context) from exc
+            failed[group[0].symbol] = exc
             continue
-        for first_day, last_day in spans:
-            start, end = day_bounds(first_day, last_day)
-            try:
-                results.append(engine.aggregate(conn, symbol, tf.name, start, end, now=as_of,
-                                                reason=why, run_id=context.run_id))
-                conn.commit()
-            except Exception as exc:
-                transient = tasks.is_transient(exc)
-                if not conn.closed:
-                    conn.rollback()
-                _record_failure(market_db, context, symbol, tf.name, exc, transient)
-                if transient:
-                    raise _transient_retry(context) from exc
-                failed[symbol] = f"{type(exc).__name__}: {exc}"
-                break
-    return results, skipped, failed
+        results += alone.results
+        failed.update(alone.failed)
+    for symbol, exc in failed.items():
+        _record_failure(market_db, context, symbol, tf.name, exc, transient=False)
+    return results, {s: f"{type(e).__name__}: {e}" for s, e in failed.items()}
 
 
 def materialize_timeframe(
@@ -193,12 +217,15 @@ def materialize_timeframe(
     ranges = run_day_spans(keys, context.run.tags)
     try:
         with market_db.connect() as conn:
-            results, skipped, failed = _aggregate_ranges(context, market_db, conn, tf, ranges,
-                                                         as_of)
+            skipped = _skip_reasons(conn, tf.name, sorted(ranges))
+            spans = [engine.Span(symbol, *day_bounds(first, last))
+                     for symbol, found in ranges.items() if symbol not in skipped
+                     for first, last in found]
+            results, failed = (_aggregate_spans(context, market_db, conn, tf, spans, as_of)
+                               if spans else ([], {}))
     except Exception as exc:
         # an outage outside an engine call (the server down when the step or its retry
-        # connects, the connection lost between calls): nothing was written, nothing to
-        # book, and retrying is what rides it out
+        # connects): nothing was written, nothing to book, and retrying is what rides it out
         if not tasks.is_transient(exc):
             raise
         context.log.warning(f"{tf.name}: database unavailable ({type(exc).__name__}: {exc}); "
@@ -213,9 +240,9 @@ def materialize_timeframe(
                 context.log_event(dg.AssetMaterialization(
                     asset_key=context.assets_def.key, partition=key, metadata=entry))
         raise dg.Failure(
-            description=f"{tf.name} failed for {', '.join(sorted(failed))}",
+            description=f"{tf.name} failed for {summarise(sorted(failed))}",
             metadata={"failures": dg.MetadataValue.json(failed),
-                      "succeeded_engine_calls": len(results)},
+                      "succeeded_requests": len(results)},
         )
     metadata.attach_partition_metadata(context, by_partition)
     return dg.MaterializeResult()

@@ -15,7 +15,7 @@ from decimal import Decimal
 import dagster as dg
 import psycopg
 
-from agg_pipeline.defs.assets import ASSET_KEY_BY_TIMEFRAME
+from agg_pipeline.defs.assets import ASSET_KEY_BY_TIMEFRAME, reads_incrementally
 from agg_pipeline.defs.partitions import (
     RANGE_END_TAG,
     RANGE_START_TAG,
@@ -25,6 +25,7 @@ from agg_pipeline.defs.partitions import (
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.engine import monitoring, timeframes
 from agg_pipeline.engine.monitoring import Outcome, Scope
+from agg_pipeline.listing import summarise
 
 
 class CheckSettings(dg.Config):
@@ -33,13 +34,16 @@ class CheckSettings(dg.Config):
     max_minutes_since_success: float = 60.0
     schedule_period_minutes: float = 5.0
     matches_source_sample_days: int = 2
+    # a live run reads and writes only the windows since each cursor: matches_source
+    # recomputes this much before the cursor then, not the days above
+    matches_source_live_sample_minutes: int = 60
     quality_window_days: int = 7
     max_poor_quality_share: float = 0.2
 
 
-def run_scope(context: dg.AssetCheckExecutionContext) -> Scope:
+def run_scope(context: dg.AssetCheckExecutionContext, config: "CheckSettings") -> Scope:
     """The run's symbols and days, from its single-run partition-range tags (within its
-    DAYS_TAG when it has one)."""
+    DAYS_TAG when it has one); a live run's recent windows."""
     tags = context.run.tags
     if RANGE_START_TAG not in tags or RANGE_END_TAG not in tags:
         return Scope()
@@ -47,7 +51,9 @@ def run_scope(context: dg.AssetCheckExecutionContext) -> Scope:
         dg.PartitionKeyRange(tags[RANGE_START_TAG], tags[RANGE_END_TAG]),
         dynamic_partitions_store=context.instance,
     )
-    return Scope(run_day_spans(keys, tags))
+    live = reads_incrementally(tags)
+    recent = timedelta(minutes=config.matches_source_live_sample_minutes) if live else None
+    return Scope(run_day_spans(keys, tags), recent)
 
 
 def _plain(value: object) -> object:
@@ -65,7 +71,7 @@ def _result(outcome: Outcome, scope: Scope, check: "CheckDef",
     offenders = [{k: _plain(v) for k, v in row.items()} for row in outcome.offenders]
     metadata: dict[str, object] = {k: _plain(v) for k, v in outcome.summary.items()}
     metadata["scope"] = ("all symbols, all time" if scope.symbols is None
-                         else f"run partitions: {', '.join(scope.symbols)}")
+                         else f"run partitions of {summarise(scope.symbols)}")
     if offenders:
         metadata["offenders"] = dg.MetadataValue.json(json.loads(json.dumps(offenders)))
     return dg.AssetCheckResult(
@@ -101,7 +107,7 @@ CHECK_DEFS: tuple[CheckDef, ...] = (
              "with the stored bars.",
              "stored bars disagree with their source",
              lambda conn, tf, scope, cfg: monitoring.matches_source(
-                 conn, tf, scope, sample_days=cfg.matches_source_sample_days)),
+                 conn, tf, scope, sample=timedelta(days=cfg.matches_source_sample_days))),
     CheckDef("no_bars_before_start", False, ERROR,
              "No active bar earlier than its task's agg_start_utc.",
              "bars before agg_start_utc",
@@ -149,7 +155,7 @@ def build_checks(tf: timeframes.Timeframe) -> dg.AssetChecksDefinition:
     @dg.multi_asset_check(name=f"{tf.asset_name}_checks", specs=specs, can_subset=True)
     def bars_checks(context: dg.AssetCheckExecutionContext, market_db: MarketDatabase,
                     config: CheckSettings) -> Iterator[dg.AssetCheckResult]:
-        scope = run_scope(context)
+        scope = run_scope(context, config)
         selected = {key.name for key in context.selected_asset_check_keys}
         with market_db.connect() as conn:
             for check in defs:

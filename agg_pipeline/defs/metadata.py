@@ -19,9 +19,10 @@ from dagster._core.execution.context.metadata_logging import (
 
 from agg_pipeline.defs.partitions import period_last_day, split_key
 from agg_pipeline.engine.aggregate import AggregationResult, DayCounts
+from agg_pipeline.listing import summarise
 
 NO_SOURCE = "no source rows in this partition"
-RUN_TOTALS_SYMBOL_LINES = 50  # the run-totals log line lists at most this many symbols
+RUN_TOTALS_SYMBOL_LINES = 10  # the run-totals log line details at most this many symbols
 
 
 def partition_metadata(
@@ -33,9 +34,12 @@ def partition_metadata(
     says which days, and its counts are theirs."""
     by_day: dict[tuple[str, date], DayCounts] = {}
     final_through: dict[str, datetime] = {}
+    read_from: dict[str, datetime] = {}
     for result in results:
         final_through[result.symbol] = max(result.final_through,
                                            final_through.get(result.symbol, result.final_through))
+        read_from[result.symbol] = min(result.read_from,
+                                       read_from.get(result.symbol, result.read_from))
         for day, counts in result.days.items():
             key = (result.symbol, day)
             by_day[key] = by_day[key] + counts if key in by_day else counts
@@ -57,6 +61,10 @@ def partition_metadata(
         if read and read != [(period, last)]:
             entry["days_read"] = ", ".join(a.isoformat() if a == b else f"{a}..{b}"
                                            for a, b in read)
+        began = read_from.get(symbol)
+        if began is not None and began.date() > period and began.date() <= last:
+            # a live run's incremental read: the windows since the cursor, not the whole day
+            entry["read_from"] = dg.MetadataValue.timestamp(began)
         end = datetime.combine(period_last_day(period) + timedelta(days=1), datetime.min.time(),
                                tzinfo=as_of.tzinfo)
         through = final_through.get(symbol)
@@ -100,7 +108,7 @@ def run_totals(timeframe: str, partitions: int, results: list[AggregationResult]
     symbols = sorted({r.symbol for r in results})
     lines = [
         f"run totals, bars_{timeframe}, {partitions} partitions of {len(symbols)} symbols "
-        f"({len(results)} engine calls): inserted {totals.bars_inserted}, updated "
+        f"({len(results)} ranges): inserted {totals.bars_inserted}, updated "
         f"{totals.bars_updated}, soft-deleted {totals.bars_soft_deleted}, unchanged "
         f"{totals.bars_unchanged}, skipped windows {totals.windows_skipped}; source rows "
         f"{totals.source_rows_read} ({totals.source_rows_invalid} invalid)"
@@ -112,9 +120,10 @@ def run_totals(timeframe: str, partitions: int, results: list[AggregationResult]
             f", inserted {result.bars_inserted}, updated {result.bars_updated}, soft-deleted "
             f"{result.bars_soft_deleted}, invalid rows {result.source_rows_invalid}")
     if len(results) > RUN_TOTALS_SYMBOL_LINES:
-        lines.append(f"  ... and {len(results) - RUN_TOTALS_SYMBOL_LINES} more engine calls")
-    for symbol, reason in sorted(skipped.items()):
-        lines.append(f"  {symbol}: skipped, {reason}")
+        lines.append(f"  ... and {len(results) - RUN_TOTALS_SYMBOL_LINES} more ranges")
+    for reason in sorted(set(skipped.values())):
+        lines.append(f"  skipped, {reason}: "
+                     f"{summarise(sorted(s for s, r in skipped.items() if r == reason))}")
     return "\n".join(lines)
 
 

@@ -21,9 +21,12 @@ OFFENDER_LIMIT = 50
 
 @dataclass(frozen=True)
 class Scope:
-    """Symbols and their day ranges (inclusive); None: every symbol, all time."""
+    """Symbols and their day ranges (inclusive); None: every symbol, all time. `recent`: the
+    run wrote only windows this close before each cursor (a live run's incremental read),
+    so a recomputation looks at no more than that."""
 
     days_by_symbol: dict[str, list[tuple[date, date]]] | None = None
+    recent: timedelta | None = None
 
     @property
     def symbols(self) -> list[str] | None:
@@ -136,10 +139,52 @@ def poor_quality(conn: psycopg.Connection, timeframe: str, scope: Scope, *, days
                                    "window_days": days, "max_share": max_share}, offenders)
 
 
+@dataclass(frozen=True)
+class Recheck:
+    """A rolled-back recomputation of many tasks of one timeframe (`recheck`)."""
+
+    pending_days: dict[str, set[date]]  # days whose source changed since materialised
+    changed: dict[str, list[dict]]  # windows the recomputation would write (ts_utc, problem)
+    windows_checked: int
+    busy: list[str]  # a run holds the task: not rechecked
+    errors: dict[str, str]  # the task cannot run (misconfigured, NULL cursor): why
+
+
+def recheck(conn: psycopg.Connection, timeframe: str, spans: list[engine.Span], *,
+            as_of: datetime | None = None, skip_busy: bool = False) -> Recheck:
+    """Recompute the spans from source in one transaction that is rolled back, and list the
+    windows that would change and the days whose fingerprint no longer matches (late data
+    the late-data sensor re-materialises). `skip_busy` leaves out tasks a run holds
+    instead of waiting for them."""
+    busy: list[str] = []
+    with conn.transaction(force_rollback=True):
+        if skip_busy and spans:
+            free = {r[0] for r in conn.execute(
+                "SELECT canonical_symbol FROM data_agg_state WHERE timeframe = %s "
+                "AND canonical_symbol = ANY (%s::text[]) FOR UPDATE SKIP LOCKED",
+                (timeframe, sorted({s.symbol for s in spans})))}
+            busy = sorted({s.symbol for s in spans} - free)
+            spans = [s for s in spans if s.symbol in free]
+        arrays = {"timeframe": timeframe, "symbols": [s.symbol for s in spans],
+                  "starts": [s.start for s in spans], "ends": [s.end for s in spans]}
+        pending: dict[str, set[date]] = {}
+        for row in _rows(conn, "recheck_pending_days", arrays):
+            pending.setdefault(row["symbol"], set()).add(row["day"])
+        batch = engine.aggregate_many(conn, timeframe, spans, now=as_of)
+        changed: dict[str, list[dict]] = {}
+        if any(r.rows_written for r in batch.results):
+            for row in _rows(conn, "recheck_changed_windows", arrays):
+                changed.setdefault(row.pop("symbol"), []).append(row)
+    conn.rollback()
+    return Recheck(pending, changed, sum(r.windows_seen for r in batch.results), busy,
+                   {s: f"{type(e).__name__}: {e}" for s, e in batch.failed.items()})
+
+
 def matches_source(conn: psycopg.Connection, timeframe: str, scope: Scope, *,
-                   sample_days: int) -> Outcome:
-    """Recompute the last `sample_days` days before each cursor (within the scope) from
-    source, in a transaction that is rolled back, and list the windows that would change.
+                   sample: timedelta) -> Outcome:
+    """Recompute the `sample` before each cursor (the scope's `recent` when shorter; at least
+    two windows; within the scope) from source, in a transaction that is rolled back, and
+    list the windows that would change.
 
     A window in a day whose 1m rows changed after its last materialisation (its recorded
     fingerprint no longer matches) is pending late data, which the late-data sensor
@@ -156,29 +201,27 @@ def matches_source(conn: psycopg.Connection, timeframe: str, scope: Scope, *,
             (timeframe, scope.symbols, scope.symbols)).fetchall()
     conn.rollback()
     scope_start, scope_end = scope.bounds()
-    offenders: list[dict] = []
-    windows_checked = pending = 0
+    sample = max(min(sample, scope.recent or sample), 2 * tf.step)
+    spans = []
     for symbol, cursor in tasks:
         end = min(cursor, scope_end) if scope_end else cursor
-        start = end - timedelta(days=sample_days)
+        start = end - sample
         if scope_start:
             start = max(start, scope_start)
-        if end <= start:
-            continue
-        bounds = {"symbol": symbol, "timeframe": timeframe, "start": start, "end": end}
-        with conn.transaction(force_rollback=True):
-            late_days = {row["day"] for row in _rows(conn, "check_pending_source_days", bounds)}
-            result = engine.aggregate(conn, symbol, timeframe, start, end)
-            changed = _rows(conn, "check_changed_windows", bounds)
-        windows_checked += result.windows_seen
-        for row in changed:
-            if row["ts_utc"].astimezone(windows.ORIGIN.tzinfo).date() in late_days:
+        if end > start:
+            spans.append(engine.Span(symbol, start, end))
+    found = recheck(conn, timeframe, spans)
+    offenders: list[dict] = []
+    pending = 0
+    for symbol, rows in sorted(found.changed.items()):
+        for row in rows:
+            if windows.day_start(row["ts_utc"]).date() in found.pending_days.get(symbol, ()):
                 pending += 1
             else:
                 offenders.append({"symbol": symbol, **row})
-    conn.rollback()
-    return Outcome(not offenders, {"windows_checked": windows_checked,
+    return Outcome(not offenders, {"windows_checked": found.windows_checked,
                                    "mismatched_windows": len(offenders),
                                    "pending_late_data_windows": pending,
-                                   "sample_days": sample_days, "interval_minutes": tf.minutes},
+                                   "sample_minutes": sample // timedelta(minutes=1),
+                                   "interval_minutes": tf.minutes},
                    offenders[:OFFENDER_LIMIT])

@@ -30,8 +30,7 @@ from psycopg.rows import dict_row
 
 from agg_pipeline.db import queries
 from agg_pipeline.engine import aggregate as engine
-from agg_pipeline.engine import synthetic, timeframes, windows
-from agg_pipeline.engine.errors import AggregationError
+from agg_pipeline.engine import monitoring, synthetic, timeframes, windows
 
 PLAN_LOCK_KEY = "agg_pipeline/plan"
 # A claim whose run Dagster does not know (yet) stays live this long: the daemon creates a
@@ -381,35 +380,24 @@ def reconciliation_work(conn: psycopg.Connection, tasks: Tasks, *, after: str | 
     busy: list[str] = []
     errors: dict[str, str] = {}
     windows_checked = 0
-    for symbol in checked:
-        for name, task in states[symbol].items():
-            if not timeframes.get(name).reads_data_bars or task.cursor <= window_start:
-                continue
-            bounds = {"symbol": symbol, "timeframe": name, "start": window_start,
-                      "end": task.cursor}
-            changed: set[date] = set()
-            with conn.transaction(force_rollback=True):
-                # a run holding the task has it in hand: skip rather than wait for it
-                if not conn.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))",
-                                    (engine.advisory_lock_key(symbol, name),)).fetchone()[0]:
-                    busy.append(symbol)
-                    continue
-                with conn.cursor() as cur:
-                    changed.update(r[0] for r in cur.execute(
-                        queries.query("check_pending_source_days"), bounds))
-                try:
-                    result = engine.aggregate(conn, symbol, name, window_start, task.cursor,
-                                              now=as_of)
-                except AggregationError as exc:  # the task changed since it was read
-                    errors[symbol] = f"{type(exc).__name__}: {exc}"
-                    continue
-                windows_checked += result.windows_seen
-                if result.rows_written:
-                    with conn.cursor() as cur:
-                        changed.update(_day(r[0]) for r in cur.execute(
-                            queries.query("check_changed_windows"), bounds))
-            for day in changed:
+    for tf in timeframes.ORDERED:
+        if not tf.reads_data_bars:
+            continue
+        spans = [engine.Span(symbol, window_start, states[symbol][tf.name].cursor)
+                 for symbol in checked
+                 if tf.name in states[symbol] and states[symbol][tf.name].cursor > window_start]
+        # a run holding a task has it in hand: skipped rather than waited for
+        rechecked = monitoring.recheck(conn, tf.name, spans, as_of=as_of, skip_busy=True)
+        busy += rechecked.busy
+        errors.update(rechecked.errors)
+        windows_checked += rechecked.windows_checked
+        for symbol, days in rechecked.pending_days.items():
+            for day in days:
                 found.setdefault(symbol, {}).setdefault(day, set()).add(RECONCILIATION)
+        for symbol, rows in rechecked.changed.items():
+            for row in rows:
+                found.setdefault(symbol, {}).setdefault(_day(row["ts_utc"]), set()).add(
+                    RECONCILIATION)
     # a synthetic index read those component days: its days are rebuilt too (its own
     # recorded inputs, unlike the late-data path's, cannot see a change the capture missed)
     for symbol, days in synthetic.reading_days(conn, found).items():

@@ -1,0 +1,20 @@
+-- The days of many tasks of one timeframe, each overlapping its [start, end), whose 1m rows
+-- changed after their last materialisation (the fingerprint over the span it covered differs
+-- from the recorded one): late data the late-data sensor will re-materialise. Run before a
+-- recomputation, which records fingerprints of its own.
+SELECT q.symbol, r.day
+FROM unnest(%(symbols)s::text[], %(starts)s::timestamptz[], %(ends)s::timestamptz[])
+    AS q(symbol, start_at, end_at)
+CROSS JOIN LATERAL (
+    SELECT r.*
+    FROM data_agg_source_days r
+    WHERE r.canonical_symbol = q.symbol
+      AND r.timeframe = %(timeframe)s
+      AND r.covered_from < q.end_at
+      AND r.final_through > q.start_at
+    OFFSET 0  -- per symbol through the primary key
+) r
+CROSS JOIN LATERAL agg_source_fingerprint(r.canonical_symbol, r.covered_from,
+                                          r.final_through) now_fp
+WHERE (now_fp.source_rows, now_fp.source_ingested_max, now_fp.source_ingested_sum)
+      IS DISTINCT FROM (r.source_rows, r.source_ingested_max, r.source_ingested_sum)
