@@ -19,7 +19,7 @@ from agg_pipeline.defs.partitions import (
     period_start,
     range_tags,
 )
-from agg_pipeline.engine import planning
+from agg_pipeline.engine import planning, windows
 
 # Tags of every run the planner requests: the run queue's live lane (dagster.yaml limits it),
 # why, and the plan whose claims the run holds (the run key too).
@@ -105,5 +105,6 @@ def summary(found: planning.Plan) -> str:
 
 
 def database_now(conn: psycopg.Connection) -> datetime:
-    """Finality is judged on the database clock, as the engine does."""
-    return conn.execute("SELECT now()").fetchone()[0]
+    """Finality is judged on the database clock, as the engine does; in UTC, whatever the
+    session's TimeZone (its days and windows are UTC ones)."""
+    return windows.utc(conn.execute("SELECT now()").fetchone()[0])

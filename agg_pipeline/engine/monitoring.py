@@ -48,8 +48,10 @@ class Outcome:
 
 
 def _rows(conn: psycopg.Connection, name: str, params: dict) -> list[dict]:
+    """The query's rows, instants in UTC whatever the session's TimeZone (offenders show
+    UTC, and day arithmetic on them is on UTC days)."""
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(queries.query(name), params).fetchall()
+        return [windows.utc_values(row) for row in cur.execute(queries.query(name), params)]
 
 
 def cursor_not_ahead(conn: psycopg.Connection, timeframe: str, scope: Scope) -> Outcome:
@@ -159,6 +161,7 @@ def matches_source(conn: psycopg.Connection, timeframe: str, scope: Scope, *,
     offenders: list[dict] = []
     windows_checked = pending = 0
     for symbol, cursor in tasks:
+        cursor = windows.utc(cursor)  # `cursor - days` in the session's zone is wall-clock
         end = min(cursor, scope_end) if scope_end else cursor
         start = end - timedelta(days=sample_days)
         if scope_start:
@@ -168,11 +171,13 @@ def matches_source(conn: psycopg.Connection, timeframe: str, scope: Scope, *,
         bounds = {"symbol": symbol, "timeframe": timeframe, "start": start, "end": end}
         with conn.transaction(force_rollback=True):
             late_days = {row["day"] for row in _rows(conn, "check_pending_source_days", bounds)}
-            result = engine.aggregate(conn, symbol, timeframe, start, end)
+            # the database clock in UTC: the engine's own default keeps the session's zone
+            now = windows.utc(conn.execute("SELECT now()").fetchone()[0])
+            result = engine.aggregate(conn, symbol, timeframe, start, end, now=now)
             changed = _rows(conn, "check_changed_windows", bounds)
         windows_checked += result.windows_seen
         for row in changed:
-            if row["ts_utc"].astimezone(windows.ORIGIN.tzinfo).date() in late_days:
+            if windows.utc_date(row["ts_utc"]) in late_days:
                 pending += 1
             else:
                 offenders.append({"symbol": symbol, **row})
