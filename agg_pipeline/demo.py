@@ -194,8 +194,10 @@ def bar_seed(seed: int, index: int, start: datetime) -> int:
 
 
 def first_minute(conn: psycopg.Connection) -> datetime | None:
-    """The earliest demo 1m bar (of the registry's demo symbols), or None without demo data."""
-    return conn.execute(queries.query("demo_first_minute")).fetchone()[0]
+    """The earliest demo 1m bar (of the registry's demo symbols) in UTC, or None without demo
+    data."""
+    first = conn.execute(queries.query("demo_first_minute")).fetchone()[0]
+    return None if first is None else first.astimezone(UTC)
 
 
 def computed_symbols(conn: psycopg.Connection, symbols: Sequence[str]) -> set[str]:

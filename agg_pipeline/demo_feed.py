@@ -151,7 +151,7 @@ class DemoFeed:
             return None
         symbol = symbols[self._rng.integers(len(symbols))]
         youngest, oldest = CORRECTION_AGE
-        candidates = [row[0] for row in conn.execute(
+        candidates = [row[0].astimezone(UTC) for row in conn.execute(
             queries.query("demo_feed_correctable"),
             {"symbol": symbol, "since": now - oldest, "until": now - youngest}).fetchall()]
         if not candidates:
@@ -172,7 +172,7 @@ class DemoFeed:
                 try:
                     if conn is None or conn.closed:
                         conn = connection.connect(url)
-                    now = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+                    now = conn.execute("SELECT clock_timestamp()").fetchone()[0].astimezone(UTC)
                     conn.commit()
                     _report(self.tick(conn, now))
                     after = now.replace(second=0, microsecond=0) + MINUTE

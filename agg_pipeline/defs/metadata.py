@@ -18,6 +18,7 @@ from dagster._core.execution.context.metadata_logging import (
 )
 
 from agg_pipeline.defs.partitions import period_last_day, split_key
+from agg_pipeline.engine import windows
 from agg_pipeline.engine.aggregate import AggregationResult, DayCounts
 from agg_pipeline.listing import summarise
 
@@ -61,12 +62,11 @@ def partition_metadata(
         if read and read != [(period, last)]:
             entry["days_read"] = ", ".join(a.isoformat() if a == b else f"{a}..{b}"
                                            for a, b in read)
+        end = windows.day_instant(period_last_day(period) + timedelta(days=1))
         began = read_from.get(symbol)
-        if began is not None and began.date() > period and began.date() <= last:
+        if began is not None and windows.day_instant(period) < began < end:
             # a live run's incremental read: the windows since the cursor, not the whole day
             entry["read_from"] = dg.MetadataValue.timestamp(began)
-        end = datetime.combine(period_last_day(period) + timedelta(days=1), datetime.min.time(),
-                               tzinfo=as_of.tzinfo)
         through = final_through.get(symbol)
         if symbol in skipped:
             entry["partition_note"] = f"skipped: {skipped[symbol]}"
@@ -128,4 +128,5 @@ def run_totals(timeframe: str, partitions: int, results: list[AggregationResult]
 
 
 def _minute(value: datetime | None) -> str:
-    return "-" if value is None else f"{value:%Y-%m-%d %H:%M}"
+    # cursors come back in the session's zone: shown in UTC
+    return "-" if value is None else f"{windows.utc(value):%Y-%m-%d %H:%M}"

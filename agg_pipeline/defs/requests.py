@@ -20,7 +20,7 @@ from agg_pipeline.defs.partitions import (
     range_tags,
 )
 from agg_pipeline.defs.tags import LANE_TAG, LIVE_LANE, PLAN_TAG, REASON_TAG
-from agg_pipeline.engine import planning
+from agg_pipeline.engine import planning, windows
 
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
@@ -100,5 +100,6 @@ def summary(found: planning.Plan) -> str:
 
 
 def database_now(conn: psycopg.Connection) -> datetime:
-    """Finality is judged on the database clock, as the engine does."""
-    return conn.execute("SELECT now()").fetchone()[0]
+    """Finality is judged on the database clock, as the engine does; in UTC, whatever the
+    session's TimeZone (its days and windows are UTC ones)."""
+    return windows.utc(conn.execute("SELECT now()").fetchone()[0])

@@ -47,7 +47,8 @@ WORK_MEM = "64MB"
 # a sort, so only symbols that skip zero-volume fillers pay for it (a statement of their own).
 WINDOW_HAS_TRADED_BAR = sql.SQL(
     "COALESCE(bool_or(valid AND final AND vol > 0) OVER "
-    "(PARTITION BY date_bin(%(step)s, ts_utc, TIMESTAMPTZ '2000-01-01 00:00:00+00')), false)"
+    "(PARTITION BY date_bin(%(step)s::interval, ts_utc, TIMESTAMPTZ '2000-01-01 00:00:00+00')),"
+    " false)"
 )
 NO_FILLER_RULE = sql.SQL("false")
 
@@ -209,6 +210,7 @@ def _task_view(row: dict, tf: Timeframe) -> TaskView | AggregationError:
             "it must be a number of seconds >= 0")
     if row["last_agg_bar_ts_utc"] is None:
         return NullCursorError(symbol, tf.name)
+    row = windows.utc_values(row)  # the session's zone may be any (contract 1)
     return TaskView(
         symbol=symbol, cursor=row["last_agg_bar_ts_utc"], agg_start=row["agg_start_utc"],
         delay=timedelta(seconds=delay), derivation_version=row["derivation_version"],
@@ -277,8 +279,9 @@ def _run_windows(conn: psycopg.Connection, tf: Timeframe,
         window_traded=WINDOW_HAS_TRADED_BAR if skip_zero_volume else NO_FILLER_RULE)
     params = {
         **_columns(requests, version),
-        "timeframe": tf.name, "source_timeframe": tf.source, "step": tf.step,
-        "source_step": tf.source_step, "expected": tf.expected_candles,
+        "timeframe": tf.name, "source_timeframe": tf.source,
+        "step": windows.sql_interval(tf.step), "source_step": windows.sql_interval(tf.source_step),
+        "expected": tf.expected_candles,
         "score_by_count": tf.score_by_count(), "retention_applies": tf.reads_data_bars,
         "reason": reason, "run_id": run_id,
     }
@@ -307,10 +310,11 @@ def _run_forming(conn: psycopg.Connection, tf: Timeframe,
         "range_end": [b.range_end for _, b, _ in reaching],
         "forming": [t.forming for t, _, _ in reaching],
         "versions": [version or t.derivation_version for t, _, _ in reaching],
-        "timeframe": tf.name, "source_timeframe": tf.source, "as_of": as_of, "step": tf.step,
-        "source_step": tf.source_step, "expected": tf.expected_candles,
+        "timeframe": tf.name, "source_timeframe": tf.source, "as_of": as_of,
+        "step": windows.sql_interval(tf.step), "source_step": windows.sql_interval(tf.source_step),
+        "expected": tf.expected_candles,
     }, prepare=False).fetchall()
-    return {symbol: (ts, candles) for symbol, ts, candles in rows}
+    return {symbol: (windows.utc(ts), candles) for symbol, ts, candles in rows}
 
 
 # ----------------------------------------------------------------------------- results
@@ -327,11 +331,11 @@ def _collect(rows: list[tuple]) -> tuple[dict[int, dict[date, DayCounts]], dict[
     final_hi: dict[int, datetime] = {}
     for ord_, kind, at, counts, newest in rows:
         if kind == "bound":
-            final_hi[ord_] = at
+            final_hi[ord_] = windows.utc(at)
         else:
-            day = windows.day_start(at).date()
-            days.setdefault(ord_, {})[day] = DayCounts(
-                **dict(zip(_COUNTED, counts, strict=False)), newest_source_ts=newest)
+            days.setdefault(ord_, {})[windows.utc_date(at)] = DayCounts(
+                **dict(zip(_COUNTED, counts, strict=False)),
+                newest_source_ts=windows.utc_or_none(newest))
     return days, final_hi
 
 

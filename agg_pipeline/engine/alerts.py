@@ -15,6 +15,7 @@ from psycopg.rows import dict_row
 
 from agg_pipeline import settings
 from agg_pipeline.db import queries
+from agg_pipeline.engine import windows
 
 TIMEOUT_SECONDS = 10
 
@@ -75,7 +76,7 @@ def hard_failed_tasks(conn: psycopg.Connection) -> list[Incident]:
             summary=(f"task {r['canonical_symbol']} / {r['timeframe']} is hard_failed after "
                      f"{r['hard_fail_streak']} hard failures"),
             details={"last_error": (r["last_error"] or "")[:500],
-                     "last_success": r["last_successful_at_utc"]},
+                     "last_success": windows.utc_or_none(r["last_successful_at_utc"])},
         )
         for r in rows
     ]

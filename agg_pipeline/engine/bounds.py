@@ -11,7 +11,7 @@ statement found final.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from agg_pipeline.engine import windows
 from agg_pipeline.engine.timeframes import Timeframe
@@ -19,7 +19,8 @@ from agg_pipeline.engine.timeframes import Timeframe
 
 @dataclass(frozen=True)
 class TaskView:
-    """What the engine needs of one task row (tasks_for_update.sql), read under its lock."""
+    """What the engine needs of one task row (tasks_for_update.sql), read under its lock;
+    every instant in UTC."""
 
     symbol: str
     cursor: datetime
@@ -48,10 +49,6 @@ class Bounds:
     incremental: bool
 
 
-def _utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
-
-
 def request_bounds(task: TaskView, tf: Timeframe, start: datetime, end: datetime,
                    as_of: datetime, *, incremental: bool) -> Bounds:
     """The bounds of [start, end) for `task` at `as_of`.
@@ -64,17 +61,17 @@ def request_bounds(task: TaskView, tf: Timeframe, start: datetime, end: datetime
     re-reads are then never missed: late rows before the cursor change the fingerprint.
     """
     step = tf.step
-    lo = windows.ceil(_utc(start), step)
+    lo = windows.ceil(start, step)
     if task.retained_from is not None and tf.reads_data_bars:
-        lo = max(lo, windows.ceil(_utc(task.retained_from), step))  # frozen before it
-    range_end = max(windows.ceil(_utc(end), step), lo)
-    hi = max(min(range_end, windows.floor(_utc(as_of) - task.delay, step)), lo)
-    final_to = max(min(range_end, windows.floor(_utc(as_of), step)), hi)
-    read_from = max(lo, windows.ceil(_utc(task.agg_start), step))
-    cursor = windows.ceil(_utc(task.cursor), step)
+        lo = max(lo, windows.ceil(task.retained_from, step))  # frozen before it
+    range_end = max(windows.ceil(end, step), lo)
+    hi = max(min(range_end, windows.floor(as_of - task.delay, step)), lo)
+    final_to = max(min(range_end, windows.floor(as_of, step)), hi)
+    read_from = max(lo, windows.ceil(task.agg_start, step))
+    cursor = windows.ceil(task.cursor, step)
     chained = incremental and read_from < cursor <= final_to and (
         not tf.reads_data_bars or cursor == windows.day_start(cursor)
-        or (task.fingerprint_through is not None and _utc(task.fingerprint_through) == cursor))
+        or (task.fingerprint_through is not None and task.fingerprint_through == cursor))
     if chained:
         lo = read_from = cursor
     if not tf.reads_data_bars:
@@ -82,7 +79,7 @@ def request_bounds(task: TaskView, tf: Timeframe, start: datetime, end: datetime
     else:
         record_from = (windows.day_start(read_from) if chained
                        else windows.ceil(lo, windows.DAY))
-        record_limit = max(record_from, windows.floor(_utc(end), windows.DAY))
+        record_limit = max(record_from, windows.floor(end, windows.DAY))
     return Bounds(lo=lo, hi=hi, final_to=final_to, read_from=read_from,
                   record_from=record_from, record_limit=record_limit,
                   consume_from=read_from if chained else None, range_end=range_end,
@@ -95,9 +92,9 @@ def cursor_after(task: TaskView, tf: Timeframe, bounds: Bounds, cursor: datetime
     are materialised: forward only, never past the end of the window holding the newest
     source row (contract 7), passing over empty windows behind newer data (contract 8).
     `cursor` is the task's cursor before (or after an earlier request of the same run)."""
-    if task.frontier is None or bounds.lo > windows.ceil(_utc(cursor), tf.step):
+    if task.frontier is None or bounds.lo > windows.ceil(cursor, tf.step):
         return cursor  # (an off-grid cursor points at the window starting at its next boundary)
-    frontier_end = windows.floor(_utc(task.frontier), tf.step) + tf.step
+    frontier_end = windows.floor(task.frontier, tf.step) + tf.step
     return max(cursor, min(final_hi, frontier_end))
 
 

@@ -8,7 +8,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from agg_pipeline.db import queries
-from agg_pipeline.engine import timeframes
+from agg_pipeline.engine import timeframes, windows
 
 
 def _ladder_rank(timeframe: str) -> int:
@@ -19,7 +19,7 @@ def _ladder_rank(timeframe: str) -> int:
 def frontier_health(conn: psycopg.Connection) -> list[dict]:
     """One dict per task, by symbol and then in ladder order (5m, 15m, 1h, 4h, 1d)."""
     with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(queries.query("frontier_health")).fetchall()
+        rows = [windows.utc_values(row) for row in cur.execute(queries.query("frontier_health"))]
     return sorted(rows, key=lambda r: (r["canonical_symbol"], _ladder_rank(r["timeframe"])))
 
 
@@ -27,6 +27,8 @@ def _cell(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):
+        if value.tzinfo is not None:  # the session's zone otherwise: every time shown is UTC
+            value = windows.utc(value)
         return value.strftime("%Y-%m-%d %H:%M" if value.second == value.microsecond == 0
                               else "%Y-%m-%d %H:%M:%S")
     if isinstance(value, timedelta):

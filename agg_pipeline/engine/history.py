@@ -24,9 +24,10 @@ def bar_versions(conn: psycopg.Connection, symbol: str, timeframe: str, start: d
         raise ValueError(f"end {end.isoformat()} must be after start {start.isoformat()}")
     at = windows.require_utc(at, "at") if at is not None else None
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(queries.query("bar_versions"), {
+        rows = cur.execute(queries.query("bar_versions"), {
             "symbol": symbol, "timeframe": tf.name, "start": start, "end": end, "at": at,
         }).fetchall()
+    return [windows.utc_values(row) for row in rows]  # UTC whatever the session's zone
 
 
 COLUMNS = (

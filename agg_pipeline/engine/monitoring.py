@@ -51,8 +51,10 @@ class Outcome:
 
 
 def _rows(conn: psycopg.Connection, name: str, params: dict) -> list[dict]:
+    """The query's rows, instants in UTC whatever the session's TimeZone (offenders show
+    UTC, and day arithmetic on them is on UTC days)."""
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(queries.query(name), params).fetchall()
+        return [windows.utc_values(row) for row in cur.execute(queries.query(name), params)]
 
 
 def cursor_not_ahead(conn: psycopg.Connection, timeframe: str, scope: Scope) -> Outcome:
@@ -204,6 +206,7 @@ def matches_source(conn: psycopg.Connection, timeframe: str, scope: Scope, *,
     sample = max(min(sample, scope.recent or sample), 2 * tf.step)
     spans = []
     for symbol, cursor in tasks:
+        cursor = windows.utc(cursor)  # `cursor - days` in the session's zone is wall-clock
         end = min(cursor, scope_end) if scope_end else cursor
         start = end - sample
         if scope_start:
@@ -215,7 +218,7 @@ def matches_source(conn: psycopg.Connection, timeframe: str, scope: Scope, *,
     pending = 0
     for symbol, rows in sorted(found.changed.items()):
         for row in rows:
-            if windows.day_start(row["ts_utc"]).date() in found.pending_days.get(symbol, ()):
+            if windows.utc_date(row["ts_utc"]) in found.pending_days.get(symbol, ()):
                 pending += 1
             else:
                 offenders.append({"symbol": symbol, **row})

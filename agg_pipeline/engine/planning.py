@@ -179,9 +179,11 @@ def _task_state(row: dict, as_of: datetime) -> TaskState | str:
     delay = row["aggregation_delay_seconds"]
     if delay is None or delay < 0:
         return f"aggregation_delay_seconds is {delay!r}"
-    cursor = row["last_agg_bar_ts_utc"]
+    # in UTC: the session's zone would make their days local days (SPEC contract 1)
+    cursor = windows.utc(row["last_agg_bar_ts_utc"])
     final_end = windows.floor(as_of - timedelta(seconds=delay), tf.step)
-    frontier = row["frontier_ts"]
+    frontier = windows.utc_or_none(row["frontier_ts"])
+    forming_through = windows.utc_or_none(row["forming_through"])
     frontier_end = None if frontier is None else windows.floor(frontier, tf.step) + tf.step
     target = cursor if frontier_end is None else min(final_end, frontier_end)
     return TaskState(row["canonical_symbol"], name, cursor, max(cursor, target), frontier,
@@ -190,11 +192,12 @@ def _task_state(row: dict, as_of: datetime) -> TaskState | str:
                      ahead=frontier_end is not None and cursor > frontier_end,
                      forming_behind=bool(row["forming"]) and tf.reads_data_bars
                      and frontier is not None
-                     and (row["forming_through"] is None or frontier > row["forming_through"]))
+                     and (forming_through is None or frontier > forming_through))
 
 
 def task_states(conn: psycopg.Connection, as_of: datetime) -> Tasks:
     """Every schedulable task with its catch-up target at `as_of` (read-only)."""
+    as_of = windows.utc(as_of)  # e.g. `SELECT now()` in a session west of UTC
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(queries.query("plan_tasks"), {"as_of": as_of}).fetchall()
     conn.rollback()
@@ -210,7 +213,7 @@ def task_states(conn: psycopg.Connection, as_of: datetime) -> Tasks:
 
 
 def _day(value: datetime) -> date:
-    return windows.day_start(value).date()
+    return windows.utc_date(value)
 
 
 def _with_downstream(names: Iterable[str], enabled: Iterable[str]) -> tuple[str, ...]:
@@ -375,7 +378,7 @@ def reconciliation_work(conn: psycopg.Connection, tasks: Tasks, *, after: str | 
     start = next((i for i, s in enumerate(candidates) if after is None or s > after), 0)
     checked = tuple((candidates[start:] + candidates[:start])[:budget])
     window_start = max(windows.day_start(as_of) - timedelta(days=days - 1),
-                       datetime.combine(first_day, datetime.min.time(), tzinfo=as_of.tzinfo))
+                       windows.day_instant(first_day))
     found: dict[str, dict[date, set[str]]] = {}
     busy: list[str] = []
     errors: dict[str, str] = {}

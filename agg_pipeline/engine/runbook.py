@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 
 from agg_pipeline.db import migrations, queries
 from agg_pipeline.engine import aggregate as engine
-from agg_pipeline.engine import timeframes
+from agg_pipeline.engine import timeframes, windows
 
 BACKUP_PREFIX = "data_agg_state_backup_"  # sql/008 validates and builds the table names
 
@@ -26,8 +26,9 @@ class RunbookError(RuntimeError):
 
 
 def _rows(conn: psycopg.Connection, statement, params: dict | None = None) -> list[dict]:
+    """Rows with their instants in UTC (reports show them as UTC whatever the session's zone)."""
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(statement, params or {}).fetchall()
+        return [windows.utc_values(row) for row in cur.execute(statement, params or {})]
 
 
 def preflight(conn: psycopg.Connection) -> dict[str, list[dict]]:
@@ -118,7 +119,9 @@ def rebuild_range(conn: psycopg.Connection, symbols: list[str], start: datetime,
                                   "AND timeframe = %s", (symbol, tf.name)).fetchone()
             if exists is None and timeframe_names is None:
                 continue  # optional timeframe this symbol does not have
-            results.append(engine.rebuild_range(conn, symbol, tf.name, start, end,
+            # the database clock in UTC: the engine's own default keeps the session's zone
+            now = windows.utc(conn.execute("SELECT now()").fetchone()[0])
+            results.append(engine.rebuild_range(conn, symbol, tf.name, start, end, now=now,
                                                 run_id=run_id))
             conn.commit()
     return results

@@ -83,8 +83,8 @@ def build(conn: psycopg.Connection, symbol: str, start: datetime, end: datetime,
     start = windows.require_utc(start, "start")
     end = windows.require_utc(end, "end")
     with conn.transaction():
-        as_of = windows.require_utc(now, "now") if now is not None else conn.execute(
-            "SELECT now()").fetchone()[0]
+        as_of = windows.require_utc(now, "now") if now is not None else windows.utc(
+            conn.execute("SELECT now()").fetchone()[0])
         with conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute("SELECT * FROM agg_build_synthetic_bars(%s, %s, %s, %s)",
                                (symbol, start, end, as_of)).fetchall()

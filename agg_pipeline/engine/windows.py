@@ -1,8 +1,15 @@
-"""Window arithmetic on the UTC grid anchored at 2000-01-01 00:00 UTC (as SQL's date_bin)."""
+"""Window arithmetic on the UTC grid anchored at 2000-01-01 00:00 UTC (as SQL's date_bin).
+
+Every result is in UTC whatever the input's zone (SPEC contract 1). psycopg returns
+timestamptz values in the session's TimeZone (a server in America/New_York gives
+ZoneInfo('America/New_York') datetimes), and Python's arithmetic on such values is wall-clock
+arithmetic: subtracting across a DST switch or taking `.date()` gives the local answer, not
+the UTC one. So instants are converted to UTC before any arithmetic, and days are UTC days.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -28,14 +35,53 @@ def require_utc(value: datetime, name: str) -> datetime:
     return value
 
 
+def utc(value: datetime) -> datetime:
+    """The same instant in UTC (an aware datetime in any zone, e.g. read from the database).
+    A naive datetime is refused: astimezone() would take it for this machine's local time."""
+    if value.tzinfo is None:
+        raise ValueError(f"{value.isoformat()} has no time zone; pass an aware datetime")
+    return value.astimezone(UTC)
+
+
+def utc_or_none(value: datetime | None) -> datetime | None:
+    return None if value is None else utc(value)
+
+
+def utc_values(row: dict) -> dict:
+    """A row read from the database with its instants in UTC (for results and displays)."""
+    return {k: v.astimezone(UTC) if isinstance(v, datetime) and v.tzinfo else v
+            for k, v in row.items()}
+
+
 def floor(value: datetime, step: timedelta) -> datetime:
+    value = utc(value)  # in another zone, `value - delta` would be wall-clock arithmetic
     return value - (value - ORIGIN) % step
 
 
 def ceil(value: datetime, step: timedelta) -> datetime:
+    # (`==` between zones is False for a time in a repeated hour, e.g. 01:30 on the day New
+    # York leaves daylight time: compare in UTC)
+    value = utc(value)
     floored = floor(value, step)
     return floored if floored == value else floored + step
 
 
 def day_start(value: datetime) -> datetime:
     return floor(value, DAY)
+
+
+def utc_date(value: datetime) -> date:
+    """The UTC day holding the instant `value` (its `.date()` would be the local day)."""
+    return utc(value).date()
+
+
+def day_instant(day: date) -> datetime:
+    """00:00 UTC of `day`."""
+    return datetime.combine(day, time(), tzinfo=UTC)
+
+
+def sql_interval(step: timedelta) -> str:
+    """`step` as a statement parameter (cast to interval there) that PostgreSQL adds as an
+    absolute duration whatever the session's TimeZone: psycopg sends a day as '1 day', which
+    in a zone with DST is 23 or 25 hours across the switch."""
+    return f"{step // timedelta(microseconds=1)} microseconds"

@@ -109,7 +109,7 @@ diff AS (
                     w.ingested_max, w.ingested_sum
                 FROM (
                     SELECT
-                        date_bin(%(step)s, ts_utc, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS ts_utc,
+                        date_bin(%(step)s::interval, ts_utc, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS ts_utc,
                         count(*) FILTER (WHERE usable)                  AS n,
                         count(*) FILTER (WHERE NOT valid)               AS invalid_rows,
                         count(*) FILTER (WHERE valid AND NOT final)     AS partial_rows,
@@ -142,7 +142,7 @@ diff AS (
                             SELECT b.ts_utc, b.open, b.high, b.low, b.close, b.vol, b.vwap,
                                    b.trade_count, b.ingested_at,
                                    agg_bar_is_valid(b.open, b.high, b.low, b.close, b.vol, b.vwap,
-                                                    b.trade_count, b.ts_utc, %(source_step)s)
+                                                    b.trade_count, b.ts_utc, %(source_step)s::interval)
                                        AS valid,
                                    NOT b.is_partial AS final,
                                    date_part('epoch', b.ts_utc) AS t
@@ -185,7 +185,7 @@ diff AS (
         bound AS (
             SELECT COALESCE(min(g.ts) FILTER (WHERE f.window_ts IS NULL), r.final_to)
                        AS final_hi
-            FROM generate_series(r.hi, r.final_to - %(step)s, %(step)s) AS g(ts)
+            FROM generate_series(r.hi, r.final_to - %(step)s::interval, %(step)s::interval) AS g(ts)
             LEFT JOIN w f ON f.window_ts = g.ts AND f.final
         )
         SELECT 'write' AS kind, w.window_ts AS at, w.action, w.open, w.high, w.low, w.close,
@@ -324,7 +324,7 @@ revised AS (
                     WHERE %(run_id)s::text IS NOT NULL
                       AND v.canonical_symbol = x.symbol
                       AND v.timeframe = %(source_timeframe)s
-                      AND v.ts_utc >= x.at AND v.ts_utc < x.at + %(step)s
+                      AND v.ts_utc >= x.at AND v.ts_utc < x.at + %(step)s::interval
                       AND v.run_id = %(run_id)s
                     ORDER BY array_position(
                         ARRAY['deletion', 'correction', 'reconciliation', 'late_data'], v.reason)

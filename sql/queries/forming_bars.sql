@@ -40,10 +40,10 @@ rolled AS (
               AND b.ts_utc <= %(as_of)s
               {source_filter}
               AND agg_bar_is_valid(b.open, b.high, b.low, b.close, b.vol, b.vwap,
-                                   b.trade_count, b.ts_utc, %(source_step)s)
+                                   b.trade_count, b.ts_utc, %(source_step)s::interval)
         ) s
         JOIN (
-            SELECT date_bin(%(step)s, max(b.ts_utc), TIMESTAMPTZ '2000-01-01 00:00:00+00')
+            SELECT date_bin(%(step)s::interval, max(b.ts_utc), TIMESTAMPTZ '2000-01-01 00:00:00+00')
                        AS ts_utc
             FROM {source_table} b
             WHERE r.forming
@@ -54,13 +54,13 @@ rolled AS (
               AND b.ts_utc <= %(as_of)s
               {source_filter}
               AND agg_bar_is_valid(b.open, b.high, b.low, b.close, b.vol, b.vwap,
-                                   b.trade_count, b.ts_utc, %(source_step)s)
+                                   b.trade_count, b.ts_utc, %(source_step)s::interval)
             HAVING count(*) > 0
-        ) w ON s.ts_utc >= w.ts_utc AND s.ts_utc < w.ts_utc + %(step)s
+        ) w ON s.ts_utc >= w.ts_utc AND s.ts_utc < w.ts_utc + %(step)s::interval
         GROUP BY w.ts_utc
         -- a complete window is final: aggregate_windows.sql wrote it
         HAVING count(*) FILTER (WHERE s.final) < %(expected)s
-            OR w.ts_utc + %(step)s > %(as_of)s
+            OR w.ts_utc + %(step)s::interval > %(as_of)s
     ) f
 ),
 partial_bars AS (
