@@ -185,3 +185,33 @@ ALERT_WEBHOOK_VAR = "AGG_ALERT_WEBHOOK_URL"
 def alert_webhook_url() -> str | None:
     """Where alerts are POSTed (a secret: never logged); None for log lines only."""
     return os.environ.get(ALERT_WEBHOOK_VAR, "").strip() or None
+
+
+# Run liveness (defs/liveness.py): every run worker records a heartbeat; a STARTED run silent
+# for the timeout is failed (and retried), on every launcher. The timeout must leave a live
+# worker room for a few beats lost to a busy machine or a database blip.
+HEARTBEAT_VAR = "AGG_HEARTBEAT_SECONDS"
+DEFAULT_HEARTBEAT_S = 15
+HEARTBEAT_TIMEOUT_VAR = "AGG_HEARTBEAT_TIMEOUT_SECONDS"
+DEFAULT_HEARTBEAT_TIMEOUT_S = 90
+LIVENESS_CHECK_VAR = "AGG_LIVENESS_CHECK_SECONDS"
+DEFAULT_LIVENESS_CHECK_S = 30
+
+
+def heartbeat_seconds() -> int:
+    """How often a run worker records that it is alive."""
+    return _count(HEARTBEAT_VAR, DEFAULT_HEARTBEAT_S)
+
+
+def heartbeat_timeout_seconds() -> int:
+    """A run worker silent this long is taken for dead: at least three heartbeats."""
+    timeout = _count(HEARTBEAT_TIMEOUT_VAR, DEFAULT_HEARTBEAT_TIMEOUT_S)
+    if timeout < 3 * heartbeat_seconds():
+        raise ValueError(f"{HEARTBEAT_TIMEOUT_VAR}={timeout} must be at least 3 x "
+                         f"{HEARTBEAT_VAR} ({heartbeat_seconds()})")
+    return timeout
+
+
+def liveness_check_seconds() -> int:
+    """How often run_liveness_sensor looks at the heartbeats (read when the code loads)."""
+    return _count(LIVENESS_CHECK_VAR, DEFAULT_LIVENESS_CHECK_S)
