@@ -24,3 +24,26 @@ COMMENT ON TABLE data_agg_run_heartbeats IS
 -- UPDATE for the beats, DELETE to keep only runs in flight (nothing of value: the run's history
 -- is Dagster's).
 GRANT SELECT, INSERT, UPDATE, DELETE ON data_agg_run_heartbeats TO agg_pipeline_runtime;
+
+-- The engine's locks are transaction-scoped (advisory lock, FOR UPDATE of the task row): they go
+-- when the worker's backend ends. A worker killed on a host that stays up closes its sockets and
+-- its backend ends at once (or when its statement ends). A worker whose host is lost (a node
+-- gone, a network cut) says nothing: its backend, idle in its transaction, keeps the task's locks
+-- until the server's TCP keepalive gives up (the kernel's default: 2 h 11 min), and the run's
+-- retry waits on them all that time, alive and beating. So this database's sessions probe an idle
+-- client after 60 s (6 probes 10 s apart) and drop one that leaves sent data unacknowledged for
+-- 60 s: an orphaned backend ends, and its locks go, within ~2 minutes. These only detect dead
+-- TCP peers (no effect on a Unix socket or on any live client), so they are set for the whole
+-- database; they apply to sessions opened after this migration. Only the database's owner may set
+-- them: another migrating user gets a notice, and an administrator can run the same ALTER.
+DO $$
+BEGIN
+    EXECUTE format('ALTER DATABASE %I SET tcp_keepalives_idle = 60', current_database());
+    EXECUTE format('ALTER DATABASE %I SET tcp_keepalives_interval = 10', current_database());
+    EXECUTE format('ALTER DATABASE %I SET tcp_keepalives_count = 6', current_database());
+    EXECUTE format('ALTER DATABASE %I SET tcp_user_timeout = 60000', current_database());
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'not the owner of database %: dead clients are detected by the server''s '
+                 'defaults (tcp_keepalives_idle etc.); see migration 020', current_database();
+END;
+$$;
