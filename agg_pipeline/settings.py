@@ -189,9 +189,12 @@ def alert_webhook_url() -> str | None:
 
 # Run liveness (defs/liveness.py): every run worker records a heartbeat; a STARTED run silent
 # for the timeout is failed (and retried), on every launcher. The timeout must leave a live
-# worker room for a few beats lost to a busy machine or a database blip.
+# worker room for a few beats lost to a busy machine or a database blip. The sensor confirms a
+# suspect at a look at least two beats after the first (a live worker has beaten again by
+# then, even after an outage): two beats (20 s) fit in one look interval (30 s), so the next
+# look confirms. Bound: 90 s of silence + up to 30 s to the first look + 30 s = 2.5 minutes.
 HEARTBEAT_VAR = "AGG_HEARTBEAT_SECONDS"
-DEFAULT_HEARTBEAT_S = 15
+DEFAULT_HEARTBEAT_S = 10
 HEARTBEAT_TIMEOUT_VAR = "AGG_HEARTBEAT_TIMEOUT_SECONDS"
 DEFAULT_HEARTBEAT_TIMEOUT_S = 90
 LIVENESS_CHECK_VAR = "AGG_LIVENESS_CHECK_SECONDS"

@@ -46,7 +46,7 @@ from agg_pipeline_tests.test_faults import BLOCKED_WINDOW, activity, held_window
 SYMBOLS = ["EURUSD", "GBPUSD", "USDJPY"]  # EURUSD: held_window's symbol
 DATA_END = datetime(2025, 7, 21, tzinfo=UTC)
 AS_OF = DATA_END + timedelta(days=2)
-# the test's liveness intervals (production: 15 s beats, 90 s timeout, a look every 30 s)
+# the test's liveness intervals (production: 10 s beats, 90 s timeout, a look every 30 s)
 FAST = {settings.HEARTBEAT_VAR: "1", settings.HEARTBEAT_TIMEOUT_VAR: "5",
         settings.LIVENESS_CHECK_VAR: "2"}
 # from the restart of the killed processes: the dead run failed / every symbol's bars built

@@ -14,7 +14,7 @@ from agg_pipeline import settings
     (settings.RECONCILE_SYMBOLS_VAR, settings.reconcile_symbols_per_tick, 10),
     (settings.BACKFILL_BATCH_VAR, settings.backfill_max_partitions_per_run, None),
     (settings.ALERT_WEBHOOK_VAR, settings.alert_webhook_url, None),
-    (settings.HEARTBEAT_VAR, settings.heartbeat_seconds, 15),
+    (settings.HEARTBEAT_VAR, settings.heartbeat_seconds, 10),
     (settings.HEARTBEAT_TIMEOUT_VAR, settings.heartbeat_timeout_seconds, 90),
     (settings.LIVENESS_CHECK_VAR, settings.liveness_check_seconds, 30),
 ])

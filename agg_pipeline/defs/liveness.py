@@ -28,6 +28,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from dagster._core.events import JobFailureData, RunFailureReason
@@ -36,6 +37,12 @@ from agg_pipeline import settings
 from agg_pipeline.db import connection
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.engine import heartbeats
+
+if TYPE_CHECKING:
+    from dagster._core.execution.context.system import PlanOrchestrationContext
+    from dagster._core.execution.plan.plan import ExecutionPlan
+    from dagster._core.execution.retries import RetryMode
+    from dagster._core.execution.step_dependency_config import StepDependencyConfig
 
 DEAD_WORKER_MESSAGE = "run worker silent"  # the start of the failure message, for the UI
 
@@ -47,14 +54,15 @@ class HeartbeatExecutor(dg.Executor):
         self._inner = inner
 
     @property
-    def retries(self):
+    def retries(self) -> RetryMode:
         return self._inner.retries
 
     @property
-    def step_dependency_config(self):
+    def step_dependency_config(self) -> StepDependencyConfig:
         return self._inner.step_dependency_config
 
-    def execute(self, plan_context, execution_plan) -> Iterator[dg.DagsterEvent]:
+    def execute(self, plan_context: PlanOrchestrationContext,
+                execution_plan: ExecutionPlan) -> Iterator[dg.DagsterEvent]:
         run = plan_context.dagster_run
         url = MarketDatabase().url()
         beater = heartbeats.Beater(lambda: connection.connect(url, autocommit=True), run.run_id,
