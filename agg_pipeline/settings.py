@@ -192,7 +192,8 @@ def alert_webhook_url() -> str | None:
 # worker room for a few beats lost to a busy machine or a database blip. The sensor confirms a
 # suspect at a look at least two beats after the first (a live worker has beaten again by
 # then, even after an outage): two beats (20 s) fit in one look interval (30 s), so the next
-# look confirms. Bound: 90 s of silence + up to 30 s to the first look + 30 s = 2.5 minutes.
+# look confirms. Bound: 90 s of silence + up to 30 s to the first look + 30 s = 2.5 minutes,
+# plus the ticks' own latency (measured: 150 s from kill -9 to FAILURE); stated as 3 minutes.
 HEARTBEAT_VAR = "AGG_HEARTBEAT_SECONDS"
 DEFAULT_HEARTBEAT_S = 10
 HEARTBEAT_TIMEOUT_VAR = "AGG_HEARTBEAT_TIMEOUT_SECONDS"
