@@ -209,13 +209,48 @@ def alert_webhook_url() -> str | None:
     return os.environ.get(ALERT_WEBHOOK_VAR, "").strip() or None
 
 
+# Run liveness (defs/liveness.py): every run worker records a heartbeat; a STARTED run silent
+# for the timeout is failed (and retried), on every launcher. The timeout must leave a live
+# worker room for a few beats lost to a busy machine or a database blip. The sensor confirms a
+# suspect at a look at least two beats after the first (a live worker has beaten again by
+# then, even after an outage): two beats (20 s) fit in one look interval (30 s), so the next
+# look confirms. Bound: 90 s of silence + up to 30 s to the first look + 30 s = 2.5 minutes,
+# plus the ticks' own latency (measured: 150 s from kill -9 to FAILURE); stated as 3 minutes.
+HEARTBEAT_VAR = "AGG_HEARTBEAT_SECONDS"
+DEFAULT_HEARTBEAT_S = 10
+HEARTBEAT_TIMEOUT_VAR = "AGG_HEARTBEAT_TIMEOUT_SECONDS"
+DEFAULT_HEARTBEAT_TIMEOUT_S = 90
+LIVENESS_CHECK_VAR = "AGG_LIVENESS_CHECK_SECONDS"
+DEFAULT_LIVENESS_CHECK_S = 30
+
+
+def heartbeat_seconds() -> int:
+    """How often a run worker records that it is alive."""
+    return _count(HEARTBEAT_VAR, DEFAULT_HEARTBEAT_S)
+
+
+def heartbeat_timeout_seconds() -> int:
+    """A run worker silent this long is taken for dead: at least three heartbeats."""
+    timeout = _count(HEARTBEAT_TIMEOUT_VAR, DEFAULT_HEARTBEAT_TIMEOUT_S)
+    if timeout < 3 * heartbeat_seconds():
+        raise ValueError(f"{HEARTBEAT_TIMEOUT_VAR}={timeout} must be at least 3 x "
+                         f"{HEARTBEAT_VAR} ({heartbeat_seconds()})")
+    return timeout
+
+
+def liveness_check_seconds() -> int:
+    """How often run_liveness_sensor looks at the heartbeats (read when the code loads)."""
+    return _count(LIVENESS_CHECK_VAR, DEFAULT_LIVENESS_CHECK_S)
+
+
 def validate() -> None:
     """Read every setting once: ValueError naming each bad one (one line). `agg-pipeline dev`
     calls it before starting anything, so a bad value is not found later by each Dagster
     process as it loads the code (with a traceback each)."""
     readers = (environment, default_agg_start, time_partition, freshness_cron,
                max_runs_per_tick, max_partitions_per_run, reconcile_days,
-               reconcile_symbols_per_tick, backfill_max_partitions_per_run)
+               reconcile_symbols_per_tick, backfill_max_partitions_per_run,
+               heartbeat_timeout_seconds, liveness_check_seconds)
     problems = []
     for read in readers:
         try:

@@ -75,7 +75,7 @@ def test_definitions_snapshot():
                  "preflight_report", "prune_backups", "rebuild_range", "reset_cursors",
                  "restore_agg_state"],
         "sensors": ["alerts_sensor", "late_data_sensor", "registry_sync_sensor",
-                    "source_frontier_sensor"],
+                    "run_liveness_sensor", "source_frontier_sensor"],
         "schedules": [("catchup_schedule", "*/5 * * * *")],
         "asset_checks": sorted(
             [f"bars_{tf}:{check}"

@@ -19,6 +19,9 @@ from agg_pipeline import settings
     (settings.RECONCILE_SYMBOLS_VAR, settings.reconcile_symbols_per_tick, 10),
     (settings.BACKFILL_BATCH_VAR, settings.backfill_max_partitions_per_run, None),
     (settings.ALERT_WEBHOOK_VAR, settings.alert_webhook_url, None),
+    (settings.HEARTBEAT_VAR, settings.heartbeat_seconds, 10),
+    (settings.HEARTBEAT_TIMEOUT_VAR, settings.heartbeat_timeout_seconds, 90),
+    (settings.LIVENESS_CHECK_VAR, settings.liveness_check_seconds, 30),
 ])
 def test_unset_or_blank_gives_the_default(monkeypatch, var, read, default):
     monkeypatch.delenv(var, raising=False)
@@ -33,6 +36,9 @@ COUNTS = {
     settings.RECONCILE_DAYS_VAR: settings.reconcile_days,
     settings.RECONCILE_SYMBOLS_VAR: settings.reconcile_symbols_per_tick,
     settings.BACKFILL_BATCH_VAR: settings.backfill_max_partitions_per_run,
+    settings.HEARTBEAT_VAR: settings.heartbeat_seconds,
+    settings.HEARTBEAT_TIMEOUT_VAR: settings.heartbeat_timeout_seconds,
+    settings.LIVENESS_CHECK_VAR: settings.liveness_check_seconds,
 }
 
 
@@ -49,6 +55,17 @@ def test_counts_are_read_as_given(monkeypatch):
     monkeypatch.setenv(settings.BACKFILL_BATCH_VAR, "365")
     assert settings.max_runs_per_tick() == 3
     assert settings.backfill_max_partitions_per_run() == 365
+
+
+def test_the_heartbeat_timeout_leaves_room_for_three_beats(monkeypatch):
+    """A timeout of fewer beats would take a worker that missed two beats (a busy machine, a
+    database blip) for dead."""
+    monkeypatch.setenv(settings.HEARTBEAT_VAR, "20")
+    monkeypatch.setenv(settings.HEARTBEAT_TIMEOUT_VAR, "59")
+    with pytest.raises(ValueError, match="must be at least 3 x AGG_HEARTBEAT_SECONDS"):
+        settings.heartbeat_timeout_seconds()
+    monkeypatch.setenv(settings.HEARTBEAT_TIMEOUT_VAR, "60")
+    assert settings.heartbeat_timeout_seconds() == 60
 
 
 @pytest.mark.parametrize(("raw", "message"), [
