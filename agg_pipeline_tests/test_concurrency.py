@@ -101,13 +101,14 @@ def start_runs(pool: ProcessPoolExecutor, storage_url: str, tmp_path: Path,
 
 
 def lock_waiters(conn: psycopg.Connection, *, relation: str | None = None) -> int:
-    """Backends waiting for an advisory lock (or for a lock on `relation`)."""
+    """Backends waiting for a task row's lock (the engine's: a row lock is waited for as the
+    holder's transaction, or the tuple), or for a lock on `relation`."""
     if relation:
         count = conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted "
                              "AND relation = %s::regclass", (relation,)).fetchone()[0]
     else:
         count = conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted "
-                             "AND locktype = 'advisory'").fetchone()[0]
+                             "AND locktype IN ('transactionid', 'tuple')").fetchone()[0]
     conn.rollback()
     return count
 
@@ -150,7 +151,7 @@ def test_schedule_sensors_and_backfill_on_the_same_days_at_once(db, database_url
     oracle's bars and cursors, no failed run, no retry, no window written twice (the summed
     insert/update/soft-delete counts of all runs are what one run would have done), and
     unchanged bars never rewritten. Without the per-(symbol, timeframe) serialisation
-    (advisory lock, task row lock) concurrent inserts of the same window violate the partial
+    (the task rows' locks) concurrent inserts of the same window violate the partial
     unique index and runs fail. Also protects the late-data fingerprints: the corrections are
     found by the late-data sensor, and once all runs are done every sensor and the schedule
     are quiet."""
@@ -316,7 +317,7 @@ def test_schedule_sensors_and_backfill_on_the_same_days_at_once(db, database_url
         scheduled_execution_time=now + FIVE)), dg.SkipReason)
     report(f"concurrency, same days at once: {len(launches)} runs released together "
            f"(schedule/frontier/late over {len(symbols)} symbols each + one backfill), "
-           f"{landed} late rows; done in {elapsed:.1f} s; peak advisory-lock waiters "
+           f"{landed} late rows; done in {elapsed:.1f} s; peak task-lock waiters "
            f"{peak_lock_waiters}; compared {figures}; writes (5m ins/upd/del) "
            f"{totals[('5m', 'bars_inserted')]}/{totals[('5m', 'bars_updated')]}/"
            f"{totals[('5m', 'bars_soft_deleted')]}")

@@ -280,7 +280,8 @@ def test_rebuild_range_soft_deletes_and_recomputes_with_new_version(eurusd):
 
 
 def test_two_writers_on_the_same_range_agree(eurusd, database_url):
-    """Contract 13: the advisory lock serialises writers; both finish, no error, one result."""
+    """Contract 13: the task row's lock serialises writers; both finish, no error, one
+    result."""
     insert_bars(eurusd, "EURUSD", minute_bars(T0, 24 * 60))
     eurusd.commit()
     outcomes, failures = [], []

@@ -36,7 +36,6 @@ from agg_pipeline.definitions import defs
 from agg_pipeline.defs.assets import AS_OF_TAG, TRANSIENT_RETRIES
 from agg_pipeline.defs.partitions import SYMBOL_TAG, SYMBOLS_PARTITIONS_NAME, range_tags
 from agg_pipeline.demo import seed_demo
-from agg_pipeline.engine.aggregate import advisory_lock_key
 from agg_pipeline_tests.helpers import AGG_START, sync, wait_for
 from agg_pipeline_tests.processes import start_daemon, storage_instance
 from agg_pipeline_tests.stored import compare_with_oracle
@@ -53,7 +52,7 @@ STATE_COLUMNS = ("status", "hard_fail_streak", "enabled", "last_agg_bar_ts_utc",
 # how pg_stat_activity shows the engine's statement: the start of its first line, before the
 # first parameter (the text is truncated to track_activity_query_size, so the INSERT itself
 # is not visible)
-AGGREGATE_STATEMENT = (settings.project_root() / "sql" / "queries" / "aggregate_range.sql"
+AGGREGATE_STATEMENT = (settings.project_root() / "sql" / "queries" / "aggregate_windows.sql"
                        ).read_text().splitlines()[0].split("%(")[0]
 
 
@@ -146,10 +145,12 @@ def backend_alive(admin: psycopg.Connection, pid: int) -> bool:
                          (pid,)).fetchone()[0]
 
 
-def advisory_lock_free(admin: psycopg.Connection, timeframe: str) -> bool:
-    with admin.transaction():
-        return admin.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))",
-                             (advisory_lock_key(SYMBOL, timeframe),)).fetchone()[0]
+def task_lock_free(admin: psycopg.Connection, timeframe: str) -> bool:
+    """Nobody holds the task row's lock (the engine's, contract 13)."""
+    with admin.transaction(force_rollback=True):
+        return bool(admin.execute(
+            "SELECT 1 FROM data_agg_state WHERE canonical_symbol = %s AND timeframe = %s "
+            "FOR UPDATE SKIP LOCKED", (SYMBOL, timeframe)).fetchone())
 
 
 def assert_bars_equal_oracle(url: str) -> dict[str, int]:
@@ -447,7 +448,7 @@ def test_sigkilled_run_worker_leaves_no_partial_range_and_the_retry_completes(
         db, database_url, runtime_url, make_database, tmp_path):
     """Protects, for a run worker killed with SIGKILL mid-statement (OOM killer, lost host):
     the engine's single transaction (no window of the range committed, no fingerprint, cursor
-    unmoved: none or all), the advisory lock (the retry cannot write beside the orphaned
+    unmoved: none or all), the task row's lock (the retry cannot write beside the orphaned
     backend, which keeps running its statement until it notices its client is gone, then
     rolls back), no 'running' task status to get stuck, the instance's crash detection and
     run_retries (the run is failed and retried with dagster/parent_run_id, not left
@@ -504,7 +505,7 @@ def test_sigkilled_run_worker_leaves_no_partial_range_and_the_retry_completes(
             assert all(s["status"] == "idle" and s["running_started_at_utc"] is None
                        for s in before.values())
 
-            # 4. the orphaned backend still runs its statement and holds the task's advisory lock:
+            # 4. the orphaned backend still runs its statement and holds the task row's lock:
             # the retry waits for it there (contract 13), it does not write beside it
             assert backend_alive(admin, orphan)
             retry = wait_for(lambda: next(iter(runs_of(
@@ -513,7 +514,8 @@ def test_sigkilled_run_worker_leaves_no_partial_range_and_the_retry_completes(
             assert retry.tags[SYMBOL_TAG] == SYMBOL and retry.tags["dagster/retry_number"] == "1"
             waiters = wait_for(lambda: waiting_on(admin, orphan), 180,
                                "the retry to wait for the orphaned backend", context, interval=1)
-            assert [event for _, event, _ in waiters] == ["advisory"], waiters
+            # (a row lock is waited for as the holder's transaction id)
+            assert [event for _, event, _ in waiters] == ["transactionid"], waiters
 
             # 5. the held window is released: the orphan finishes its statement, finds its
             # client gone and ends without committing; the lock passes to the retry
@@ -548,4 +550,4 @@ def test_sigkilled_run_worker_leaves_no_partial_range_and_the_retry_completes(
         assert after[timeframe]["status"] == "idle"
         assert after[timeframe]["hard_fail_streak"] == 0
     with connection.connect(database_url, autocommit=True) as admin:
-        assert advisory_lock_free(admin, "5m") and advisory_lock_free(admin, "1h")
+        assert task_lock_free(admin, "5m") and task_lock_free(admin, "1h")

@@ -307,8 +307,8 @@ def test_registry_null_flags_mean_off(db, instance, monkeypatch):
 
 
 def test_hostile_symbols_travel_as_bound_parameters(db):
-    """Protects "values always travel as bound parameters" in the engine (task lookup,
-    advisory lock key, roll-up, cursor update): a symbol made of SQL and quotes that reached
+    """Protects "values always travel as bound parameters" in the engine (task lookup and
+    lock, roll-up, cursor update): a symbol made of SQL and quotes that reached
     the engine anyway (a task made by hand) is a plain value: an unknown one is a clear
     UnknownSymbolError naming it, a registered one aggregates like any other, and no table
     is harmed."""

@@ -284,9 +284,11 @@ def run_grain(args: argparse.Namespace, scratch: Scratch) -> dict:
                       "end": as_of}
 
             def fingerprints():
-                for symbol in symbols[:args.reconcile]:
-                    conn.execute(queries.query("check_pending_source_days"),
-                                 {**window, "symbol": symbol}).fetchall()
+                rechecked = symbols[:args.reconcile]
+                conn.execute(queries.query("recheck_pending_days"), {
+                    "timeframe": window["timeframe"], "symbols": rechecked,
+                    "starts": [window["start"]] * len(rechecked),
+                    "ends": [window["end"]] * len(rechecked)}).fetchall()
                 conn.rollback()
 
             parts["of which the recorded fingerprints alone"], _ = median_of(args.repeat,

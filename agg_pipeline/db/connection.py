@@ -158,7 +158,12 @@ def describe_error(exc: psycopg.Error) -> str:
 
 # Every session runs in UTC whatever the server's or database's default TimeZone (SPEC
 # contract 1): date_trunc, ::date and day boundaries on timestamptz follow the session zone.
-SESSION_OPTIONS = "-c TimeZone=UTC"
+# And the server gives up a pipeline client whose host is lost within ~2 minutes (idle 60 s,
+# then 6 probes 10 s apart; unacknowledged data 60 s) instead of the kernel's 2 h 11 min: a
+# run worker's backend, idle in its transaction, would hold the task rows' locks that long and
+# its retry would wait on them. These only detect dead TCP peers, and only for our sessions.
+SESSION_OPTIONS = ("-c TimeZone=UTC -c tcp_keepalives_idle=60 -c tcp_keepalives_interval=10 "
+                   "-c tcp_keepalives_count=6 -c tcp_user_timeout=60000")
 
 
 def connect(url: str, *, autocommit: bool = False, connect_timeout: int = 10) -> psycopg.Connection:
