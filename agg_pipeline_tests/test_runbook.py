@@ -255,3 +255,19 @@ def test_prune_backups_refuses_ages_that_are_not_a_sane_number_of_days(built, in
     assert everything(built) == before
     result, meta = launch(instance, "prune_backups", {"older_than_days": 0.5})
     assert result.success and meta["dropped"] == 1  # the 3-day-old one; the fresh one stays
+
+
+@pytest.mark.parametrize(("job", "config", "expected"), [
+    ("backup_agg_state", {"name": "Pre-Deploy"}, "must match ^data_agg_state_backup_"),
+    ("backup_agg_state", {"name": "data_agg_state_backup_" + "x" * 41}, "must match"),
+    ("restore_agg_state", {"backup_table": "pre_deploy"}, "is not a data_agg_state backup"),
+    ("restore_agg_state", {"backup_table": "data_agg_state_backup_nosuch"}, "does not exist"),
+])
+def test_backup_names_that_are_not_backups_are_refused_by_name(built, instance, job, config,
+                                                               expected):
+    """The siblings checked with issue 18's unknown names: a backup name outside the
+    pattern, a restore from a table that is not a backup or does not exist, each refused
+    with the reason, and nothing changes."""
+    before = everything(built)
+    assert expected in failure(launch(instance, job, config)[0])
+    assert everything(built) == before
