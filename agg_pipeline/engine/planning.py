@@ -576,7 +576,7 @@ def _blocks(cluster: _Cluster, position: dict[str, int], symbols: Sequence[str],
         last = period(max(w.last_day for w in mine))[1]
         spans = _cut(period(min(w.first_day for w in mine))[0], last, limits.max_partitions,
                      period)
-        lead = min(w.lead_day for w in mine)
+        lead = min(min(w.lead_day for w in mine), last)
         if lead > spans[0][1]:  # its first range would move no cursor: asked for forever
             spans = _cut(period(lead)[0], last, limits.max_partitions, period)
         blocks.append(_Block(a, b, spans))
