@@ -156,3 +156,41 @@ def test_the_undo_brings_the_rows_back_but_never_over_an_active_bar(legacy, inst
                           "'DXY' AND ts_utc < %s AND deleted_at IS NULL", (T0,)).fetchone()[0] == 0
     twice = launch(instance, "legacy_cleanup_undo", cleanup_run_id=run_id, dry_run=False)
     assert output_metadata(twice, "legacy_cleanup_undo")["bars_restored"] == 0
+
+
+def refusal(result: dg.ExecuteInProcessResult) -> str:
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    return failure.step_failure_data.error.message
+
+
+@pytest.mark.parametrize(("config", "expected"), [
+    ({"symbol": "NOSUCH"}, "unknown symbol 'NOSUCH': not in the registry"),
+    ({"symbol": "dxy", "dry_run": False}, "unknown symbol 'dxy': not in the registry"),
+    ({"symbol": "DXY", "timeframe": "7m"}, "DXY has no '7m' bars in derived_data_bars"),
+    ({"symbol": "EURUSD", "timeframe": "1M", "dry_run": False},
+     "EURUSD has no '1M' bars in derived_data_bars"),
+])
+def test_unknown_symbols_and_timeframes_are_refused_not_counted_as_nothing(
+        legacy, instance, config, expected):
+    """Protects the clean-up from a typo reading as "0 bars to withdraw" (green): a symbol
+    not in the registry, or a timeframe of which the symbol never had a bar, is refused by
+    name, and nothing changes. A clean-up run again (only withdrawn bars left) stays a
+    green 0, as the test above shows."""
+    before = state(legacy)
+    message = refusal(launch(instance, "legacy_cleanup", **config))
+    assert expected in message and "nothing changed" in message
+    assert state(legacy) == before
+
+
+def test_the_undo_of_a_run_that_withdrew_nothing_is_refused(legacy, instance):
+    """Protects the undo from a wrong run id reading as "0 restored" (green): a dry run's id
+    or an unknown one is refused by name; an undo done twice stays a green 0 (above)."""
+    dry = launch(instance, "legacy_cleanup", symbol="DXY")
+    assert dry.success
+    before = state(legacy)
+    for run_id in (dry.run_id, "no-such-run"):
+        message = refusal(launch(instance, "legacy_cleanup_undo", cleanup_run_id=run_id,
+                                 dry_run=False))
+        assert f"run '{run_id}' withdrew no legacy bars" in message
+    assert state(legacy) == before

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
@@ -554,3 +555,155 @@ def test_claims_are_released_and_bounded(db, instance):
     assert execute(instance, third).success
     assert schedule(instance) == []
     assert claims(db) == []
+
+
+# ============================================================ a run's bound along time
+
+
+URGENT, LATER = (False, 5, 0, False, datetime.min), (False, 5, 1, False, datetime.min)
+FIRST = date(2019, 1, 1)
+
+
+def day_period(day: date) -> tuple[date, date]:
+    return day, day
+
+
+def month_period(day: date) -> tuple[date, date]:
+    first = day.replace(day=1)
+    return first, (first + timedelta(days=32)).replace(day=1) - timedelta(days=1)
+
+
+def work(symbol: str, first: date, days: int, *, order=URGENT, reason=planning.CATCH_UP,
+         changed: frozenset[date] = frozenset()) -> planning.Work:
+    return planning.Work(symbol, ("5m", "1h"), first, first + timedelta(days=days - 1), reason,
+                         order, frozenset({"correction"}) if changed else frozenset(), changed)
+
+
+def plan(conn, items, *, max_runs: int = 10, max_partitions: int = 1000, alone=frozenset(),
+         finished=frozenset(), period=day_period) -> planning.Plan:
+    return planning.plan_runs(
+        conn, items, requester="test", runs=planning.RunStates(finished=frozenset(finished)),
+        symbols=sorted({w.symbol for w in items}), riders=set(), alone=set(alone),
+        limits=planning.Limits(max_runs=max_runs, max_partitions=max_partitions),
+        period=period)
+
+
+def partitions(run: planning.PlannedRun, period=day_period) -> int:
+    return len(run.symbols) * planning._periods(run.first_day, run.last_day, period)
+
+
+def test_one_symbols_long_range_is_cut_along_time_earliest_range_first(db):
+    """Protects AGG_MAX_PARTITIONS_PER_RUN (issue 18): one symbol with 2,898 days to catch up
+    got one run of 2,898 partitions against a bound of 1,000. It gets a run over its
+    earliest 1,000 days, claimed for those days only; the rest waits, held off by that
+    claim while the run is in flight, and is requested range by range as runs end (the
+    cursor moves forward in order), every day exactly once."""
+    covered: list[date] = []
+    item, finished = work("AAA", FIRST, 2898), frozenset()
+    expected = [(FIRST, 1000), (FIRST + timedelta(days=1000), 1000),
+                (FIRST + timedelta(days=2000), 898)]
+    for first, days in expected:
+        result = plan(db, [item], finished=finished)
+        [run] = result.runs
+        assert (run.first_day, run.last_day) == (first, first + timedelta(days=days - 1))
+        assert partitions(run) == days <= 1000
+        assert [(w.first_day, w.last_day) for w in run.work] == [(run.first_day, run.last_day)]
+        assert {row[3:] for row in claims(db)} == {(run.first_day, run.last_day)}
+        rest = [] if days < 1000 else [(run.last_day + DAY, item.last_day)]
+        assert [(w.first_day, w.last_day) for w in result.waiting] == rest
+        again = plan(db, [item], finished=finished)  # its run in flight: nothing twice
+        assert again.runs == [] and again.claimed == [item]
+        covered += [run.first_day + timedelta(days=d) for d in range(days)]
+        # the run ends: its cursor moved past its days, the work starts after them
+        finished = frozenset({run.plan_id})
+        item = replace(item, first_day=run.last_day + DAY)
+    assert covered == [FIRST + timedelta(days=d) for d in range(2898)]
+
+
+def test_cutting_along_time_keeps_the_order_and_the_run_bound_per_tick(db):
+    """Protects the other properties of plan_runs beside the cut: contract-12 order (the
+    most urgent work first), at most max_runs runs a tick (the rest waits whole), symbols
+    running alone (a failing one) cut too, and late data's days and reason follow the cut:
+    each run names only its own changed days."""
+    late_days = frozenset({FIRST + timedelta(days=d) for d in (0, 1, 2, 3, 4)})
+    items = [work("AAA", FIRST, 2500, order=LATER),
+             work("BBB", FIRST, 2500, order=LATER),
+             work("CCC", FIRST, 5, reason=planning.LATE_DATA, changed=late_days),
+             work("DDD", FIRST, 30, order=LATER)]
+    result = plan(db, items, max_runs=3, max_partitions=2, alone={"BBB"})
+    assert [(r.symbols, r.first_day, r.last_day) for r in result.runs] == [
+        (("CCC",), FIRST, FIRST + DAY),  # urgent first
+        (("AAA",), FIRST, FIRST + DAY),
+        (("BBB",), FIRST, FIRST + DAY)]
+    assert all(partitions(r) <= 2 for r in result.runs)
+    assert result.runs[0].reason == (f"late data on {FIRST.isoformat()}, "
+                                     f"{(FIRST + DAY).isoformat()}: correction")
+    waiting = {(w.symbol, w.first_day, w.last_day, w.days) for w in result.waiting}
+    assert waiting == {("CCC", FIRST + 2 * DAY, FIRST + 4 * DAY,
+                        frozenset(d for d in late_days if d >= FIRST + 2 * DAY)),
+                       ("AAA", FIRST + 2 * DAY, FIRST + 2499 * DAY, frozenset()),
+                       ("BBB", FIRST + 2 * DAY, FIRST + 2499 * DAY, frozenset()),
+                       ("DDD", FIRST, FIRST + 29 * DAY, frozenset())}  # beyond max_runs: whole
+
+
+def test_a_long_range_of_month_partitions_is_cut_at_month_boundaries(db):
+    """Protects the cut under the month grain: 30 months with a bound of 12 partitions: a run
+    over 12 whole months (first to last day), the rest waiting from the 13th month's
+    first day."""
+    item = work("AAA", date(2020, 1, 15), 900)  # 2020-01-15 .. 2022-07-02: 31 months
+    result = plan(db, [item], max_partitions=12, period=month_period)
+    [run] = result.runs
+    assert (run.first_day, run.last_day) == (date(2020, 1, 1), date(2020, 12, 31))
+    assert partitions(run, month_period) == 12
+    assert [(w.first_day, w.last_day) for w in run.work] == [(date(2020, 1, 15),
+                                                              date(2020, 12, 31))]
+    [rest] = result.waiting
+    assert (rest.first_day, rest.last_day) == (date(2021, 1, 1), item.last_day)
+
+
+def test_a_cut_range_always_moves_a_cursor(db):
+    """Protects the cut from asking for the same range forever: a catch-up whose first day
+    is pinned by a task that cannot move yet (1h's cursor, with no 5m bar after it) while
+    the task that can (5m) is past that range starts where 5m's cursor is; when the task
+    that can move lies within the first range, the range starts at the first day."""
+    pinned = replace(work("AAA", FIRST, 2898), moving_from=FIRST + 1500 * DAY)
+    [run] = plan(db, [pinned]).runs
+    assert (run.first_day, run.last_day) == (FIRST + 1500 * DAY, FIRST + 2499 * DAY)
+    db.execute("DELETE FROM data_agg_plan_claims")
+    db.commit()
+    within = replace(pinned, moving_from=FIRST + 999 * DAY)
+    [run] = plan(db, [within]).runs
+    assert (run.first_day, run.last_day) == (FIRST, FIRST + 999 * DAY)
+
+
+def test_the_schedule_requests_a_long_catch_up_range_by_range(db, instance, monkeypatch):
+    """Protects the cut end to end: with AGG_MAX_PARTITIONS_PER_RUN=4 a symbol 6 days behind
+    with its data today gets runs of at most 4 partitions (partition range and agg/days
+    alike), nothing more while one is in flight, each range once: 5m through the empty days
+    to today (1h cannot move before a 5m bar exists), then 1h; the bars equal the oracle's
+    and the schedule is quiet."""
+    monkeypatch.setenv("AGG_MAX_PARTITIONS_PER_RUN", "4")
+    start = live_setup(db, instance, ("AAA",))
+    behind = floor_time(start, DAY) - 6 * DAY
+    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s", (behind,))
+    db.commit()
+    ranges, run = [], None
+    for _ in range(6):  # 4 runs, then nothing
+        requests = schedule(instance)
+        if not requests:
+            break
+        [request] = requests
+        block, first, last = rectangle(instance, request)
+        assert block == ["AAA"] and (last - first).days + 1 <= 4
+        assert request.tags["agg/days"] == f"{first.isoformat()}..{last.isoformat()}"
+        assert schedule(instance) == []  # claimed while in flight
+        run = execute(instance, request)
+        assert run.success
+        timeframes = tuple(k.to_user_string() for k in request.asset_selection)
+        ranges.append((first, last, timeframes))
+    b, end = behind.date(), ranges[-1][1]
+    both, hourly = ("bars_5m", "bars_1h"), ("bars_1h",)
+    assert ranges == [(b, b + 3 * DAY, both), (b + 4 * DAY, end, both),
+                      (b, b + 3 * DAY, hourly), (b + 4 * DAY, end, hourly)]
+    compare_with_oracle(db, ("AAA",), instance.get_run_record_by_id(
+        run.run_id).create_timestamp)

@@ -144,3 +144,130 @@ def test_runbook_jobs_are_listed_with_launchpad_config():
         op = job.graph.node_defs[0]
         assert field in op.config_schema.as_field().config_type.fields, name
     assert isinstance(defs.resolve_job_def("preflight_report"), dg.JobDefinition)
+
+
+# ================================================= refusals: unknown names, bad ranges and ages
+
+
+def failure(result) -> str:
+    assert not result.success
+    return result.get_step_failure_events()[0].step_failure_data.error.message
+
+
+def everything(conn) -> tuple:
+    """Every row a runbook job may change: tasks, bars, revisions, backups."""
+    row = conn.execute(
+        "SELECT (SELECT md5(string_agg(s::text, '|' ORDER BY s.canonical_symbol, s.timeframe)) "
+        "FROM data_agg_state s), "
+        "(SELECT md5(string_agg(d::text, '|' ORDER BY d.id)) FROM derived_data_bars d), "
+        "(SELECT count(*) FROM derived_bar_revisions), "
+        "(SELECT string_agg(backup_table, ',' ORDER BY backup_table) FROM v_agg_state_backups)"
+    ).fetchone()
+    conn.rollback()
+    return row
+
+
+@pytest.mark.parametrize(("config", "expected"), [
+    ({"symbols": ["NOSUCH"]}, "unknown symbol(s), not in the registry: 'NOSUCH'"),
+    ({"symbols": ["EURUSD", "NOSUCH", "NOPE"]},
+     "unknown symbol(s), not in the registry: 'NOSUCH', 'NOPE'"),
+    ({"symbols": ["GBPUSD"]}, "in the registry but without tasks (not active in this "
+                              "environment, or not synced yet): 'GBPUSD'"),
+    ({"timeframes": ["7m"]}, "unknown timeframe(s) '7m': the ladder has 5m, 15m, 1h, 4h, 1d"),
+    ({"symbols": ["EURUSD"], "timeframes": ["5m", "7m", "2h"]}, "unknown timeframe(s) '2h', '7m'"),
+    ({"timeframes": ["15m"]}, "no task has timeframe(s) '15m'"),
+    ({"symbols": ["EURUSD", "DXY"], "timeframes": ["1h", "15m"]},
+     "no such task(s): EURUSD/15m, DXY/15m"),
+])
+def test_reset_cursors_refuses_what_does_not_exist_before_changing_anything(
+        built, instance, config, expected):
+    """Protects the operator from a green no-op (issue 18): a selection naming a symbol
+    without tasks or a timeframe outside the ladder (or without tasks) used to succeed
+    having reset nothing, or only the part that existed; it fails naming what is unknown,
+    and nothing changes (EURUSD's NULL cursor, which the reset would fix, stays NULL)."""
+    add_symbol(built, "GBPUSD", active=False)  # registered, but not in the prod environment
+    built.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = NULL "
+                  "WHERE canonical_symbol = 'EURUSD' AND timeframe = '5m'")
+    built.commit()
+    before = everything(built)
+    message = failure(launch(instance, "reset_cursors", config)[0])
+    assert expected in message and "nothing changed" in message
+    assert everything(built) == before
+    result, meta = launch(instance, "reset_cursors", {"symbols": ["EURUSD"],
+                                                      "timeframes": ["5m"]})
+    assert result.success and meta["cursors_changed"] == 1  # the same, named rightly
+
+
+@pytest.mark.parametrize(("config", "expected"), [
+    ({"symbols": ["EURUSD", "NOSUCH"]}, "not in the registry: 'NOSUCH'"),
+    ({"symbols": []}, "name at least one symbol"),
+    ({"symbols": ["EURUSD"], "timeframes": ["7m"]}, "unknown timeframe(s) '7m'"),
+    ({"symbols": ["EURUSD"], "timeframes": ["5m", "15m"]}, "no such task(s): EURUSD/15m"),
+    ({"symbols": ["EURUSD", "DXY"]}, "NULL cursor on DXY/1h: run reset_cursors first"),
+    ({"symbols": ["EURUSD"], "start": (T0 + timedelta(hours=1)).isoformat(),
+      "end": T0.isoformat()}, "must be before end"),
+    ({"symbols": ["EURUSD"], "end": T0.isoformat()}, "must be before end"),
+    ({"symbols": ["EURUSD"], "start": "2025-07-07T00:00:00"}, "needs a time zone"),
+    ({"symbols": ["EURUSD"], "end": "10000-01-01T00:00:00Z"}, "is not an ISO 8601 timestamp"),
+    ({"symbols": ["EURUSD"], "end": "9999-12-31T00:00:00Z"}, "end must lie in"),
+])
+def test_rebuild_range_checks_the_whole_request_before_rebuilding_anything(
+        built, instance, config, expected):
+    """Protects rebuild_range from doing part of a request (it committed each symbol and
+    timeframe as it went, then failed on the unknown one) or none of it in green: unknown
+    symbols and timeframes, a missing task, a NULL cursor, an inverted or empty range, a
+    range without a time zone or out of range are refused first, and nothing changes."""
+    built.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = NULL "
+                  "WHERE canonical_symbol = 'DXY' AND timeframe = '1h'")
+    built.commit()
+    before = everything(built)
+    request = {"start": T0.isoformat(), "end": (T0 + timedelta(hours=1)).isoformat(), **config}
+    message = failure(launch(instance, "rebuild_range", request)[0])
+    assert expected in message, message
+    assert everything(built) == before
+
+
+def test_rebuild_range_takes_any_offset_as_the_utc_instant_it_names(built, instance):
+    """Protects the time zone of rebuild_range's bounds: 02:00+02:00 is 00:00 UTC; the run
+    says which UTC range it rebuilt."""
+    result, meta = launch(instance, "rebuild_range", {
+        "symbols": ["EURUSD"], "start": "2025-07-07T02:00:00+02:00",
+        "end": "2025-07-07T01:00:00Z"})
+    assert result.success and meta["bars_inserted"] == 13  # 12 x 5m + 1h, as from 00:00Z
+    assert (meta["start_utc"], meta["end_utc"]) == (T0.isoformat(),
+                                                    (T0 + timedelta(hours=1)).isoformat())
+
+
+@pytest.mark.parametrize("days", [-1, -0.001, 1e308, float("nan"), float("inf"),
+                                  float("-inf"), 3651])
+def test_prune_backups_refuses_ages_that_are_not_a_sane_number_of_days(built, instance, days):
+    """Protects backups (issue 18): older_than_days -1 dropped a backup made a second
+    earlier, and 1e308 / NaN crashed; each is refused, naming the value and the bounds, and
+    no backup is dropped."""
+    launch(instance, "backup_agg_state", {})  # a fresh timestamped backup
+    old = datetime.now(UTC) - timedelta(days=3)
+    built.execute(f"CREATE TABLE data_agg_state_backup_{old:%Y%m%dt%H%M%Sz} AS "
+                  "SELECT * FROM data_agg_state")
+    built.commit()
+    before = everything(built)
+    message = failure(launch(instance, "prune_backups", {"older_than_days": days})[0])
+    assert f"older_than_days={float(days)!r} must be a number of days from 0 to 3650" in message
+    assert everything(built) == before
+    result, meta = launch(instance, "prune_backups", {"older_than_days": 0.5})
+    assert result.success and meta["dropped"] == 1  # the 3-day-old one; the fresh one stays
+
+
+@pytest.mark.parametrize(("job", "config", "expected"), [
+    ("backup_agg_state", {"name": "Pre-Deploy"}, "must match ^data_agg_state_backup_"),
+    ("backup_agg_state", {"name": "data_agg_state_backup_" + "x" * 41}, "must match"),
+    ("restore_agg_state", {"backup_table": "pre_deploy"}, "is not a data_agg_state backup"),
+    ("restore_agg_state", {"backup_table": "data_agg_state_backup_nosuch"}, "does not exist"),
+])
+def test_backup_names_that_are_not_backups_are_refused_by_name(built, instance, job, config,
+                                                               expected):
+    """The siblings checked with issue 18's unknown names: a backup name outside the
+    pattern, a restore from a table that is not a backup or does not exist, each refused
+    with the reason, and nothing changes."""
+    before = everything(built)
+    assert expected in failure(launch(instance, job, config)[0])
+    assert everything(built) == before

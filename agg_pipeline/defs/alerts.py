@@ -69,13 +69,37 @@ def failed_runs(instance: dg.DagsterInstance) -> list[Incident]:
     ]
 
 
+def _owed(current: dict[str, Incident], notified: dict[str, dict]
+          ) -> list[tuple[str, str, Incident]]:
+    """(key, status, incident) of every alert this tick owes: `firing` for each open incident
+    not yet told, `resolved` for each told one that has cleared."""
+    owed = [(key, "firing", incident) for key, incident in current.items()
+            if key not in notified]
+    owed += [(key, "resolved", Incident(key=key, kind=told["kind"],
+                                        summary=f"cleared: {told['summary']}"))
+             for key, told in notified.items() if key not in current]
+    return owed
+
+
+def _outcome(open_incidents: int, sent: list[str], failed: list[str]) -> str:
+    """The tick's skip reason: what was delivered, and how many were not (never the URL)."""
+    if failed:
+        return (f"{len(failed)} alerts not delivered, will be retried next tick; "
+                f"{len(sent)} delivered; {open_incidents} open incidents")
+    if sent:
+        return f"{len(sent)} alerts delivered; {open_incidents} open incidents"
+    return f"{open_incidents} open incidents, nothing new"
+
+
 @dg.sensor(
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "Failed asset checks, failed runs and hard_failed tasks become alerts: a structured "
         f"log line, and a JSON POST to {settings.ALERT_WEBHOOK_VAR} when set. One alert per "
-        "incident until it clears, then a recovery notice."
+        "incident until it clears, then a recovery notice. Deliveries run concurrently within "
+        f"{alerts.DELIVERY_BUDGET_SECONDS:.0f} s a tick; what did not get through is retried "
+        "on the next tick."
     ),
 )
 def alerts_sensor(context: dg.SensorEvaluationContext,
@@ -87,30 +111,25 @@ def alerts_sensor(context: dg.SensorEvaluationContext,
     by_key = {incident.key: incident for incident in current}
     notified: dict[str, dict] = json.loads(context.cursor) if context.cursor else {}
 
-    sent, failures = [], []
-    for key, incident in by_key.items():
-        if key in notified:
-            continue  # already told; one alert per incident
-        error = alerts.deliver(alerts.payload(incident, "firing", now))
+    owed = _owed(by_key, notified)
+    # within the tick's delivery budget, whatever the webhook does: the cursor below is
+    # always returned, so what was delivered is never sent again
+    errors = alerts.deliver_all([alerts.payload(incident, status, now)
+                                 for _, status, incident in owed])
+    sent, failed = [], []
+    for (key, status, incident), error in zip(owed, errors, strict=True):
         if error:
-            failures.append(f"{key}: {error}")
+            failed.append(f"{status} {key}: {error}")
             continue  # not recorded: retried next tick
-        notified[key] = {"summary": incident.summary, "kind": incident.kind}
-        sent.append(f"firing {key}")
-    for key in [k for k in notified if k not in by_key]:
-        cleared = Incident(key=key, kind=notified[key]["kind"],
-                           summary=f"cleared: {notified[key]['summary']}")
-        error = alerts.deliver(alerts.payload(cleared, "resolved", now))
-        if error:
-            failures.append(f"{key}: {error}")
-            continue
-        del notified[key]
-        sent.append(f"resolved {key}")
-    for failure in failures:
-        context.log.error(f"alert not delivered, will retry: {failure}")
+        if status == "firing":
+            notified[key] = {"summary": incident.summary, "kind": incident.kind}
+        else:
+            del notified[key]
+        sent.append(f"{status} {key}")
     for line in sent:
         context.log.info(line)
-    return dg.SensorResult(
-        cursor=json.dumps(notified, sort_keys=True),
-        skip_reason=None if sent else f"{len(by_key)} open incidents, nothing new",
-    )
+    if failed:
+        context.log.error(f"{len(failed)} of {len(owed)} alerts not delivered, will be retried "
+                          "next tick: " + "; ".join(failed))
+    return dg.SensorResult(cursor=json.dumps(notified, sort_keys=True),
+                           skip_reason=_outcome(len(by_key), sent, failed))

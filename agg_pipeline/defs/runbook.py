@@ -4,7 +4,7 @@ Each job is one op with typed config, runs its change in one transaction, is saf
 again, and reports what it changed as run metadata.
 """
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import dagster as dg
 
@@ -128,25 +128,36 @@ def _instant(value: str, name: str) -> datetime:
 def rebuild_range_op(context: dg.OpExecutionContext, market_db: MarketDatabase,
                      config: RebuildConfig) -> None:
     start, end = _instant(config.start, "start"), _instant(config.end, "end")
-    with market_db.connect() as conn:
-        results = runbook.rebuild_range(conn, config.symbols, start, end,
-                                        config.timeframes or None, run_id=context.run_id)
+    try:
+        start, end = runbook.rebuild_bounds(start, end)
+        with market_db.connect() as conn:
+            results = runbook.rebuild_range(conn, config.symbols, start, end,
+                                            config.timeframes or None, run_id=context.run_id)
+    except runbook.RunbookError as exc:
+        raise _refused(exc) from exc
     rows = [{"symbol": r.symbol, "timeframe": r.timeframe, "version": r.derivation_version,
              "soft_deleted": r.bars_soft_deleted, "inserted": r.bars_inserted} for r in results]
-    context.add_output_metadata({"rebuilt": md_table(rows),
+    context.add_output_metadata({"start_utc": start.isoformat(), "end_utc": end.isoformat(),
+                                 "rebuilt": md_table(rows),
                                  "bars_inserted": sum(r.bars_inserted for r in results),
                                  "bars_soft_deleted": sum(r.bars_soft_deleted for r in results)})
 
 
 class PruneConfig(dg.Config):
-    older_than_days: float = 2.0  # seed 000: drop backups 48 hours after a good deployment
+    # seed 000: drop backups 48 hours after a good deployment; 0 to MAX_PRUNE_DAYS
+    older_than_days: float = 2.0
 
 
-@dg.op(description="Drop timestamped data_agg_state backups older than N days.")
+@dg.op(description="Drop timestamped data_agg_state backups older than N days "
+                   f"(0 to {runbook.MAX_PRUNE_DAYS}).")
 def prune_backups_op(context: dg.OpExecutionContext, market_db: MarketDatabase,
                      config: PruneConfig) -> None:
-    with market_db.connect() as conn:
-        dropped = runbook.prune_backups(conn, timedelta(days=config.older_than_days))
+    try:
+        older_than = runbook.backup_age(config.older_than_days)
+        with market_db.connect() as conn:
+            dropped = runbook.prune_backups(conn, older_than)
+    except runbook.RunbookError as exc:
+        raise _refused(exc) from exc
     context.add_output_metadata({"dropped": len(dropped),
                                  "tables": md_table([{"table": t} for t in dropped])})
 

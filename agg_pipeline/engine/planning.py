@@ -11,18 +11,20 @@ Work is found per symbol in UTC days:
   rolled-back transaction.
 
 `plan_runs` turns work into a bounded number of runs, each a rectangle of partitions (a block
-of consecutive symbols in the partitions' order x a range of days), ordered by contract 12,
-and claims that work in `data_agg_plan_claims` in the same transaction, under one
-transaction-scoped advisory lock: requesters ticking at the same moment in other threads or
-processes never request the same work twice. The planner works in UTC days; the caller
-passes the time partitions' bounds (`period`) and maps runs to partition keys.
+of consecutive symbols in the partitions' order x a range of days) of at most
+`max_partitions` (a symbol whose own range is longer is cut along time, and its earliest range
+requested first), ordered by contract 12, and claims that work in `data_agg_plan_claims` in
+the same transaction, under one transaction-scoped advisory lock: requesters ticking at the
+same moment in other threads or processes never request the same work twice. The planner
+works in UTC days; the caller passes the time partitions' bounds (`period`) and maps runs to
+partition keys.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
 import psycopg
@@ -110,6 +112,14 @@ class Work:
     order: tuple = field(compare=False)  # contract 12 key of its most urgent task
     causes: frozenset[str] = frozenset()  # late data: late rows, correction, deletion
     days: frozenset[date] = frozenset()  # late data: the days that changed
+    # catch-up: the earliest cursor day of its tasks that are behind (first_day may be an
+    # earlier cursor of a task that cannot move yet, e.g. 1h before any newer 5m bar)
+    moving_from: date | None = None
+
+    @property
+    def lead_day(self) -> date:
+        """The first day a run of this work moves a cursor from."""
+        return max(self.moving_from or self.first_day, self.first_day)
 
 
 @dataclass(frozen=True)
@@ -144,7 +154,7 @@ class Limits:
 class Plan:
     runs: list[PlannedRun]
     claimed: list[Work]  # overlaps work a live run was requested for: not requested again
-    waiting: list[Work]  # beyond this tick's run bound: the next tick
+    waiting: list[Work]  # beyond this tick's run bound, or a long range's later days: next ticks
     unsynced: list[Work]  # the symbol has no partition (yet)
     released: int  # claims released by this planner
 
@@ -248,7 +258,8 @@ def catchup_work(tasks: Tasks, *, roots_only: bool, first_day: date) -> list[Wor
         first = max(min(_day(t.cursor) for t in chosen), first_day)
         last = max(_day(max(t.target, t.cursor) - timedelta(microseconds=1)) for t in chosen)
         work.append(Work(symbol, tuple(t.timeframe for t in chosen), first, max(last, first),
-                         reason, min(t.order for t in triggers)))
+                         reason, min(t.order for t in triggers),
+                         moving_from=max(min(_day(t.cursor) for t in triggers), first_day)))
     return work
 
 
@@ -444,7 +455,7 @@ def _merge(work: Sequence[Work]) -> list[Work]:
                 current.first_day, max(current.last_day, item.last_day),
                 LATE_DATA if LATE_DATA in reasons else current.reason,
                 min(current.order, item.order), current.causes | item.causes,
-                current.days | item.days)
+                current.days | item.days, min(current.lead_day, item.lead_day))
         merged.append(current)
     return merged
 
@@ -502,28 +513,107 @@ def _periods(first: date, last: date, period: Callable[[date], tuple[date, date]
     return count
 
 
+@dataclass(frozen=True)
+class _Block:
+    start: int  # its first and last symbol's positions in the partitions' order
+    end: int
+    spans: tuple[tuple[date, date], ...]  # its day ranges in time order: one run each
+
+
+def _cut(first: date, last: date, most: int,
+         period: Callable[[date], tuple[date, date]]) -> tuple[tuple[date, date], ...]:
+    """[first, last] as consecutive ranges of whole time partitions, at most `most` each."""
+    spans: list[tuple[date, date]] = []
+    count, day = 0, first
+    while day <= last:
+        start, end = period(day)
+        if not spans or count == most:
+            spans.append((start, end))
+            count = 0
+        spans[-1] = (spans[-1][0], end)
+        count += 1
+        day = end + timedelta(days=1)
+    return tuple(spans)
+
+
 def _blocks(cluster: _Cluster, position: dict[str, int], symbols: Sequence[str],
             riders: set[str], limits: Limits,
-            period: Callable[[date], tuple[date, date]]) -> list[tuple[int, int]]:
+            period: Callable[[date], tuple[date, date]]) -> list[_Block]:
     """Cut the cluster's symbols, in the partitions' order, into blocks of consecutive
     symbols: at most `max_partitions` partitions each; symbols without work in between ride
-    along only in short clusters, when they may (`riders`) and the gap is small."""
+    along only in short clusters, when they may (`riders`) and the gap is small. A symbol
+    whose own day range alone holds more periods than `max_partitions` is a block of one,
+    cut along time too: consecutive day ranges of at most `max_partitions` periods."""
     periods = _periods(cluster.first_day, cluster.last_day, period)
     width = max(1, limits.max_partitions // periods)
     may_ride = cluster.days <= RIDE_ALONG_DAYS
     places = sorted({position[w.symbol] for w in cluster.items})
-    blocks: list[tuple[int, int]] = []
+    ranges: list[tuple[int, int]] = []
     start = previous = places[0]
     for place in places[1:]:
         gap = symbols[previous + 1:place]
         bridged = not gap or (may_ride and len(gap) * periods <= RIDE_ALONG_GAP_PARTITIONS
                               and riders.issuperset(gap))
         if not bridged or place - start + 1 > width:
-            blocks.append((start, previous))
+            ranges.append((start, previous))
             start = place
         previous = place
-    blocks.append((start, previous))
+    ranges.append((start, previous))
+    if periods <= limits.max_partitions:
+        return [_Block(a, b, ((cluster.first_day, cluster.last_day),)) for a, b in ranges]
+    blocks = []
+    for a, b in ranges:  # (width 1: one symbol each) its own days, not the cluster's hull
+        mine = [w for w in cluster.items if position[w.symbol] == a]
+        last = period(max(w.last_day for w in mine))[1]
+        spans = _cut(period(min(w.first_day for w in mine))[0], last, limits.max_partitions,
+                     period)
+        lead = min(min(w.lead_day for w in mine), last)
+        if lead > spans[0][1]:  # its first range would move no cursor: asked for forever
+            spans = _cut(period(lead)[0], last, limits.max_partitions, period)
+        blocks.append(_Block(a, b, spans))
     return blocks
+
+
+def _trim(item: Work, first: date, last: date) -> Work | None:
+    """The part of `item` within days [first, last] (None: nothing of it)."""
+    lo, hi = max(item.first_day, first), min(item.last_day, last)
+    if lo > hi:
+        return None
+    return replace(item, first_day=lo, last_day=hi,
+                   days=frozenset(d for d in item.days if lo <= d <= hi))
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    run: PlannedRun
+    work: list[Work]  # the block's whole work (what waits when the run is not chosen)
+    later: list[Work]  # the block's days after the run's range: the next ticks'
+
+
+def _candidates(clusters: list[_Cluster], position: dict[str, int], symbols: Sequence[str],
+                riders: set[str], limits: Limits, period: Callable[[date], tuple[date, date]],
+                requester: str) -> list[_Candidate]:
+    """One run per block, over its first day range. A block cut along time requests its
+    earliest range only: the catch-up's cursor moves forward in order (a later range run
+    first would not move it, and would be re-read), and the rest, left `later`, is found
+    again and requested by a tick after that run (its claim holds it off until then)."""
+    candidates = []
+    for cluster in clusters:
+        for block in _blocks(cluster, position, symbols, riders, limits, period):
+            items = [w for w in cluster.items if block.start <= position[w.symbol] <= block.end]
+            (first, last), after = block.spans[0], block.spans[1:]
+            work = [t for w in items if (t := _trim(w, first, last))]
+            later = [t for w in items if after and (t := _trim(w, after[0][0], after[-1][1]))]
+            names = {tf for w in work for tf in w.timeframes}
+            candidates.append(_Candidate(PlannedRun(
+                f"{requester}-{uuid.uuid4().hex[:12]}",
+                tuple(symbols[block.start:block.end + 1]), first, last,
+                tuple(tf.name for tf in timeframes.ORDERED if tf.name in names),
+                _reason(cluster.reason, work, first, last),
+                tuple(sorted(work, key=lambda w: position[w.symbol])),
+                min(w.order for w in work)), items, later))
+    candidates.sort(key=lambda c: (c.run.order, position[c.run.symbols[0]], c.run.first_day))
+    return candidates
 
 
 def _reason(cluster_reason: str, work: Sequence[Work], first: date, last: date) -> str:
@@ -550,6 +640,10 @@ def plan_runs(
     period: Callable[[date], tuple[date, date]],
 ) -> Plan:
     """The runs to request for `work`, at most `limits.max_runs`, claimed in one transaction.
+
+    Every run covers at most `limits.max_partitions` partitions: a symbol whose work alone
+    spans more periods gets a run over its earliest `max_partitions` periods, and the rest
+    waits (`waiting`) for a tick after that run has ended, so its cursor moves in order.
 
     `symbols` is the partitions' order (runs cover blocks of consecutive symbols of it; work
     of other symbols is `unsynced`), `riders` the symbols that may ride along in a block
@@ -586,23 +680,13 @@ def plan_runs(
             first, last = period(item.first_day)[0], period(item.last_day)[1]
             (claimed if _overlaps(item, first, last, claims) else free).append(item)
 
-        candidates: list[PlannedRun] = []
         clusters = _clusters([w for w in free if w.symbol not in alone], period)
         clusters += [_Cluster(w.reason, period(w.first_day)[0], period(w.last_day)[1], [w])
                      for w in free if w.symbol in alone]
-        for cluster in clusters:
-            for start, end in _blocks(cluster, position, symbols, riders, limits, period):
-                block = [w for w in cluster.items if start <= position[w.symbol] <= end]
-                names = {tf for w in block for tf in w.timeframes}
-                candidates.append(PlannedRun(
-                    f"{requester}-{uuid.uuid4().hex[:12]}", tuple(symbols[start:end + 1]),
-                    cluster.first_day, cluster.last_day,
-                    tuple(tf.name for tf in timeframes.ORDERED if tf.name in names),
-                    _reason(cluster.reason, block, cluster.first_day, cluster.last_day),
-                    tuple(sorted(block, key=lambda w: position[w.symbol])),
-                    min(w.order for w in block)))
-        candidates.sort(key=lambda r: (r.order, position[r.symbols[0]], r.first_day))
-        chosen, rest = candidates[:limits.max_runs], candidates[limits.max_runs:]
+        candidates = _candidates(clusters, position, symbols, riders, limits, period,
+                                 requester)
+        picked, rest = candidates[:limits.max_runs], candidates[limits.max_runs:]
+        chosen = [c.run for c in picked]
         rows = [(run.plan_id, w.symbol, tf, run.first_day, run.last_day, run.reason)
                 for run in chosen for w in run.work for tf in w.timeframes]
         if rows:
@@ -610,5 +694,6 @@ def plan_runs(
                          dict(zip(("plan_ids", "symbols", "timeframes", "first_days",
                                    "last_days", "reasons"), map(list, zip(*rows, strict=True)),
                                   strict=True)))
-    return Plan(runs=chosen, claimed=claimed, waiting=[w for r in rest for w in r.work],
-                unsynced=unsynced, released=released)
+    waiting = [w for c in picked for w in c.later] + [w for c in rest for w in c.work]
+    return Plan(runs=chosen, claimed=claimed, waiting=waiting, unsynced=unsynced,
+                released=released)

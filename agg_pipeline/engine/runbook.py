@@ -6,7 +6,8 @@ pipeline's own role needs no DDL rights."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,9 @@ from agg_pipeline.engine import aggregate as engine
 from agg_pipeline.engine import timeframes, windows
 
 BACKUP_PREFIX = "data_agg_state_backup_"  # sql/008 validates and builds the table names
+# prune_backups' bound: backups are a deployment's safety net, kept days, not decades; a
+# larger value is a slip (and 1e308 days overflows any date arithmetic)
+MAX_PRUNE_DAYS = 3650
 
 
 class RunbookError(RuntimeError):
@@ -56,6 +60,42 @@ def _refusals() -> Iterator[None]:
         raise RunbookError(exc.diag.message_primary or str(exc)) from None
 
 
+def _listed(names: Sequence[str]) -> str:
+    return ", ".join(repr(name) for name in names)
+
+
+def check_selection(conn: psycopg.Connection, symbols: Sequence[str],
+                    timeframe_names: Sequence[str]) -> dict[str, dict]:
+    """Refuse (RunbookError, before anything changes) a selection naming what does not
+    exist, which would otherwise be a green run doing nothing (or less than it was asked):
+    a timeframe outside the ladder, a symbol without tasks (not in the registry, or not
+    synced), a named timeframe no task has, a named symbol x named timeframe without a task.
+    Returns each named symbol's row: its task `timeframes` and those with `null_cursors`."""
+    unknown = sorted({name for name in timeframe_names if name not in timeframes.TIMEFRAMES})
+    if unknown:
+        raise RunbookError(f"unknown timeframe(s) {_listed(unknown)}: the ladder has "
+                           f"{', '.join(tf.name for tf in timeframes.ORDERED)}; nothing changed")
+    found = {r["symbol"]: r for r in _rows(conn, queries.query("runbook_symbols"),
+                                           {"symbols": list(dict.fromkeys(symbols))})}
+    unregistered = [s for s, r in found.items() if not r["registered"]]
+    unsynced = [s for s, r in found.items() if r["registered"] and not r["timeframes"]]
+    if unregistered or unsynced:
+        parts = ([f"not in the registry: {_listed(unregistered)}"] if unregistered else [])
+        parts += ([f"in the registry but without tasks (not active in this environment, or "
+                   f"not synced yet): {_listed(unsynced)}"] if unsynced else [])
+        raise RunbookError(f"unknown symbol(s), {'; '.join(parts)}; nothing changed")
+    names = list(dict.fromkeys(timeframe_names))
+    if names and not symbols:
+        have = {r["timeframe"] for r in _rows(conn, queries.query("runbook_timeframes"),
+                                              {"timeframes": names})}
+        if missing := [name for name in names if name not in have]:
+            raise RunbookError(f"no task has timeframe(s) {_listed(missing)}; nothing changed")
+    pairs = [f"{s}/{tf}" for s, r in found.items() for tf in names if tf not in r["timeframes"]]
+    if pairs:
+        raise RunbookError(f"no such task(s): {', '.join(pairs)}; nothing changed")
+    return found
+
+
 @dataclass(frozen=True)
 class BackupResult:
     table: str
@@ -81,9 +121,11 @@ class ResetResult:
 
 def reset_cursors(conn: psycopg.Connection, *, symbols: list[str] | None = None,
                   timeframes_: list[str] | None = None, dry_run: bool = False) -> ResetResult:
-    """Reset cursors of the selection in one transaction; refuse (roll back) if afterwards
-    any task's cursor, selected or not, is NULL or ahead of its source."""
+    """Reset cursors of the selection in one transaction; refuse (roll back) a selection
+    naming an unknown symbol or timeframe, and the result if afterwards any task's cursor,
+    selected or not, is NULL or ahead of its source."""
     with conn.transaction(force_rollback=dry_run):
+        check_selection(conn, symbols or [], timeframes_ or [])
         changed = _rows(conn, queries.query("reset_cursors"),
                         {"symbols": symbols or None, "timeframes": timeframes_ or None})
         ahead = _rows(conn, queries.query("cursors_ahead"))
@@ -102,34 +144,70 @@ def restore_agg_state(conn: psycopg.Connection, backup: str) -> dict[str, int]:
     return {"rows_restored": restored, "rows_removed": removed}
 
 
+def rebuild_bounds(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """[start, end) as UTC instants (any offset is converted; none is refused), start first,
+    within the engine's range; else RunbookError."""
+    try:
+        start, end = windows.require_utc(start, "start"), windows.require_utc(end, "end")
+    except (TypeError, ValueError) as exc:
+        raise RunbookError(f"{exc}; nothing changed") from None
+    if end <= start:
+        raise RunbookError(f"start {start.isoformat()} must be before end {end.isoformat()} "
+                           "(UTC); nothing changed")
+    return start, end
+
+
 def rebuild_range(conn: psycopg.Connection, symbols: list[str], start: datetime, end: datetime,
                   timeframe_names: list[str] | None = None, *,
                   run_id: str | None = None) -> list[engine.AggregationResult]:
     """Soft-delete and recompute [start, end) with a new derivation_version, each timeframe
-    after its source (ladder order); the replaced versions keep `run_id`."""
+    after its source (ladder order); the replaced versions keep `run_id`. The whole request
+    is checked first (symbols, timeframes, every named pair, the range): a refusal changes
+    nothing."""
+    if not symbols:
+        raise RunbookError("name at least one symbol to rebuild; nothing changed")
+    start, end = rebuild_bounds(start, end)
+    found = check_selection(conn, symbols, timeframe_names or [])
+    conn.rollback()
     chosen = timeframe_names or [tf.name for tf in timeframes.ORDERED]
-    for name in chosen:
-        timeframes.get(name)
+    tasks = {symbol: [tf for tf in row["timeframes"] if tf in chosen]
+             for symbol, row in found.items()}
+    null = [f"{symbol}/{tf}" for symbol, row in found.items() for tf in row["null_cursors"]
+            if tf in tasks[symbol]]
+    if null:  # the engine would refuse them half-way, after the others were rebuilt
+        raise RunbookError(f"NULL cursor on {', '.join(null)}: run reset_cursors first; "
+                           "nothing changed")
     results = []
     for tf in timeframes.ORDERED:
-        if tf.name not in chosen:
+        spans = [engine.Span(symbol, start, end) for symbol, names in tasks.items()
+                 if tf.name in names]  # not chosen, or an optional timeframe it does not have
+        if not spans:
             continue
-        for symbol in symbols:
-            exists = conn.execute("SELECT 1 FROM data_agg_state WHERE canonical_symbol = %s "
-                                  "AND timeframe = %s", (symbol, tf.name)).fetchone()
-            if exists is None and timeframe_names is None:
-                continue  # optional timeframe this symbol does not have
-            # the database clock in UTC: the engine's own default keeps the session's zone
-            now = windows.utc(conn.execute("SELECT now()").fetchone()[0])
-            results.append(engine.rebuild_range(conn, symbol, tf.name, start, end, now=now,
-                                                run_id=run_id))
-            conn.commit()
+        batch = engine.rebuild_many(conn, tf.name, spans, run_id=run_id)
+        conn.commit()
+        if batch.failed:  # (a task changed since it was checked)
+            raise RunbookError("; ".join(f"{s}/{tf.name}: {e}" for s, e in batch.failed.items()))
+        results += batch.results
     return results
+
+
+def backup_age(days: object) -> timedelta:
+    """prune_backups' `older_than_days` as a timedelta: a finite number of days from 0 to
+    MAX_PRUNE_DAYS (a negative age would drop a backup taken a second ago)."""
+    if (isinstance(days, bool) or not isinstance(days, int | float)
+            or not math.isfinite(days) or not 0 <= days <= MAX_PRUNE_DAYS):
+        raise RunbookError(f"older_than_days={days!r} must be a number of days from 0 to "
+                           f"{MAX_PRUNE_DAYS}; nothing dropped")
+    return timedelta(days=days)
 
 
 def prune_backups(conn: psycopg.Connection, older_than: timedelta,
                   now: datetime | None = None) -> list[str]:
     """Drop timestamped backups older than `older_than`; named backups are kept."""
+    if not isinstance(older_than, timedelta) or not (
+            timedelta(0) <= older_than <= timedelta(days=MAX_PRUNE_DAYS)):
+        raise RunbookError(f"older_than={older_than!r} must be a timedelta from 0 to "
+                           f"{MAX_PRUNE_DAYS} days; nothing dropped")
     with conn.transaction():
         rows = conn.execute("SELECT agg_prune_backups(%s, %s)",
                             (older_than, now or datetime.now(UTC))).fetchall()
@@ -168,6 +246,13 @@ def withdraw_legacy_bars(conn: psycopg.Connection, symbol: str, timeframe: str, 
     if not run_id:
         raise RunbookError("run_id is required: the undo finds the withdrawn bars by it")
     with conn.transaction(force_rollback=dry_run):
+        known = _rows(conn, queries.query("legacy_known"),
+                      {"symbol": symbol, "timeframe": timeframe})[0]
+        if not known["symbol_known"]:
+            raise RunbookError(f"unknown symbol {symbol!r}: not in the registry; nothing changed")
+        if not known["bars_known"]:  # a typo'd timeframe would count 0 bars, green
+            raise RunbookError(f"{symbol} has no {timeframe!r} bars in derived_data_bars, active "
+                               "or withdrawn: unknown timeframe for it; nothing changed")
         rows = _rows(conn, queries.query("legacy_withdraw"),
                      {"symbol": symbol, "timeframe": timeframe, "run_id": run_id})
     return LegacyCleanup(symbol, timeframe, dry_run, rows)
@@ -191,6 +276,11 @@ def restore_legacy_bars(conn: psycopg.Connection, run_id: str, *,
         raise RunbookError("run_id of the clean-up run to undo is required")
     with conn.transaction(force_rollback=dry_run):
         rows = _rows(conn, queries.query("legacy_restore"), {"run_id": run_id})
+        # nothing to restore: an undo done already, or a run id that withdrew nothing
+        if not rows and not conn.execute(queries.query("legacy_run_known"),
+                                         {"run_id": run_id}).fetchone()[0]:
+            raise RunbookError(f"run {run_id!r} withdrew no legacy bars (not a legacy_cleanup "
+                               "run, a dry run, or one that found nothing); nothing changed")
     refused = [{k: r[k] for k in ("canonical_symbol", "timeframe", "ts_utc")}
                for r in rows if not r["restored"]]
     return LegacyRestore(run_id, dry_run, len(rows) - len(refused), refused)
