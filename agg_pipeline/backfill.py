@@ -177,11 +177,12 @@ def backfill(symbols: list[str], first: date, last: date, timeframe_names: list[
              sync: Callable[[str], list[str]]) -> tuple[str, list[RunSummary]]:
     """Run the rectangle; returns the summary line and the runs. `sync(market_url)` brings the
     registry's tasks and `symbols` partitions up to date first (dev's, returns the symbols)."""
+    market_url = prepare_environment(project_dagster_yaml)
+    # imported only now: the partitions read AGG_START_UTC (and the Dagster variables) once
     import dagster as dg
 
     from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
 
-    market_url = prepare_environment(project_dagster_yaml)
     check_days(first, last)
     keys = asset_keys(timeframe_names)
     known = sync(market_url)
