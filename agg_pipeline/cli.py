@@ -55,7 +55,7 @@ def _clean_errors(command: Callable) -> Callable:
 RUN_ONLY_COMMANDS = (("./run test [PYTEST ARGS]",
                       "The test suite against a real PostgreSQL (AGG_TEST_DATABASE_URL, else "
                       "the embedded server). Only through ./run."),)
-COMMAND_ORDER = ("dev", "migrate", "seed-demo", "status", "history", "db")
+COMMAND_ORDER = ("dev", "migrate", "seed-demo", "status", "history", "backfill", "db")
 
 
 def _synopsis(ctx: click.Context, path: str, command: click.Command) -> str:
@@ -165,10 +165,37 @@ def _seed(url: str, symbols: list[str], days: int) -> None:
                    if symbol in computed else f"{symbol}: {count} new 1m bars")
 
 
-@main.command()
+STATUS_HELP = """Cursor, frontier and health of every aggregation task (one per symbol and
+target timeframe), from the view v_aggregation_frontier_health. Times are UTC; every duration
+is in minutes.
+
+\b
+Columns:
+  symbol, tf     the task: a symbol and the timeframe it derives (5m, 15m, 1h, 4h, 1d)
+  cursor         the start of the next window to process: every window before it is done
+  frontier       the newest usable source bar (1m rows for 5m; 5m bars for 15m and 1h; ...)
+  lag            how far the cursor is behind the end of the newest final window (complete,
+                 or past its confirmation delay): "caught up" when it is not behind at all.
+                 The window holding the frontier is usually still open, so a caught-up 5m
+                 task's cursor sits at that window's start, not its end
+  cursor status  OK; AHEAD (past the end of the frontier's window: an error); NULL (no
+                 cursor: an error, never bootstrapped silently); NO_SOURCE (no source rows
+                 yet); BAD_CONFIG (no interval or source timeframe)
+  task status    idle (normal, also while a run works on it); hard_failed (a mandatory task
+                 after 3 hard failures in a row: still scheduled, alerting); disabled (an
+                 optional one, after 3); retired (its symbol or timeframe left the registry);
+                 paused (an operator set enabled = false: the schedule and sensors skip it)
+  since success  minutes since the task's last successful run
+  fail streak    hard failures in a row (transient ones do not count); success resets it
+  stray rows     rows of data_bars for this symbol that no timeframe reads (a timeframe
+                 other than 1m, e.g. an ingester writing 5m rows); on the task reading 1m
+"""
+
+
+@main.command(help=STATUS_HELP, short_help="Cursor, frontier, lag and health of every "
+              "aggregation task.")
 @_clean_errors
 def status() -> None:
-    """Cursor, frontier and health of every aggregation task."""
     from agg_pipeline.engine.health import format_table, frontier_health
 
     with connection.market_connection() as conn:
@@ -193,24 +220,105 @@ class _Instant(click.ParamType):
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-@main.command()
+HISTORY_HELP = """Every version of SYMBOL's TIMEFRAME bars starting in [START, END), oldest
+first; without END, the one bar whose window holds START. START may be any instant inside a
+window (14:12 means the 5m bar 14:10, and the header line says so). Instants are ISO 8601,
+UTC unless they carry an offset; the output is in UTC.
+
+\b
+Columns:
+  bar            the bar's window start (its label)
+  open .. vol    the version's values; prices to as many decimals as the symbol's source
+                 prices need (--wide: every digit of the stored double)
+  n, q           source bars it was built from, and its quality score (the ladder: 5m 5->2,
+                 4->1, 3->0; 1h 12->2, 10-11->1, 8-9->0, 7->-1)
+  ver            derivation_version: the version of the rules that built it; it changes
+                 only when rebuild_range rebuilds bars, not when a bar is restated, so
+                 successive versions of a bar often share it
+  valid from/to  when this version was the bar: a reader at an instant in [from, to) saw
+                 it; no "to": it is the bar now
+  change         what ended the version: restated (values changed), withdrawn (the window no
+                 longer qualifies, e.g. its source rows were deleted), rebuilt
+                 (rebuild_range); current: not ended
+  reason         why: late_data, correction, deletion, reconciliation, catch_up, backfill,
+                 rebuild, manual
+  run            the Dagster run that made the change (its first 8 characters)
+
+The default table fits 120 columns: a date shared by every line moves to the header, and if
+it is still too wide ver, vol and run are left out (the header says so). --wide prints
+everything: full timestamps, every digit, full run ids, vwap, trades and expected bars (exp).
+"""
+
+
+@main.command(help=HISTORY_HELP,
+              short_help="Every version of SYMBOL's TIMEFRAME bars starting in [START, END) "
+              "(one bar without END): values, when each was current, what replaced it, why "
+              "and which run.")
 @click.argument("symbol")
 @click.argument("timeframe")
 @click.argument("start", type=_Instant())
 @click.argument("end", type=_Instant(), required=False)
 @click.option("--as-of", "at", type=_Instant(), metavar="INSTANT",
               help="Only the versions current at this instant: the bars as a reader saw them.")
+@click.option("--wide", is_flag=True,
+              help="Every column, full timestamps, every digit, full run ids.")
 @_clean_errors
 def history(symbol: str, timeframe: str, start: datetime, end: datetime | None,
-            at: datetime | None) -> None:
-    """Every version of SYMBOL's TIMEFRAME bars starting in [START, END) (one bar without END):
-    values, when each was current, what replaced it, why and which run (times in UTC)."""
-    from agg_pipeline.engine.history import bar_versions, format_versions
+            at: datetime | None, wide: bool) -> None:
+    from agg_pipeline.engine.history import format_history, read_history
 
     with connection.market_connection() as conn:
         migrations.assert_migrated(conn)
-        rows = bar_versions(conn, symbol, timeframe, start, end, at=at)
-    click.echo(format_versions(rows) if rows else f"no {timeframe} bars of {symbol} there")
+        found = read_history(conn, symbol, timeframe, start, end, at=at)
+    click.echo(format_history(found, wide=wide))
+
+
+BACKFILL_HELP = """Materialise SYMBOLS x [FIRST_DAY, LAST_DAY] (UTC days, inclusive) now, in
+this process: Dagster's own execution of the aggregate_bars job on the project's Dagster
+instance, one run per block of consecutive symbols (the UI's "Single run"), shown in the UI's
+Runs like any other. Prints one line: the runs, how they ended, and per timeframe the bars
+written new, restated, withdrawn and left unchanged.
+
+\b
+It sets what a raw `dagster asset materialize` would need from you, each only when unset:
+  DAGSTER_HOME          $AGG_HOME/dagster_home, dev's (its dagster.yaml written if missing)
+  DAGSTER_POSTGRES_URL  the embedded server's Dagster database (with AGG_DATABASE_URL set,
+                        you must set it: the storage your webserver and daemon use)
+  DAGSTER_EVENT_BATCH_SIZE, DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS
+                        the product's values (without them a long range runs ~12x slower)
+  AGG_START_UTC         the demo's first day when the database holds demo data, as dev does
+
+The registry's tasks and `symbols` partitions are brought up to date first (as dev and
+registry_sync_sensor do). dev's server need not be running.
+"""
+
+
+@main.command(help=BACKFILL_HELP, short_help="Materialise SYMBOLS x [FIRST_DAY, LAST_DAY] "
+              "now, in this process (Dagster's own execution, on the project's instance); "
+              "one summary line.")
+@click.argument("symbols", metavar="SYMBOL[,SYMBOL...]")
+@click.argument("first_day", type=click.DateTime(["%Y-%m-%d"]), metavar="FIRST_DAY")
+@click.argument("last_day", type=click.DateTime(["%Y-%m-%d"]), metavar="LAST_DAY")
+@click.option("--timeframes", "timeframe_names", default="5m,1h", show_default=True,
+              metavar="TIMEFRAMES", help="Comma-separated: 5m, 15m, 1h, 4h, 1d.")
+@_clean_errors
+def backfill(symbols: str, first_day: datetime, last_day: datetime,
+             timeframe_names: str) -> None:
+    from agg_pipeline import backfill as backfilling
+
+    chosen = _split_symbols((symbols,))
+    names = [n.strip() for n in timeframe_names.split(",") if n.strip()]
+    if not chosen:
+        raise click.BadParameter("no symbol given", param_hint="SYMBOLS")
+    line, runs = backfilling.backfill(
+        chosen, first_day.date(), last_day.date(), names, _project_file("dagster.yaml"),
+        _sync_registry)
+    click.echo(line)
+    for run in runs:
+        for error in run.errors:
+            click.echo(f"run {run.run_id}: {error}", err=True)
+    if not all(run.success for run in runs):
+        raise SystemExit(1)
 
 
 @main.command()

@@ -83,7 +83,8 @@ def test_help_lists_every_command_with_its_options():
     names = {" ".join(word for word in line.split(" [")[0].split() if not word.isupper())
              for line in lines}
     assert names == {*expected, "./run test"}
-    assert "history SYMBOL TIMEFRAME START [END] [--as-of INSTANT]" in lines
+    assert "history SYMBOL TIMEFRAME START [END] [--as-of INSTANT] [--wide]" in lines
+    assert "backfill SYMBOL[,SYMBOL...] FIRST_DAY LAST_DAY [--timeframes 5m,1h]" in lines
     dev_line = next(line for line in lines if line.startswith("dev "))
     assert "[--port 3000]" in dev_line and "[--no-feed]" in dev_line
     assert all(len(line) <= 100 for line in result.stdout.splitlines())
@@ -141,6 +142,7 @@ UNREACHABLE = "postgresql://agg:hunter2-secret@127.0.0.1:1/markets"
 def test_an_unreachable_database_is_one_line_for_every_command(tmp_path):
     commands = [("migrate",), ("status",), ("seed-demo", "--days", "1"),
                 ("history", "EURUSD", "5m", "2025-07-07T00:00Z"),
+                ("backfill", "EURUSD", "2025-07-07", "2025-07-07"),
                 ("dev", "--no-demo", "--port", "1")]
     for args in commands:
         env = {settings.DATABASE_URL_VAR: UNREACHABLE, settings.HOME_VAR: str(tmp_path),

@@ -157,6 +157,20 @@ def test_a_late_data_run_labels_the_versions_it_replaced(eurusd, instance, runti
             conn.execute("DELETE FROM derived_bar_revisions")
 
 
+def history_cli(*args: str, url: str) -> list[str]:
+    from agg_pipeline_tests.test_cli import run_cli
+
+    result = run_cli("history", *args, env={"AGG_DATABASE_URL": url})
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def table(lines: list[str]) -> tuple[list[str], list[str]]:
+    """(the header lines above the table, the table's rows), split at the rule line."""
+    rule = next(i for i, line in enumerate(lines) if set(line) <= {"-", " "} and line)
+    return lines[:rule - 1], lines[rule + 1:]
+
+
 def test_the_history_command_prints_every_version_and_a_past_instant(eurusd, database_url):
     from agg_pipeline_tests.test_cli import run_cli
 
@@ -165,19 +179,79 @@ def test_the_history_command_prints_every_version_and_a_past_instant(eurusd, dat
     insert_bars(eurusd, "EURUSD", [bar(T0 + timedelta(minutes=7), 1.5, ingested_at=AS_OF)],
                 upsert=True)
     eurusd.commit()
-    build(eurusd, reason="late_data", run_id="run-1234")
-    env = {"AGG_DATABASE_URL": database_url}
-    every = run_cli("history", "EURUSD", "5m", WINDOW.isoformat(), env=env)
-    assert every.returncode == 0, every.stderr
-    header, _, *lines = every.stdout.splitlines()
-    assert header.split()[:6] == ["bar", "open", "high", "low", "close", "vol"]
+    build(eurusd, reason="late_data", run_id="run-1234-5678-9abc")
+    every = history_cli("EURUSD", "5m", WINDOW.isoformat(), url=database_url)
+    header, lines = table(every)
+    assert header[0] == "EURUSD 5m bar 2025-07-07 00:05: 2 versions, oldest first"
+    assert every[len(header)].split()[:6] == ["bar", "open", "high", "low", "close", "vol"]
     assert len(lines) == 2
     assert "restated" in lines[0] and "correction" in lines[0] and "run-1234" in lines[0]
-    assert "current" in lines[1] and "1.501" in lines[1]
-    then = run_cli("history", "EURUSD", "5m", T0.isoformat(), (T0 + timedelta(hours=1)).isoformat(),
-                   "--as-of", before.isoformat(), env=env)
-    assert then.returncode == 0, then.stderr
-    rows = then.stdout.splitlines()[2:]
+    assert "run-1234-" not in lines[0]  # run ids cut to 8 characters
+    assert "current" in lines[1] and "1.5010" in lines[1]
+    then = history_cli("EURUSD", "5m", T0.isoformat(), (T0 + timedelta(hours=1)).isoformat(),
+                       "--as-of", before.isoformat(), url=database_url)
+    header, rows = table(then)
+    assert header[0].startswith("EURUSD 5m bars starting in [2025-07-07 00:00, 2025-07-07 01:00)"
+                                f", as of {before:%Y-%m-%d %H:%M:%S}: 12 versions of 12 bars")
     assert len(rows) == 12 and not any("1.501" in row for row in rows)
-    bad = run_cli("history", "EURUSD", "7m", T0.isoformat(), env=env)
+    bad = run_cli("history", "EURUSD", "7m", T0.isoformat(), env={"AGG_DATABASE_URL": database_url})
     assert bad.returncode == 1 and "unknown target timeframe '7m'" in bad.stderr
+
+
+def test_history_takes_any_instant_inside_a_bar_and_says_which_bar(eurusd, database_url):
+    build(eurusd)
+    inside = WINDOW + timedelta(minutes=2, seconds=30)  # 00:07:30, in the bar 00:05
+    lines = history_cli("EURUSD", "5m", inside.isoformat(), url=database_url)
+    assert lines[0] == ("EURUSD 5m bar containing 00:07:30 is 2025-07-07 00:05: 1 version, "
+                        "oldest first")
+    assert table(lines)[1][0].startswith("00:05 ")
+    ranged = history_cli("EURUSD", "1h", (T0 + timedelta(minutes=59)).isoformat(),
+                         (T0 + timedelta(hours=2)).isoformat(), url=database_url)
+    assert ranged[0].startswith("EURUSD 1h bars starting in [2025-07-07 00:00, 2025-07-07 02:00) "
+                                "(START 00:59 is in bar 00:00): 2 versions of 2 bars")
+
+
+def test_history_fits_120_columns_and_wide_prints_everything(eurusd, database_url):
+    """Prices to the symbol's precision (its source rows have 4 decimals; a double such as
+    1.1030000000000002 is 1.103 plus float noise), run ids of 8 characters; --wide: the
+    stored doubles, full run ids, vwap and the other columns."""
+    build(eurusd)
+    run_id = "3f2a9c1e-5b7d-4e21-9a0c-1d2e3f4a5b6c"  # a Dagster run id: 36 characters
+    noisy = 1.1 + 0.003  # 1.1030000000000002, the window's high
+    insert_bars(eurusd, "EURUSD", [bar(WINDOW + timedelta(minutes=2), 1.1007, high=noisy,
+                                       ingested_at=AS_OF)], upsert=True)
+    eurusd.commit()
+    build(eurusd, reason="correction", run_id=run_id)
+    # two days of bars, versions written on two days: the widest default table
+    eurusd.execute("UPDATE derived_bar_revisions SET valid_from = valid_from - interval '400 days'")
+    eurusd.commit()
+    args = ("EURUSD", "5m", (T0 - timedelta(days=1)).isoformat(),
+            (T0 + timedelta(days=1)).isoformat())
+    default = history_cli(*args, url=database_url)
+    assert max(len(line) for line in default) <= 120
+    header, rows = table(default)
+    assert "prices to 4 decimals" in " ".join(header)
+    assert "1.1030 " in "\n".join(rows) and "1.1030000000000002" not in "\n".join(default)
+    assert run_id[:9] not in "\n".join(default)  # run ids cut to 8 characters, or left out
+    assert run_id[:8] in "\n".join(rows) or "run not shown" in " ".join(header)
+    wide = history_cli(*args, "--wide", url=database_url)
+    assert max(len(line) for line in wide) > 120
+    wide_text = "\n".join(wide)
+    assert "1.1030000000000002" in wide_text and run_id in wide_text
+    assert table(wide)[0][0].endswith("(times UTC)")
+    assert wide[1].split()[:8] == ["bar", "open", "high", "low", "close", "vol", "vwap",
+                                   "trades"]
+    assert "2025-07-07 00:05" in wide_text  # full timestamps
+
+
+def test_price_decimals_ignore_float_noise_and_stop_at_8_significant_digits():
+    from agg_pipeline.engine.history import decimals_needed, most_decimals
+
+    assert decimals_needed(1.085 + 0.003) == 3  # 1.0879999999999999
+    assert decimals_needed(1.1 + 0.003) == 3  # 1.1030000000000002
+    assert decimals_needed(1.08751) == 5
+    assert decimals_needed(150.123) == 3
+    assert decimals_needed(2345.0) == 0
+    assert decimals_needed(104.12345678901) == 5  # a computed index: 8 significant digits
+    assert decimals_needed(0.000012345) == 9
+    assert most_decimals([1.1, None, 1.12345, 1.123]) == 5
