@@ -32,6 +32,7 @@ from agg_pipeline.listing import summarise
 
 GROUP = "bars"
 TRANSIENT_RETRIES = 3
+RUN_LOG_SYMBOLS = 10  # a run's log names at most this many symbols per kind of line
 
 
 def backfill_policy() -> dg.BackfillPolicy:
@@ -128,19 +129,23 @@ def _skip_reasons(conn: psycopg.Connection, timeframe: str,
     return skipped
 
 
-def _record_failure(market_db: MarketDatabase, context, symbol: str, timeframe: str,
-                    exc: BaseException, transient: bool) -> None:
+def _record_failures(market_db: MarketDatabase, context, timeframe: str,
+                     errors: Mapping[str, BaseException], *, transient: bool) -> None:
+    """Book the failures on their tasks (contract 11), in one statement."""
     try:
         with market_db.connect() as conn:
-            outcome = tasks.record_failure(conn, symbol, timeframe, transient=transient,
-                                           error=f"{type(exc).__name__}: {exc}")
-        if outcome is not None:
-            context.log.warning(
-                f"{symbol} / {timeframe}: {'transient' if transient else 'hard'} failure "
-                f"recorded; status={outcome.status} hard_fail_streak={outcome.hard_fail_streak}"
-            )
+            outcomes = tasks.record_failures(
+                conn, timeframe, {s: f"{type(e).__name__}: {e}" for s, e in errors.items()},
+                transient=transient)
+        kind = "transient" if transient else "hard"
+        for symbol, outcome in sorted(outcomes.items())[:RUN_LOG_SYMBOLS]:
+            context.log.warning(f"{symbol} / {timeframe}: {kind} failure recorded; status="
+                                f"{outcome.status} hard_fail_streak={outcome.hard_fail_streak}")
+        if len(outcomes) > RUN_LOG_SYMBOLS:
+            context.log.warning(f"... and {len(outcomes) - RUN_LOG_SYMBOLS} more {kind} "
+                                f"failures of {timeframe} recorded")
     except Exception as record_error:  # the database may be the thing that failed
-        context.log.error(f"could not record the failure of {symbol} / {timeframe}: "
+        context.log.error(f"could not record the failures of {timeframe}: "
                           f"{type(record_error).__name__}")
 
 
@@ -180,12 +185,14 @@ def _aggregate_spans(
     except Exception as exc:
         if not conn.closed:
             conn.rollback()
+        symbols = sorted({s.symbol for s in spans})
         if tasks.is_transient(exc):
             context.log.warning(f"{tf.name}: transient failure ({type(exc).__name__}); retrying")
+            _record_failures(market_db, context, tf.name, dict.fromkeys(symbols, exc),
+                             transient=True)
             raise _transient_retry(context) from exc
-        symbols = sorted({s.symbol for s in spans})
         if len(symbols) == 1:
-            _record_failure(market_db, context, symbols[0], tf.name, exc, transient=False)
+            _record_failures(market_db, context, tf.name, {symbols[0]: exc}, transient=False)
             return [], {symbols[0]: f"{type(exc).__name__}: {exc}"}
         context.log.warning(f"{tf.name}: the run's engine call failed ({type(exc).__name__}); "
                             f"each of its {len(symbols)} symbols on its own")
@@ -199,13 +206,15 @@ def _aggregate_spans(
             if not conn.closed:
                 conn.rollback()
             if tasks.is_transient(exc):
+                _record_failures(market_db, context, tf.name, {group[0].symbol: exc},
+                                 transient=True)
                 raise _transient_retry(context) from exc
             failed[group[0].symbol] = exc
             continue
         results += alone.results
         failed.update(alone.failed)
-    for symbol, exc in failed.items():
-        _record_failure(market_db, context, symbol, tf.name, exc, transient=False)
+    if failed:
+        _record_failures(market_db, context, tf.name, failed, transient=False)
     return results, {s: f"{type(e).__name__}: {e}" for s, e in failed.items()}
 
 

@@ -12,6 +12,7 @@ per (symbol, timeframe) (contract 13).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -23,7 +24,14 @@ from psycopg.rows import dict_row
 
 from agg_pipeline.db import queries
 from agg_pipeline.engine import timeframes, windows
-from agg_pipeline.engine.bounds import Bounds, TaskView, cursor_after, request_bounds, windows_seen
+from agg_pipeline.engine.bounds import (
+    Bounds,
+    TaskView,
+    cursor_after,
+    has_work,
+    request_bounds,
+    windows_seen,
+)
 from agg_pipeline.engine.errors import (
     AggregationError,
     InvalidRangeError,
@@ -216,16 +224,18 @@ def _task_view(row: dict, tf: Timeframe) -> TaskView | AggregationError:
         delay=timedelta(seconds=delay), derivation_version=row["derivation_version"],
         skip_zero_volume=row["agg_skip_zero_volume_ohlc"], forming=row["agg_forming_bars"],
         frontier=row["frontier"], fingerprint_through=row["fingerprint_through"],
-        retained_from=row["retained_from"])
+        retained_from=row["retained_from"], forming_through=row["forming_through"])
 
 
-def _lock_and_load(conn: psycopg.Connection, tf: Timeframe, symbols: list[str],
-                   as_of: datetime) -> tuple[dict[str, TaskView], dict[str, AggregationError]]:
-    """The tasks of `symbols`, locked in symbol order; the symbols that cannot run, why."""
+def _load(conn: psycopg.Connection, tf: Timeframe, symbols: list[str], as_of: datetime, *,
+          lock: bool) -> tuple[dict[str, TaskView], dict[str, AggregationError]]:
+    """The tasks of `symbols` (locked in symbol order with `lock`); the symbols that cannot
+    run, why."""
+    statement = queries.query("tasks_for_update",
+                              lock=sql.SQL("FOR UPDATE OF s" if lock else ""))
     with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(queries.query("tasks_for_update"),
-                           {"timeframe": tf.name, "symbols": symbols, "as_of": as_of},
-                           prepare=False).fetchall()
+        rows = cur.execute(statement, {"timeframe": tf.name, "symbols": symbols,
+                                       "as_of": as_of}, prepare=False).fetchall()
     tasks: dict[str, TaskView] = {}
     failed: dict[str, AggregationError] = {}
     for row in rows:
@@ -248,20 +258,19 @@ def _lock_and_load(conn: psycopg.Connection, tf: Timeframe, symbols: list[str],
 # ----------------------------------------------------------------------------- statements
 
 
-def _columns(requests: Sequence[tuple[int, TaskView, Bounds]], version: int | None) -> dict:
-    """The per-request arrays of aggregate_windows.sql (`ord` numbers the requests)."""
-    return {
-        "ords": [i for i, _, _ in requests],
-        "symbols": [t.symbol for _, t, _ in requests],
-        "lo": [b.lo for _, _, b in requests],
-        "hi": [b.hi for _, _, b in requests],
-        "final_to": [b.final_to for _, _, b in requests],
-        "read_from": [b.read_from for _, _, b in requests],
-        "record_from": [b.record_from for _, _, b in requests],
-        "record_limit": [b.record_limit for _, _, b in requests],
-        "consume_from": [b.consume_from for _, _, b in requests],
-        "versions": [version or t.derivation_version for _, t, _ in requests],
-    }
+def _requests_json(requests: Sequence[tuple[int, TaskView, Bounds]],
+                   version: int | None) -> str:
+    """The requests of aggregate_windows.sql as one JSON parameter (json_to_recordset): a
+    thousand symbols' bounds in one value, instead of a dozen arrays psycopg adapts element by
+    element. Instants in ISO 8601 with their UTC offset."""
+    def iso(value: datetime | None) -> str | None:
+        return None if value is None else value.isoformat()
+    return json.dumps([
+        {"ord": i, "symbol": t.symbol, "lo": iso(b.lo), "hi": iso(b.hi),
+         "final_to": iso(b.final_to), "read_from": iso(b.read_from),
+         "record_from": iso(b.record_from), "record_limit": iso(b.record_limit),
+         "consume_from": iso(b.consume_from), "version": version or t.derivation_version}
+        for i, t, b in requests])
 
 
 def _source(tf: Timeframe) -> tuple[sql.Identifier, sql.SQL]:
@@ -278,7 +287,7 @@ def _run_windows(conn: psycopg.Connection, tf: Timeframe,
         "aggregate_windows", source_table=table, active_only=active_only,
         window_traded=WINDOW_HAS_TRADED_BAR if skip_zero_volume else NO_FILLER_RULE)
     params = {
-        **_columns(requests, version),
+        "requests": _requests_json(requests, version),
         "timeframe": tf.name, "source_timeframe": tf.source,
         "step": windows.sql_interval(tf.step), "source_step": windows.sql_interval(tf.source_step),
         "expected": tf.expected_candles,
@@ -294,9 +303,9 @@ def _run_windows(conn: psycopg.Connection, tf: Timeframe,
 def _run_forming(conn: psycopg.Connection, tf: Timeframe,
                  requests: Sequence[tuple[TaskView, Bounds, datetime]], as_of: datetime,
                  version: int | None) -> dict[str, tuple[datetime, int]]:
-    """forming_bars.sql for the requests that reach past their last final window; returns
-    each symbol's forming bar (window, source count)."""
-    reaching = [(t, b, h) for t, b, h in requests if b.range_end > h]
+    """forming_bars.sql for the requests that reach past their last final window and have a
+    forming bar to refresh or remove; returns each symbol's forming bar (window, count)."""
+    reaching = [(t, b, h) for t, b, h in requests if b.range_end > h and t.forming_work]
     if not reaching:
         return {}
     table, _ = _source(tf)
@@ -306,10 +315,10 @@ def _run_forming(conn: psycopg.Connection, tf: Timeframe,
         source_filter=sql.SQL("AND NOT b.is_partial" if tf.reads_data_bars
                               else "AND b.deleted_at IS NULL"))
     rows = conn.execute(statement, {
-        "symbols": [t.symbol for t, _, _ in reaching], "hi": [h for _, _, h in reaching],
-        "range_end": [b.range_end for _, b, _ in reaching],
-        "forming": [t.forming for t, _, _ in reaching],
-        "versions": [version or t.derivation_version for t, _, _ in reaching],
+        "requests": json.dumps([
+            {"symbol": t.symbol, "hi": h.isoformat(), "range_end": b.range_end.isoformat(),
+             "forming": t.forming, "version": version or t.derivation_version}
+            for t, b, h in reaching]),
         "timeframe": tf.name, "source_timeframe": tf.source, "as_of": as_of,
         "step": windows.sql_interval(tf.step), "source_step": windows.sql_interval(tf.source_step),
         "expected": tf.expected_candles,
@@ -360,26 +369,27 @@ def _record_success(conn: psycopg.Connection, tf: Timeframe,
     by_symbol: dict[str, list[AggregationResult]] = {}
     for result in results:
         by_symbol.setdefault(result.symbol, []).append(result)
-    symbols = sorted(by_symbol)
     conn.execute(queries.query("tasks_record_success"), {
-        "timeframe": tf.name, "symbols": symbols,
-        "cursors": [max(r.cursor_after for r in by_symbol[s]) for s in symbols],
-        "bars_inserted": [sum(r.bars_inserted for r in by_symbol[s]) for s in symbols],
-        "bars_poor_quality": [sum(r.bars_poor_quality for r in by_symbol[s]) for s in symbols],
-        "forming_through": [tasks[s].frontier if tasks[s].forming else None for s in symbols],
+        "timeframe": tf.name,
+        "tasks": json.dumps([
+            {"symbol": symbol,
+             "cursor": max(r.cursor_after for r in mine).isoformat(),
+             "bars_inserted": sum(r.bars_inserted for r in mine),
+             "bars_poor_quality": sum(r.bars_poor_quality for r in mine),
+             "forming_through": (tasks[symbol].frontier.isoformat()
+                                 if tasks[symbol].forming and tasks[symbol].frontier else None)}
+            for symbol, mine in sorted(by_symbol.items())]),
     }, prepare=False)
 
 
 # ----------------------------------------------------------------------------- the engine
 
 
-def _materialize(conn: psycopg.Connection, tf: Timeframe, spans: list[Span],
-                 tasks: dict[str, TaskView], as_of: datetime, *, version: int | None,
-                 reason: str, run_id: str | None, incremental: bool) -> list[AggregationResult]:
-    """Both statements for the spans of runnable tasks, the cursors, the task rows."""
-    requests = [(i, tasks[s.symbol], request_bounds(tasks[s.symbol], tf, s.start, s.end,
-                                                    as_of, incremental=incremental))
-                for i, s in enumerate(s for s in spans if s.symbol in tasks)]
+def _materialize(conn: psycopg.Connection, tf: Timeframe,
+                 requests: list[tuple[int, TaskView, Bounds]], as_of: datetime, *,
+                 version: int | None, reason: str,
+                 run_id: str | None) -> list[AggregationResult]:
+    """Both statements for the requests, the cursors, the task rows."""
     if not requests:
         return []
     conn.execute(sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(WORK_MEM)))
@@ -393,6 +403,7 @@ def _materialize(conn: psycopg.Connection, tf: Timeframe, spans: list[Span],
     forming = _run_forming(conn, tf, [(t, b, final_hi[i]) for i, t, b in requests], as_of,
                            version)
     results: list[AggregationResult] = []
+    tasks = {t.symbol: t for _, t, _ in requests}
     cursors = {symbol: task.cursor for symbol, task in tasks.items()}
     for i, task, bounds in requests:  # spans are sorted: a symbol's requests in time order
         before = cursors[task.symbol]
@@ -402,6 +413,45 @@ def _materialize(conn: psycopg.Connection, tf: Timeframe, spans: list[Span],
                                forming.get(task.symbol)))
     _record_success(conn, tf, results, tasks)
     return results
+
+
+def _requests(tf: Timeframe, spans: list[Span], tasks: dict[str, TaskView], as_of: datetime,
+              incremental: bool) -> list[tuple[int, TaskView, Bounds]]:
+    return [(i, tasks[s.symbol], request_bounds(tasks[s.symbol], tf, s.start, s.end, as_of,
+                                                incremental=incremental))
+            for i, s in enumerate(s for s in spans if s.symbol in tasks)]
+
+
+def _idle_result(tf: Timeframe, task: TaskView, bounds: Bounds, as_of: datetime,
+                 version: int | None) -> AggregationResult:
+    """An incremental request with nothing to do: nothing read, nothing written."""
+    unread = replace(bounds, read_from=max(bounds.read_from, task.cursor))
+    return _result(tf, task, unread, unread.read_from, {}, (task.cursor, task.cursor), as_of,
+                   version, None)
+
+
+def _load_and_run(conn: psycopg.Connection, tf: Timeframe, spans: list[Span], as_of: datetime,
+                  *, version: int | None, reason: str, run_id: str | None,
+                  incremental: bool) -> tuple[list[AggregationResult], dict]:
+    """Lock the tasks and materialise. An incremental batch first reads its tasks without
+    locks and locks (and writes) only those with something to do: a tick in which most
+    symbols have nothing new touches none of their rows."""
+    symbols = sorted({s.symbol for s in spans})
+    if not incremental:
+        tasks, failed = _load(conn, tf, symbols, as_of, lock=True)
+        return _materialize(conn, tf, _requests(tf, spans, tasks, as_of, False), as_of,
+                            version=version, reason=reason, run_id=run_id), failed
+    seen, failed = _load(conn, tf, symbols, as_of, lock=False)
+    requests = _requests(tf, spans, seen, as_of, True)
+    busy = sorted({t.symbol for _, t, b in requests if has_work(t, b)})
+    locked, changed = _load(conn, tf, busy, as_of, lock=True) if busy else ({}, {})
+    failed.update(changed)
+    idle = [_idle_result(tf, t, b, as_of, version) for _, t, b in requests
+            if t.symbol not in busy]
+    results = _materialize(conn, tf, _requests(tf, [s for s in spans if s.symbol in locked],
+                                               locked, as_of, True), as_of,
+                           version=version, reason=reason, run_id=run_id)
+    return results + idle, failed
 
 
 def aggregate_many(
@@ -431,12 +481,10 @@ def aggregate_many(
     _validate_reason(reason, run_id)
     with conn.transaction():
         as_of = _resolve_as_of(conn, now)
-        symbols = sorted({s.symbol for s in checked})
-        if not symbols:
+        if not checked:
             return Batch([], {})
-        tasks, failed = _lock_and_load(conn, tf, symbols, as_of)
-        results = _materialize(conn, tf, checked, tasks, as_of, version=derivation_version,
-                               reason=reason, run_id=run_id, incremental=incremental)
+        results, failed = _load_and_run(conn, tf, checked, as_of, version=derivation_version,
+                                        reason=reason, run_id=run_id, incremental=incremental)
     invalid = [r for r in results if r.source_rows_invalid]
     for result in invalid[:20]:
         log.warning("%s / %s: %d invalid source rows excluded since %s", result.symbol,
@@ -480,7 +528,7 @@ def rebuild_many(conn: psycopg.Connection, timeframe: str, spans: Iterable[Span]
     with conn.transaction():
         as_of = _resolve_as_of(conn, now)
         symbols = sorted({s.symbol for s in checked})
-        tasks, failed = _lock_and_load(conn, tf, symbols, as_of)
+        tasks, failed = _load(conn, tf, symbols, as_of, lock=True)
         runnable = [s for s in checked if s.symbol in tasks]
         if not runnable:
             return Batch([], failed)

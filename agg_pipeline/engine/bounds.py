@@ -32,6 +32,15 @@ class TaskView:
     frontier: datetime | None  # newest usable source row now
     fingerprint_through: datetime | None  # end of the cursor's day's recorded fingerprint
     retained_from: datetime | None  # the source's declared retention horizon (contract 16)
+    forming_through: datetime | None = None  # the frontier its forming bar reflects
+
+    @property
+    def forming_work(self) -> bool:
+        """Its forming bar lags the frontier, or one is left over from before it opted out."""
+        if not self.forming:
+            return self.forming_through is not None
+        return self.frontier is not None and (self.forming_through is None
+                                              or self.frontier > self.forming_through)
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,15 @@ def request_bounds(task: TaskView, tf: Timeframe, start: datetime, end: datetime
                   record_from=record_from, record_limit=record_limit,
                   consume_from=read_from if chained else None, range_end=range_end,
                   incremental=chained)
+
+
+def has_work(task: TaskView, bounds: Bounds) -> bool:
+    """Whether an incremental request can change anything: usable source rows at or after
+    where it reads, among windows that have ended, or a forming bar to refresh or remove.
+    (Rows that landed late before the cursor are the late-data path's.)"""
+    reads = (bounds.read_from < bounds.final_to and task.frontier is not None
+             and task.frontier >= bounds.read_from)
+    return reads or task.forming_work
 
 
 def cursor_after(task: TaskView, tf: Timeframe, bounds: Bounds, cursor: datetime,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -118,19 +120,20 @@ class FailureOutcome:
     enabled: bool
 
 
-def record_failure(
-    conn: psycopg.Connection, symbol: str, timeframe: str, *, transient: bool, error: str
-) -> FailureOutcome | None:
-    """Book a failed attempt on the task; None if the task does not exist."""
+def record_failures(conn: psycopg.Connection, timeframe: str, errors: Mapping[str, str], *,
+                    transient: bool) -> dict[str, FailureOutcome]:
+    """Book a failed attempt on each symbol's task (its error text); the outcome of each
+    that exists."""
     with conn.transaction():
-        row = conn.execute(
-            queries.query("task_record_failure"),
-            {
-                "symbol": symbol,
-                "timeframe": timeframe,
-                "hard": not transient,
-                "threshold": HARD_FAILURE_THRESHOLD,
-                "error": error[:ERROR_TEXT_LIMIT],
-            },
-        ).fetchone()
-    return FailureOutcome(*row) if row else None
+        rows = conn.execute(queries.query("tasks_record_failure"), {
+            "timeframe": timeframe, "hard": not transient, "threshold": HARD_FAILURE_THRESHOLD,
+            "errors": json.dumps([{"symbol": symbol, "error": error[:ERROR_TEXT_LIMIT]}
+                                  for symbol, error in errors.items()]),
+        }).fetchall()
+    return {symbol: FailureOutcome(*outcome) for symbol, *outcome in rows}
+
+
+def record_failure(conn: psycopg.Connection, symbol: str, timeframe: str, *, transient: bool,
+                   error: str) -> FailureOutcome | None:
+    """Book a failed attempt on one task; None if the task does not exist."""
+    return record_failures(conn, timeframe, {symbol: error}, transient=transient).get(symbol)

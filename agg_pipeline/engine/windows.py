@@ -10,6 +10,7 @@ the UTC one. So instants are converted to UTC before any arithmetic, and days ar
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 
 ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -53,11 +54,14 @@ def utc_values(row: dict) -> dict:
             for k, v in row.items()}
 
 
+# (memoised: a run over thousands of symbols floors the same few instants for each of them)
+@lru_cache(maxsize=4096)
 def floor(value: datetime, step: timedelta) -> datetime:
     value = utc(value)  # in another zone, `value - delta` would be wall-clock arithmetic
     return value - (value - ORIGIN) % step
 
 
+@lru_cache(maxsize=4096)
 def ceil(value: datetime, step: timedelta) -> datetime:
     # (`==` between zones is False for a time in a repeated hour, e.g. 01:30 on the day New
     # York leaves daylight time: compare in UTC)

@@ -1,5 +1,5 @@
 -- Materialise the final windows of many symbols of one timeframe in one statement (SPEC
--- contracts 2-10, 14, 16). Each request (one row of the arrays) is one symbol and range:
+-- contracts 2-10, 14, 16). Each request (one element of %(requests)s) is one symbol and range:
 --   lo            first window considered: active bars in [lo, final_to) are diffed
 --   hi            windows before it are final by the confirmation delay (contract 6)
 --   final_to      windows in [hi, final_to) have ended: final when complete, i.e. all
@@ -23,13 +23,10 @@
 -- or a window function telling whether the row's window holds a traded bar.
 WITH req AS (
     SELECT *
-    FROM unnest(%(ords)s::integer[], %(symbols)s::text[], %(lo)s::timestamptz[],
-                %(hi)s::timestamptz[], %(final_to)s::timestamptz[],
-                %(read_from)s::timestamptz[], %(record_from)s::timestamptz[],
-                %(record_limit)s::timestamptz[], %(consume_from)s::timestamptz[],
-                %(versions)s::integer[])
-        AS r(ord, symbol, lo, hi, final_to, read_from, record_from, record_limit,
-             consume_from, version)
+    FROM json_to_recordset(%(requests)s::json)
+        AS r(ord integer, symbol text, lo timestamptz, hi timestamptz, final_to timestamptz,
+             read_from timestamptz, record_from timestamptz, record_limit timestamptz,
+             consume_from timestamptz, version integer)
 ),
 -- Per request, inside its LATERAL subquery: `w`, one row per window with source rows, an
 -- active stored bar, or both, with its roll-up (contract 2), its place on the quality ladder

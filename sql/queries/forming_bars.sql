@@ -9,9 +9,9 @@
 -- forming 5m bars too. Returns each forming bar's window and source count.
 WITH req AS (
     SELECT *
-    FROM unnest(%(symbols)s::text[], %(hi)s::timestamptz[], %(range_end)s::timestamptz[],
-                %(forming)s::boolean[], %(versions)s::integer[])
-        AS r(symbol, hi, range_end, forming, version)
+    FROM json_to_recordset(%(requests)s::json)
+        AS r(symbol text, hi timestamptz, range_end timestamptz, forming boolean,
+             version integer)
 ),
 rolled AS (
     SELECT r.symbol, r.version, f.*

@@ -1,7 +1,8 @@
--- The task rows of many symbols of one timeframe, locked for the rest of the transaction in
--- symbol order (two runs over overlapping symbols never deadlock; a second writer of the same
--- (symbol, timeframe) waits: SPEC contract 13, with row locks, which unlike advisory locks
--- take no slot of the shared lock table however many symbols a run covers). With each: the
+-- The task rows of many symbols of one timeframe; with {lock}, locked for the rest of the
+-- transaction in symbol order (two runs over overlapping symbols never deadlock; a second
+-- writer of the same (symbol, timeframe) waits: SPEC contract 13, with row locks, which unlike
+-- advisory locks take no slot of the shared lock table however many symbols a run covers;
+-- without, a read to find which tasks have anything to do). With each: the
 -- symbol's registry settings, its source frontier now (newest usable source row), the end of
 -- the fingerprint recorded for the cursor's UTC day (an incremental read continues it), and
 -- the declared retention horizon of its source (contract 16).
@@ -13,6 +14,7 @@ SELECT
     s.agg_start_utc,
     s.last_agg_bar_ts_utc,
     s.derivation_version,
+    s.forming_through,
     r.agg_skip_zero_volume_ohlc,
     r.agg_forming_bars,
     agg_source_frontier(s.canonical_symbol, s.source_timeframe, %(as_of)s) AS frontier,
@@ -28,4 +30,4 @@ LEFT JOIN data_agg_source_retention h ON h.source_timeframe = s.source_timeframe
 WHERE s.timeframe = %(timeframe)s
   AND s.canonical_symbol = ANY (%(symbols)s::text[])
 ORDER BY s.canonical_symbol
-FOR UPDATE OF s
+{lock}

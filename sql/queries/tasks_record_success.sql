@@ -15,7 +15,7 @@ SET last_agg_bar_ts_utc     = greatest(s.last_agg_bar_ts_utc, u.cursor),
     next_run_at             = now() + make_interval(mins => s.run_interval_minutes),
     -- the frontier its forming bar reflects (NULL when the symbol has none)
     forming_through         = u.forming_through
-FROM unnest(%(symbols)s::text[], %(cursors)s::timestamptz[], %(bars_inserted)s::bigint[],
-            %(bars_poor_quality)s::bigint[], %(forming_through)s::timestamptz[])
-    AS u(symbol, cursor, bars_inserted, bars_poor_quality, forming_through)
+FROM json_to_recordset(%(tasks)s::json)
+    AS u(symbol text, cursor timestamptz, bars_inserted bigint, bars_poor_quality bigint,
+         forming_through timestamptz)
 WHERE s.canonical_symbol = u.symbol AND s.timeframe = %(timeframe)s
