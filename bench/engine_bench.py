@@ -662,6 +662,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="also print EXPLAIN (ANALYZE, BUFFERS) of the engine's 1m->5m "
                              "first-build statement (run in a rolled-back transaction)")
     parser.add_argument("--keep", action="store_true", help="do not drop the scratch database")
+    parser.add_argument("--case", choices=("year", "scale", "all"), default="all",
+                        help="year: one symbol-year against floors, loops, pandas; scale: many "
+                             "symbols in one statement, per-symbol growth, re-checks, live "
+                             "ticks; all: both (default)")
+    parser.add_argument("--symbols", type=int, default=100,
+                        help="symbols of the scale case's first build (default 100)")
+    parser.add_argument("--scale-days", type=int, default=30,
+                        help="days of the scale case's first build (default 30)")
+    parser.add_argument("--live-symbols", type=int, nargs="+", default=[1000],
+                        help="symbols of each live-tick measurement (default 1000)")
     args = parser.parse_args(argv)
     if args.days <= 0 or args.repeat <= 0 or args.baseline_budget <= 0:
         parser.error("--days, --repeat and --baseline-budget must be positive")
@@ -673,12 +683,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--end must be a date (midnight UTC)")
 
     base = server_url()
+    if args.case in ("year", "all"):
+        run_year(args, base, end)
+    if args.case in ("scale", "all"):
+        run_scale(args, base)
+    return 0
+
+
+def run_year(args, base: str, end: datetime) -> None:
     dbname = f"agg_engine_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     connection.create_database(base, dbname)
     url = connection.with_database(base, dbname)
     log(f"scratch database {connection.describe_url(url)}")
     try:
-        return run(args, url, dbname, end)
+        run(args, url, dbname, end)
     finally:
         if args.keep:
             log(f"kept scratch database {dbname}")
@@ -1018,6 +1036,257 @@ def report(*, args, url, server, symbol, start, end, source_rows, load_s, cases,
         p("EXPLAIN (ANALYZE, BUFFERS) of the engine's 1m->5m first-build statement")
         for line in plan:
             p(f"  {line}")
+    p(flush=True)
+
+
+# ----------------------------------------------------------------------------------------
+# (e) many symbols: one statement for all, cost per symbol flat, re-checks, live ticks
+
+TARGET_MANY_OVER_WRITE_FLOOR = 1.3  # 100 symbols x 30 days, 5m then 1h
+TARGET_GROWTH = 1.10  # the last symbols' cost over the first's, one call each
+TARGET_LIVE_NEW_S = {1000: 0.25, 10000: 2.5}  # one new 5m window per symbol
+TARGET_LIVE_IDLE_S = {1000: 0.05}  # nothing new
+TARGET_RECHECK_S = 1.0  # 7 unchanged days of 100 symbols
+
+# FX-like 1m rows written by the server (millions in seconds): a deterministic price walk,
+# Monday-Friday, ~1% of minutes missing.
+REGISTER_SQL = """
+INSERT INTO core_asset_registry_all (canonical_symbol, active, test_active, asset_class,
+                                     base_timeframe)
+SELECT s, true, true, 'fx', '1m' FROM unnest(%(symbols)s::text[]) s ON CONFLICT DO NOTHING
+"""
+SEED_SQL = """
+INSERT INTO data_bars (canonical_symbol, timeframe, ts_utc, open, high, low, close, vol, vwap,
+                       trade_count, ingested_at, is_partial, source, raw)
+SELECT s, '1m', ts, p, p + 0.0004, p - 0.0004, p + 0.0001, 10 + h %% 7, p, 1 + h %% 5,
+       ts + interval '61 seconds', false, 'bench', '{}'
+FROM unnest(%(symbols)s::text[]) WITH ORDINALITY AS u(s, i),
+     generate_series(%(start)s::timestamptz, %(end)s::timestamptz - interval '1 minute',
+                     interval '1 minute') AS ts,
+     LATERAL (SELECT abs(hashtextextended(s || ts::text, 0)) AS h) hh,
+     LATERAL (SELECT 1.0 + i * 0.01 + (extract(epoch FROM ts)::bigint %% 86400) * 1e-7
+                     + (h %% 1000) * 1e-6 AS p) px
+WHERE extract(isodow FROM ts AT TIME ZONE 'UTC') < 6 AND h %% 100 <> 0
+"""
+
+# The write floor of many symbols: each (symbol, window)'s GROUP BY written with one plain
+# INSERT, as the single-symbol floor, into a table shaped like derived_data_bars.
+MANY_FLOOR = """
+INSERT INTO bench.floor_bars (canonical_symbol, timeframe, ts_utc, open, high, low, close,
+    vol, is_partial, source, ingested_at, source_candles, raw)
+SELECT b.canonical_symbol, %(timeframe)s,
+       date_bin(%(step)s, b.ts_utc, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS w,
+       min(b.low), max(b.high), min(b.low), max(b.high), sum(b.vol), false, 'floor', now(),
+       count(*), '{{}}'::jsonb
+FROM {table} b
+WHERE b.canonical_symbol = ANY (%(symbols)s::text[]) AND b.timeframe = %(source)s {extra}
+  AND b.ts_utc >= %(lo)s AND b.ts_utc < %(hi)s
+GROUP BY 1, 3
+"""
+
+
+def seed_symbols(conn: psycopg.Connection, symbols: list[str], start: datetime,
+                 end: datetime) -> int:
+    conn.execute(REGISTER_SQL, {"symbols": symbols})
+    rows = conn.execute(SEED_SQL, {"symbols": symbols, "start": start, "end": end}).rowcount
+    conn.commit()
+    tasks.sync_tasks(conn, "prod", agg_start=start)
+    conn.commit()
+    conn.autocommit = True
+    conn.execute("VACUUM (ANALYZE) data_bars")
+    conn.autocommit = False
+    return rows
+
+
+def many_floor(conn, meter: Meter, symbols: list[str], start: datetime,
+               end: datetime) -> Sample:
+    """The write floor of 5m then 1h (the 1h from the floor's own 5m rows)."""
+    conn.execute("TRUNCATE bench.floor_bars")
+    conn.commit()
+
+    def write() -> None:
+        for tf, table, extra in ((TF_5M, "data_bars", ""),
+                                 (TF_1H, "bench.floor_bars", "AND b.timeframe = '5m'")):
+            conn.execute(sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(engine.WORK_MEM)))
+            conn.execute(sql.SQL(MANY_FLOOR).format(table=sql.SQL(table), extra=sql.SQL(extra)),
+                         {"timeframe": tf.name, "step": tf.step, "source": tf.source,
+                          "symbols": symbols, "lo": start, "hi": end})
+            conn.commit()
+
+    sample, _ = meter.measure(write)
+    return sample
+
+
+def many_engine(conn, meter: Meter, symbols: list[str], start: datetime, end: datetime,
+                as_of: datetime, **options) -> tuple[Sample, list[engine.Batch]]:
+    """5m then 1h of `symbols` over [start, end), one engine call each."""
+    def build() -> list[engine.Batch]:
+        out = []
+        for tf in (TF_5M, TF_1H):
+            out.append(engine.aggregate_many(conn, tf.name, [engine.Span(s, start, end)
+                                                             for s in symbols],
+                                             now=as_of, **options))
+            conn.commit()
+        return out
+
+    return meter.measure(build)
+
+
+def reset_many(conn) -> None:
+    conn.execute("TRUNCATE derived_data_bars, data_agg_source_days, derived_bar_revisions")
+    conn.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = agg_start_utc")
+    conn.commit()
+
+
+def scale_database(base: str, label: str):
+    """A migrated scratch database with the bench schema; (url, dbname)."""
+    dbname = f"agg_engine_{label}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    connection.create_database(base, dbname)
+    url = connection.with_database(base, dbname)
+    migrations.migrate(url)
+    with connection.connect(url) as conn:
+        conn.execute(SCRATCH_DDL)
+        conn.commit()
+    return url, dbname
+
+
+def first_builds(conn, meter: Meter, symbols: list[str], start: datetime, end: datetime,
+                 repeat: int) -> dict[str, object]:
+    """(1) all symbols in one call per timeframe against the write floor of the same rows;
+    (2) the same symbols one call each, the cost of the last tenth against the first's."""
+    as_of = end + timedelta(hours=1)
+    floors = [many_floor(conn, meter, symbols, start, end) for _ in range(repeat)]
+    engines = []
+    for _ in range(repeat):
+        reset_many(conn)
+        engines.append(many_engine(conn, meter, symbols, start, end, as_of)[0])
+    bars = conn.execute("SELECT count(*), pg_total_relation_size('derived_data_bars') "
+                        "FROM derived_data_bars").fetchone()
+    conn.commit()
+    reset_many(conn)
+    each = [many_engine(conn, meter, [s], start, end, as_of)[0] for s in symbols]
+    tenth = max(1, len(each) // 10)
+    return {"floor": floors, "engine": engines, "bars": bars[0], "bytes": bars[1],
+            "each": each, "growth": (sum(s.wall for s in each[-tenth:])
+                                     / sum(s.wall for s in each[:tenth]))}
+
+
+def recheck(conn, meter: Meter, symbols: list[str], end: datetime,
+            repeat: int) -> list[Sample]:
+    """The last 7 days of every symbol materialised again, nothing changed (a backfill or a
+    late-data run over days that did not change)."""
+    start = end - timedelta(days=7)
+    return [many_engine(conn, meter, symbols, start, end, end + timedelta(hours=1))[0]
+            for _ in range(repeat)]
+
+
+def live_ticks(base: str, count: int, repeat: int) -> dict[str, list]:
+    """`count` symbols with today's 1m rows to noon, everything built; then per round one
+    new 5m window for every symbol and a live (incremental) call for 5m and 1h, then the
+    same call again with nothing new; the write floor of the new window's rows beside it."""
+    url, dbname = scale_database(base, f"live{count}")
+    symbols = [f"S{i:05d}" for i in range(count)]
+    day = datetime(2026, 1, 6, tzinfo=UTC)  # a Tuesday
+    noon = day + timedelta(hours=12)
+    out: dict[str, list] = {"new": [], "idle": [], "floor": []}
+    try:
+        with connection.connect(url) as conn:
+            seed_symbols(conn, symbols, day, noon)
+            meter = Meter(conn, dbname)
+            many_engine(conn, meter, symbols, day, day + timedelta(days=1),
+                        noon + timedelta(seconds=5))
+            now = noon
+            for _ in range(repeat):
+                conn.execute(SEED_SQL.replace("AND h %% 100 <> 0", ""),
+                             {"symbols": symbols, "start": now,
+                              "end": now + timedelta(minutes=5)})
+                conn.commit()
+                now += timedelta(minutes=5)
+                for key, at in (("new", now + timedelta(seconds=3)),
+                                ("idle", now + timedelta(seconds=8))):
+                    out[key].append(many_engine(
+                        conn, meter, symbols, day, day + timedelta(days=1), at,
+                        reason="catch_up", incremental=True)[0])
+                floor = meter.measure(lambda lo=now - timedelta(minutes=5), hi=now: (
+                    conn.execute(sql.SQL(MANY_FLOOR).format(
+                        table=sql.SQL("data_bars"), extra=sql.SQL("")),
+                        {"timeframe": "5m", "step": TF_5M.step, "source": "1m",
+                         "symbols": symbols, "lo": lo, "hi": hi}), conn.rollback()))[0]
+                out["floor"].append(floor)
+    finally:
+        connection.drop_database(base, dbname)
+    return out
+
+
+def run_scale(args, base: str) -> None:
+    end = datetime.fromisoformat(args.end).replace(tzinfo=UTC)
+    start = end - timedelta(days=args.scale_days)
+    symbols = [f"S{i:05d}" for i in range(args.symbols)]
+    url, dbname = scale_database(base, "scale")
+    try:
+        with connection.connect(url) as conn:
+            log(f"seeding {len(symbols)} symbols x {args.scale_days} days")
+            rows = seed_symbols(conn, symbols, start, end)
+            conn.execute("SET max_parallel_workers_per_gather = 0")
+            conn.commit()
+            meter = Meter(conn, dbname)
+            log("first builds: all symbols in one call, then one call each")
+            built = first_builds(conn, meter, symbols, start, end, args.repeat)
+            log("re-check of 7 unchanged days")
+            rechecked = recheck(conn, meter, symbols, end, args.repeat)
+    finally:
+        connection.drop_database(base, dbname)
+    live = {}
+    for count in args.live_symbols:
+        log(f"live ticks at {count} symbols")
+        live[count] = live_ticks(base, count, args.repeat)
+    report_scale(args, rows, built, rechecked, live)
+
+
+def _best(samples: list[Sample]) -> Sample:
+    return min(samples, key=lambda s: s.wall)
+
+
+def _figure(sample: Sample) -> str:
+    cpu = f", cpu {sample.cpu:.3f} s" if sample.cpu is not None else ""
+    return f"{sample.wall:.3f} s (wall{cpu})"
+
+
+def report_scale(args, rows: int, built: dict, rechecked: list[Sample],
+                 live: dict[int, dict[str, list]]) -> None:
+    p = print
+    n, days = args.symbols, args.scale_days
+    floor, eng = _best(built["floor"]), _best(built["engine"])
+    p()
+    p(f"many symbols: {n} symbols x {days} days, {rows:,} 1m rows; load average "
+      f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; best of {args.repeat}")
+    p(f"  write floor, 5m then 1h, one INSERT each     {_figure(floor)}")
+    p(f"  engine, 5m then 1h, one call each            {_figure(eng)}")
+    ratio = eng.wall / floor.wall
+    p(f"  engine / write floor                         {ratio:.2f}x "
+      f"{verdict(ratio <= TARGET_MANY_OVER_WRITE_FLOOR)} (target {TARGET_MANY_OVER_WRITE_FLOOR}x)")
+    per_bar = built["bytes"] / max(built["bars"], 1)
+    p(f"  derived_data_bars with its indexes           {per_bar:.0f} bytes per 5m/1h bar "
+      f"({built['bars']:,} bars)")
+    each = built["each"]
+    tenth = max(1, len(each) // 10)
+    p(f"  one call per symbol: first {tenth} {sum(s.wall for s in each[:tenth]):.3f} s, "
+      f"last {tenth} {sum(s.wall for s in each[-tenth:]):.3f} s: last/first "
+      f"{built['growth']:.2f}x {verdict(built['growth'] <= TARGET_GROWTH)} (target "
+      f"<= {TARGET_GROWTH}x)")
+    re = _best(rechecked)
+    p(f"  re-check, 7 unchanged days of {n} symbols   {_figure(re)} "
+      f"{verdict(re.wall < TARGET_RECHECK_S)} (target < {TARGET_RECHECK_S} s)")
+    for count, found in live.items():
+        new, idle, flo = _best(found["new"]), _best(found["idle"]), _best(found["floor"])
+        p(f"live tick, {count} symbols, today built to noon; best of {len(found['new'])}")
+        goal = TARGET_LIVE_NEW_S.get(count)
+        p(f"  one new 5m window each, 5m and 1h          {_figure(new)}"
+          + (f" {verdict(new.wall < goal)} (target < {goal} s)" if goal else "")
+          + f"; write floor of its rows {flo.wall:.3f} s ({new.wall / flo.wall:.1f}x)")
+        goal = TARGET_LIVE_IDLE_S.get(count)
+        p(f"  nothing new, 5m and 1h                     {_figure(idle)}"
+          + (f" {verdict(idle.wall < goal)} (target < {goal} s)" if goal else ""))
     p(flush=True)
 
 

@@ -174,11 +174,10 @@ def _engine_call(context: dg.AssetExecutionContext, conn: psycopg.Connection, tf
 def _aggregate_spans(
     context: dg.AssetExecutionContext, market_db: MarketDatabase, conn: psycopg.Connection,
     tf: Timeframe, spans: list[engine.Span], as_of: datetime,
-) -> tuple[list[engine.AggregationResult], dict[str, str]]:
+) -> engine.Batch:
     """One engine call for every symbol of the run. When it fails hard, each symbol is
     tried alone, so one symbol's bad data fails only that symbol, booked on its task
-    (contract 11). Returns the results and the hard-failed symbols; a transient failure
-    raises RetryRequested."""
+    (contract 11). A transient failure raises RetryRequested."""
     try:
         batch = _engine_call(context, conn, tf, spans, as_of)
         groups = []
@@ -193,12 +192,12 @@ def _aggregate_spans(
             raise _transient_retry(context) from exc
         if len(symbols) == 1:
             _record_failures(market_db, context, tf.name, {symbols[0]: exc}, transient=False)
-            return [], {symbols[0]: f"{type(exc).__name__}: {exc}"}
+            return engine.Batch([], {symbols[0]: exc})
         context.log.warning(f"{tf.name}: the run's engine call failed ({type(exc).__name__}); "
                             f"each of its {len(symbols)} symbols on its own")
         batch = engine.Batch([], {})
         groups = [[s for s in spans if s.symbol == symbol] for symbol in symbols]
-    results, failed = list(batch.results), dict(batch.failed)
+    results, failed, idle = list(batch.results), dict(batch.failed), dict(batch.idle)
     for group in groups:
         try:
             alone = _engine_call(context, conn, tf, group, as_of)
@@ -213,9 +212,10 @@ def _aggregate_spans(
             continue
         results += alone.results
         failed.update(alone.failed)
+        idle.update(alone.idle)
     if failed:
         _record_failures(market_db, context, tf.name, failed, transient=False)
-    return results, {s: f"{type(e).__name__}: {e}" for s, e in failed.items()}
+    return engine.Batch(results, failed, idle)
 
 
 def materialize_timeframe(
@@ -230,8 +230,8 @@ def materialize_timeframe(
             spans = [engine.Span(symbol, *day_bounds(first, last))
                      for symbol, found in ranges.items() if symbol not in skipped
                      for first, last in found]
-            results, failed = (_aggregate_spans(context, market_db, conn, tf, spans, as_of)
-                               if spans else ([], {}))
+            batch = (_aggregate_spans(context, market_db, conn, tf, spans, as_of)
+                     if spans else engine.Batch([], {}))
     except Exception as exc:
         # an outage outside an engine call (the server down when the step or its retry
         # connects): nothing was written, nothing to book, and retrying is what rides it out
@@ -240,8 +240,9 @@ def materialize_timeframe(
         context.log.warning(f"{tf.name}: database unavailable ({type(exc).__name__}: {exc}); "
                             "retrying")
         raise _transient_retry(context) from exc
-    context.log.info(metadata.run_totals(tf.name, len(keys), results, skipped))
-    by_partition = metadata.partition_metadata(keys, results, skipped, as_of, ranges)
+    context.log.info(metadata.run_totals(tf.name, len(keys), batch, skipped))
+    by_partition = metadata.partition_metadata(keys, batch, skipped, as_of, ranges)
+    failed = {s: f"{type(e).__name__}: {e}" for s, e in batch.failed.items()}
     if failed:
         # the symbols that succeeded are written: their partitions say so, the others do not
         for key, entry in by_partition.items():
@@ -251,7 +252,7 @@ def materialize_timeframe(
         raise dg.Failure(
             description=f"{tf.name} failed for {summarise(sorted(failed))}",
             metadata={"failures": dg.MetadataValue.json(failed),
-                      "succeeded_requests": len(results)},
+                      "succeeded_requests": len(batch.results)},
         )
     metadata.attach_partition_metadata(context, by_partition)
     return dg.MaterializeResult()

@@ -19,7 +19,7 @@ from dagster._core.execution.context.metadata_logging import (
 
 from agg_pipeline.defs.partitions import period_last_day, split_key
 from agg_pipeline.engine import windows
-from agg_pipeline.engine.aggregate import AggregationResult, DayCounts
+from agg_pipeline.engine.aggregate import Batch, DayCounts
 from agg_pipeline.listing import summarise
 
 NO_SOURCE = "no source rows in this partition"
@@ -27,16 +27,17 @@ RUN_TOTALS_SYMBOL_LINES = 10  # the run-totals log line details at most this man
 
 
 def partition_metadata(
-    partition_keys: Iterable[str], results: list[AggregationResult], skipped: Mapping[str, str],
+    partition_keys: Iterable[str], batch: Batch, skipped: Mapping[str, str],
     as_of: datetime, spans: Mapping[str, list[tuple[date, date]]],
 ) -> dict[str, dict[str, object]]:
     """Each partition key's metadata: the sum of its own days' counts. `spans` are the days
     the run read per symbol: a partition it read only partly (a live run's days of a month)
-    says which days, and its counts are theirs."""
+    says which days, and its counts are theirs; a live run's incremental read says where it
+    began, and a symbol it found nothing new for says so."""
     by_day: dict[tuple[str, date], DayCounts] = {}
-    final_through: dict[str, datetime] = {}
+    final_through: dict[str, datetime] = dict(batch.idle)
     read_from: dict[str, datetime] = {}
-    for result in results:
+    for result in batch.results:
         final_through[result.symbol] = max(result.final_through,
                                            final_through.get(result.symbol, result.final_through))
         read_from[result.symbol] = min(result.read_from,
@@ -70,6 +71,9 @@ def partition_metadata(
         through = final_through.get(symbol)
         if symbol in skipped:
             entry["partition_note"] = f"skipped: {skipped[symbol]}"
+        elif symbol in batch.idle:
+            entry["partition_note"] = (f"nothing new since {batch.idle[symbol]:%Y-%m-%d %H:%M} "
+                                       "UTC")
         elif counts.source_rows_read == 0:
             entry["partition_note"] = NO_SOURCE
         elif through is not None and through < end:
@@ -101,9 +105,10 @@ def attach_partition_metadata(context: dg.AssetExecutionContext,
         })
 
 
-def run_totals(timeframe: str, partitions: int, results: list[AggregationResult],
+def run_totals(timeframe: str, partitions: int, batch: Batch,
                skipped: Mapping[str, str]) -> str:
     """One log line: what the whole run did for one timeframe, labelled as the run's."""
+    results = batch.results
     totals = sum((counts for r in results for counts in r.days.values()), DayCounts())
     symbols = sorted({r.symbol for r in results})
     lines = [
@@ -121,6 +126,8 @@ def run_totals(timeframe: str, partitions: int, results: list[AggregationResult]
             f"{result.bars_soft_deleted}, invalid rows {result.source_rows_invalid}")
     if len(results) > RUN_TOTALS_SYMBOL_LINES:
         lines.append(f"  ... and {len(results) - RUN_TOTALS_SYMBOL_LINES} more ranges")
+    if batch.idle:
+        lines.append(f"  nothing new: {summarise(sorted(batch.idle))}")
     for reason in sorted(set(skipped.values())):
         lines.append(f"  skipped, {reason}: "
                      f"{summarise(sorted(s for s, r in skipped.items() if r == reason))}")

@@ -28,7 +28,6 @@ from agg_pipeline.engine.bounds import (
     Bounds,
     TaskView,
     cursor_after,
-    has_work,
     request_bounds,
     windows_seen,
 )
@@ -139,11 +138,13 @@ class Span:
 
 @dataclass(frozen=True)
 class Batch:
-    """What `aggregate_many` did: a result per request that ran, and per symbol that could
-    not run, why (its other symbols are unaffected)."""
+    """What `aggregate_many` did: a result per request that ran, per symbol that could not
+    run why (its other symbols are unaffected), and the symbols of an incremental call that
+    had nothing new, with their cursors (nothing read, nothing written)."""
 
     results: list[AggregationResult]
     failed: dict[str, AggregationError]
+    idle: dict[str, datetime] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -218,13 +219,26 @@ def _task_view(row: dict, tf: Timeframe) -> TaskView | AggregationError:
             "it must be a number of seconds >= 0")
     if row["last_agg_bar_ts_utc"] is None:
         return NullCursorError(symbol, tf.name)
-    row = windows.utc_values(row)  # the session's zone may be any (contract 1)
+    utc = windows.utc_or_none  # the session's zone may be any (contract 1)
     return TaskView(
-        symbol=symbol, cursor=row["last_agg_bar_ts_utc"], agg_start=row["agg_start_utc"],
-        delay=timedelta(seconds=delay), derivation_version=row["derivation_version"],
+        symbol=symbol, cursor=utc(row["last_agg_bar_ts_utc"]),
+        agg_start=utc(row["agg_start_utc"]), delay=timedelta(seconds=delay),
+        derivation_version=row["derivation_version"],
         skip_zero_volume=row["agg_skip_zero_volume_ohlc"], forming=row["agg_forming_bars"],
-        frontier=row["frontier"], fingerprint_through=row["fingerprint_through"],
-        retained_from=row["retained_from"], forming_through=row["forming_through"])
+        frontier=utc(row["frontier"]), fingerprint_through=utc(row["fingerprint_through"]),
+        retained_from=utc(row["retained_from"]), forming_through=utc(row["forming_through"]))
+
+
+def _missing(conn: psycopg.Connection, tf: Timeframe,
+             symbols: list[str]) -> dict[str, AggregationError]:
+    """Why each of `symbols`, which have no task of `tf`, has none."""
+    if not symbols:
+        return {}
+    known = {r[0] for r in conn.execute(
+        "SELECT canonical_symbol FROM core_asset_registry_all "
+        "WHERE canonical_symbol = ANY (%s::text[])", (symbols,))}
+    return {symbol: (MissingTaskError(symbol, tf.name) if symbol in known
+                     else UnknownSymbolError(symbol)) for symbol in symbols}
 
 
 def _load(conn: psycopg.Connection, tf: Timeframe, symbols: list[str], as_of: datetime, *,
@@ -244,14 +258,7 @@ def _load(conn: psycopg.Connection, tf: Timeframe, symbols: list[str], as_of: da
             failed[row["canonical_symbol"]] = view
         else:
             tasks[view.symbol] = view
-    missing = sorted(set(symbols) - tasks.keys() - failed.keys())
-    if missing:
-        known = {r[0] for r in conn.execute(
-            "SELECT canonical_symbol FROM core_asset_registry_all "
-            "WHERE canonical_symbol = ANY (%s::text[])", (missing,))}
-        for symbol in missing:
-            failed[symbol] = (MissingTaskError(symbol, tf.name) if symbol in known
-                              else UnknownSymbolError(symbol))
+    failed.update(_missing(conn, tf, sorted(set(symbols) - tasks.keys() - failed.keys())))
     return tasks, failed
 
 
@@ -329,9 +336,11 @@ def _run_forming(conn: psycopg.Connection, tf: Timeframe,
 # ----------------------------------------------------------------------------- results
 
 
+_NO_COUNTS = DayCounts()
+_INT_COUNTS = [f.name for f in fields(DayCounts) if f.type == "int"]
 # DayCounts' integer fields in the order of aggregate_windows.sql's counts[] (windows_seen
 # is the engine's own arithmetic, bounds.windows_seen)
-_COUNTED = [f.name for f in fields(DayCounts) if f.type == "int"][1:]
+_COUNTED = _INT_COUNTS[1:]
 
 
 def _collect(rows: list[tuple]) -> tuple[dict[int, dict[date, DayCounts]], dict[int, datetime]]:
@@ -351,17 +360,16 @@ def _collect(rows: list[tuple]) -> tuple[dict[int, dict[date, DayCounts]], dict[
 def _result(tf: Timeframe, task: TaskView, bounds: Bounds, final_hi: datetime,
             days: dict[date, DayCounts], cursors: tuple[datetime, datetime], as_of: datetime,
             version: int | None, forming: tuple[datetime, int] | None) -> AggregationResult:
-    seen = windows_seen(bounds, final_hi, tf.step)
     mine = dict(days)
-    for day, count in seen.items():
-        mine[day] = replace(mine.get(day, DayCounts()), windows_seen=count)
-    mine = dict(sorted(mine.items()))
-    totals = sum(mine.values(), DayCounts())
+    for day, count in windows_seen(bounds, final_hi, tf.step).items():
+        mine[day] = replace(mine.get(day, _NO_COUNTS), windows_seen=count)
+    totals = {name: sum(getattr(c, name) for c in mine.values()) for name in _INT_COUNTS}
     return AggregationResult(
-        symbol=task.symbol, timeframe=tf.name, as_of=as_of, **totals.counts(),
+        symbol=task.symbol, timeframe=tf.name, as_of=as_of, **totals,
         newest_source_ts=task.frontier, cursor_before=cursors[0], cursor_after=cursors[1],
         final_through=final_hi, derivation_version=version or task.derivation_version,
-        read_from=bounds.read_from, forming_ts=forming[0] if forming else None, days=mine)
+        read_from=bounds.read_from, forming_ts=forming[0] if forming else None,
+        days=dict(sorted(mine.items())))
 
 
 def _record_success(conn: psycopg.Connection, tf: Timeframe,
@@ -417,41 +425,54 @@ def _materialize(conn: psycopg.Connection, tf: Timeframe,
 
 def _requests(tf: Timeframe, spans: list[Span], tasks: dict[str, TaskView], as_of: datetime,
               incremental: bool) -> list[tuple[int, TaskView, Bounds]]:
-    return [(i, tasks[s.symbol], request_bounds(tasks[s.symbol], tf, s.start, s.end, as_of,
-                                                incremental=incremental))
-            for i, s in enumerate(s for s in spans if s.symbol in tasks)]
+    # most symbols of a live run share their range and their task's position: their bounds
+    # are computed once
+    found: dict[tuple, Bounds] = {}
+    requests = []
+    for i, span in enumerate(s for s in spans if s.symbol in tasks):
+        task = tasks[span.symbol]
+        key = (span.start, span.end, task.cursor, task.agg_start, task.delay,
+               task.fingerprint_through, task.retained_from)
+        if key not in found:
+            found[key] = request_bounds(task, tf, span.start, span.end, as_of,
+                                        incremental=incremental)
+        requests.append((i, task, found[key]))
+    return requests
 
 
-def _idle_result(tf: Timeframe, task: TaskView, bounds: Bounds, as_of: datetime,
-                 version: int | None) -> AggregationResult:
-    """An incremental request with nothing to do: nothing read, nothing written."""
-    unread = replace(bounds, read_from=max(bounds.read_from, task.cursor))
-    return _result(tf, task, unread, unread.read_from, {}, (task.cursor, task.cursor), as_of,
-                   version, None)
+def _with_work(conn: psycopg.Connection, tf: Timeframe, spans: list[Span], as_of: datetime
+               ) -> tuple[list[str], dict[str, datetime], dict[str, AggregationError]]:
+    """An incremental batch's symbols with something to do, those without (their cursors),
+    and those without a task (tasks_with_work.sql: no locks, one index probe each)."""
+    table, active_only = _source(tf)
+    rows = conn.execute(queries.query("tasks_with_work", source_table=table,
+                                      active_only=active_only), {
+        "requests": json.dumps([{"symbol": s.symbol, "start_at": s.start.isoformat(),
+                                 "end_at": s.end.isoformat()} for s in spans]),
+        "timeframe": tf.name, "source_timeframe": tf.source, "interval_minutes": tf.minutes,
+        "step": windows.sql_interval(tf.step), "as_of": as_of}, prepare=False).fetchall()
+    busy = {symbol for symbol, is_busy, _, _ in rows if is_busy}
+    idle = {symbol: windows.utc(cursor) for symbol, is_busy, cursor, _ in rows
+            if symbol not in busy}
+    absent = sorted({s.symbol for s in spans} - {row[0] for row in rows})
+    return sorted(busy), idle, _missing(conn, tf, absent)
 
 
 def _load_and_run(conn: psycopg.Connection, tf: Timeframe, spans: list[Span], as_of: datetime,
                   *, version: int | None, reason: str, run_id: str | None,
-                  incremental: bool) -> tuple[list[AggregationResult], dict]:
-    """Lock the tasks and materialise. An incremental batch first reads its tasks without
-    locks and locks (and writes) only those with something to do: a tick in which most
-    symbols have nothing new touches none of their rows."""
-    symbols = sorted({s.symbol for s in spans})
+                  incremental: bool) -> Batch:
+    """Lock the tasks and materialise. An incremental batch locks (and writes) only the
+    tasks with something to do: a tick in which most symbols have nothing new touches none of
+    their rows."""
     if not incremental:
-        tasks, failed = _load(conn, tf, symbols, as_of, lock=True)
-        return _materialize(conn, tf, _requests(tf, spans, tasks, as_of, False), as_of,
-                            version=version, reason=reason, run_id=run_id), failed
-    seen, failed = _load(conn, tf, symbols, as_of, lock=False)
-    requests = _requests(tf, spans, seen, as_of, True)
-    busy = sorted({t.symbol for _, t, b in requests if has_work(t, b)})
-    locked, changed = _load(conn, tf, busy, as_of, lock=True) if busy else ({}, {})
-    failed.update(changed)
-    idle = [_idle_result(tf, t, b, as_of, version) for _, t, b in requests
-            if t.symbol not in busy]
-    results = _materialize(conn, tf, _requests(tf, [s for s in spans if s.symbol in locked],
-                                               locked, as_of, True), as_of,
+        tasks, failed = _load(conn, tf, sorted({s.symbol for s in spans}), as_of, lock=True)
+        return Batch(_materialize(conn, tf, _requests(tf, spans, tasks, as_of, False), as_of,
+                                  version=version, reason=reason, run_id=run_id), failed)
+    busy, idle, failed = _with_work(conn, tf, spans, as_of)
+    tasks, broken = _load(conn, tf, busy, as_of, lock=True) if busy else ({}, {})
+    results = _materialize(conn, tf, _requests(tf, spans, tasks, as_of, True), as_of,
                            version=version, reason=reason, run_id=run_id)
-    return results + idle, failed
+    return Batch(results, {**failed, **broken}, idle)
 
 
 def aggregate_many(
@@ -483,15 +504,15 @@ def aggregate_many(
         as_of = _resolve_as_of(conn, now)
         if not checked:
             return Batch([], {})
-        results, failed = _load_and_run(conn, tf, checked, as_of, version=derivation_version,
-                                        reason=reason, run_id=run_id, incremental=incremental)
-    invalid = [r for r in results if r.source_rows_invalid]
+        batch = _load_and_run(conn, tf, checked, as_of, version=derivation_version,
+                              reason=reason, run_id=run_id, incremental=incremental)
+    invalid = [r for r in batch.results if r.source_rows_invalid]
     for result in invalid[:20]:
         log.warning("%s / %s: %d invalid source rows excluded since %s", result.symbol,
                     tf.name, result.source_rows_invalid, result.read_from.isoformat())
     if len(invalid) > 20:
         log.warning("... and %d more symbols with invalid source rows", len(invalid) - 20)
-    return Batch(results, failed)
+    return batch
 
 
 def aggregate(

@@ -95,15 +95,6 @@ def request_bounds(task: TaskView, tf: Timeframe, start: datetime, end: datetime
                   incremental=chained)
 
 
-def has_work(task: TaskView, bounds: Bounds) -> bool:
-    """Whether an incremental request can change anything: usable source rows at or after
-    where it reads, among windows that have ended, or a forming bar to refresh or remove.
-    (Rows that landed late before the cursor are the late-data path's.)"""
-    reads = (bounds.read_from < bounds.final_to and task.frontier is not None
-             and task.frontier >= bounds.read_from)
-    return reads or task.forming_work
-
-
 def cursor_after(task: TaskView, tf: Timeframe, bounds: Bounds, cursor: datetime,
                  final_hi: datetime) -> datetime:
     """The cursor once the request's final windows (up to `final_hi`, the first that is not)

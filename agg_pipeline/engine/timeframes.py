@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
 
 ROOT_TIMEFRAME = "1m"  # the only timeframe read from data_bars
 ROOT_MINUTES = 1
@@ -34,7 +35,7 @@ class Timeframe:
     registry_flag: str | None  # core_asset_registry_all column switching an optional timeframe on
     ladder: tuple[tuple[int, int], ...]  # (minimum source bars, quality score), best first
 
-    @property
+    @cached_property  # (read for every symbol of a run)
     def step(self) -> timedelta:
         return timedelta(minutes=self.minutes)
 
