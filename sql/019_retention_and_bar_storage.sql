@@ -29,12 +29,13 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
           AND r.day = p_day
           AND (r.source_removed OR (
               r.source_rows > 0
-              -- none of the rows it was fingerprinted from is left (later rows may be)
+              -- none of the rows it was fingerprinted from is left: none that landed by
+              -- the newest it read (a row landing later carries a later ingested_at)
               AND NOT EXISTS (
                   SELECT 1 FROM data_bars b
                   WHERE b.canonical_symbol = p_symbol AND b.timeframe = '1m'
                     AND b.ts_utc >= r.covered_from AND b.ts_utc < r.final_through
-                    AND b.ingested_at <= r.materialized_at)
+                    AND b.ingested_at <= r.source_ingested_max)
               AND NOT EXISTS (
                   SELECT 1 FROM data_agg_source_changes c
                   WHERE c.canonical_symbol = p_symbol AND c.timeframe = '1m'
@@ -42,12 +43,12 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
                     AND c.kinds && ARRAY['delete', 'truncate']))))
 $$;
 
--- 2. A declared retention horizon per source timeframe. A job that deletes old rows of
---    data_bars through the table (which the change capture records as deletions) declares
---    first how far it deletes: windows before the horizon are never re-read again, so their
---    bars are kept as they are, and the captured deletions of those days are consumed here
---    instead of re-materialising them. Grant EXECUTE on agg_declare_source_retention to the
---    retention job's role.
+-- 2. A declared retention horizon per source timeframe, a UTC day. A job that deletes old
+--    rows of data_bars through the table (which the change capture records as deletions)
+--    declares how far it deletes, before or after: windows of days before the horizon are
+--    never re-read, so their bars are kept as they are; changes of those days are not
+--    captured from then on, and those captured before are consumed here. Grant EXECUTE on
+--    agg_declare_source_retention to the retention job's role.
 CREATE TABLE IF NOT EXISTS data_agg_source_retention (
     source_timeframe text PRIMARY KEY,
     retained_from    timestamptz NOT NULL,
@@ -77,7 +78,8 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     INSERT INTO public.data_agg_source_retention AS r (source_timeframe, retained_from)
-    VALUES (p_source_timeframe, p_retained_from)
+    VALUES (p_source_timeframe,  -- its UTC day: the engine fingerprints and re-reads days
+            date_bin(interval '24 hours', p_retained_from, TIMESTAMPTZ '2000-01-01 00:00:00+00'))
     ON CONFLICT (source_timeframe) DO UPDATE
     SET retained_from = greatest(r.retained_from, excluded.retained_from), declared_at = now()
     RETURNING retained_from INTO v_horizon;
@@ -90,6 +92,25 @@ BEGIN
     RETURN v_horizon;
 END;
 $$;
+
+-- A change of a day before the horizon is retention, not a correction: it is not recorded
+-- (migration 012's capture writes each changed day through this; one lookup per day row).
+CREATE OR REPLACE FUNCTION agg_skip_retained_changes() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, public AS $$
+BEGIN
+    IF NEW.day < (SELECT (r.retained_from AT TIME ZONE 'UTC')::date
+                  FROM public.data_agg_source_retention r
+                  WHERE r.source_timeframe = NEW.timeframe) THEN
+        RETURN NULL;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+DROP TRIGGER IF EXISTS data_agg_source_changes_retained ON data_agg_source_changes;
+CREATE TRIGGER data_agg_source_changes_retained
+    BEFORE INSERT ON data_agg_source_changes
+    FOR EACH ROW EXECUTE FUNCTION agg_skip_retained_changes();
 
 REVOKE ALL ON FUNCTION agg_declare_source_retention(timestamptz, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION agg_declare_source_retention(timestamptz, text)

@@ -339,10 +339,13 @@ revised AS (
 recorded AS (
     INSERT INTO data_agg_source_days AS r (
         canonical_symbol, timeframe, day, covered_from, final_through, source_rows,
-        source_ingested_max, source_ingested_sum, materialized_at)
+        source_ingested_max, source_ingested_sum, materialized_at, source_removed)
     SELECT b.symbol, %(timeframe)s, (g.day AT TIME ZONE 'UTC')::date,
            greatest(g.day, b.read_from), least(g.day + interval '24 hours', b.final_hi),
-           COALESCE(d.counts[12], 0), d.fp_max, COALESCE(d.fp_sum, 0), now()
+           COALESCE(d.counts[12], 0), d.fp_max, COALESCE(d.fp_sum, 0), now(),
+           -- found gone now (bars kept), or before: it stays so
+           COALESCE(d.counts[7], 0) > 0
+               OR agg_source_day_gone(b.symbol, %(timeframe)s, (g.day AT TIME ZONE 'UTC')::date)
     FROM final_bound b
     CROSS JOIN LATERAL generate_series(b.record_from, b.record_to - interval '24 hours',
                                        interval '24 hours') AS g(day)

@@ -6,7 +6,8 @@
 --  * 'update' / 'delete' / 'truncate': a change the capture triggers of migration 012
 --    recorded for the day and the engine has not re-read yet (seq > consumed_seq), in a day
 --    with a recorded fingerprint or behind the cursor.
--- Rows or changes at or after what was materialised (final_through, or the cursor) are new
+-- Rows of days before the declared retention horizon are not looked at (contract 16). Rows or
+-- changes at or after what was materialised (final_through, or the cursor) are new
 -- data, not late data: the frontier sensor handles them. Both parts read only what changed,
 -- from the ingested_at index and the pending-changes index, never the whole source.
 WITH tasks AS (
@@ -24,6 +25,9 @@ touched AS (
       AND b.timeframe = '1m'
       AND b.ts_utc <= %(as_of)s
       AND isfinite(b.ts_utc)  -- a '-infinity' sentinel row is no day
+      -- days before the declared retention horizon are never re-read (contract 16)
+      AND b.ts_utc >= COALESCE((SELECT h.retained_from FROM data_agg_source_retention h
+                                WHERE h.source_timeframe = '1m'), '-infinity')
 ),
 landed AS (
     SELECT t.canonical_symbol, (t.day AT TIME ZONE 'UTC')::date AS day,

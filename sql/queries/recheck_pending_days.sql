@@ -12,6 +12,9 @@ CROSS JOIN LATERAL (
       AND r.timeframe = %(timeframe)s
       AND r.covered_from < q.end_at
       AND r.final_through > q.start_at
+      -- (days before the declared retention horizon are never re-read: contract 16)
+      AND r.covered_from >= COALESCE((SELECT h.retained_from FROM data_agg_source_retention h
+                                      WHERE h.source_timeframe = '1m'), '-infinity')
     OFFSET 0  -- per symbol through the primary key
 ) r
 CROSS JOIN LATERAL agg_source_fingerprint(r.canonical_symbol, r.covered_from,
