@@ -112,6 +112,7 @@ podman build --format docker --network host --build-arg "BASE_IMAGE=$base" \
   || { tail -40 "$work/build.log" >&2; exit 1; }
 
 echo "== compose up (project $project, UI on 127.0.0.1:$port)"
+volumes_before="$(podman volume ls -q | sort)"
 up_started=$(date +%s)
 compose up -d >"$work/up.log" 2>&1 || { grep -v '^[0-9a-f]\{64\}$' "$work/up.log" >&2; exit 1; }
 grep -i 'warning\|error' "$work/up.log" | grep -v systemd | sed 's/^/  /' || true
@@ -243,7 +244,9 @@ trap - EXIT
 down_started=$(date +%s)
 compose down -v -t 30 >"$work/down.log" 2>&1 || { tail -20 "$work/down.log" >&2; rm -rf "$work"; exit 1; }
 left="$(podman ps -a -q --filter "label=com.docker.compose.project=$project")"
-left+="$(podman volume ls -q | grep "^${project}_" || true)"
+# the project's named volumes, and any anonymous one (64 hex digits) its containers made
+left+="$(comm -13 <(echo "$volumes_before") <(podman volume ls -q | sort) \
+  | grep -E "^${project}_|^[0-9a-f]{64}$" || true)"
 left+="$(podman network ls --format '{{.Name}}' | grep "^${project}_" || true)"
 rm -rf "$work"
 [ -z "$left" ] || { echo "left behind after down -v: $left" >&2; exit 1; }
