@@ -516,10 +516,10 @@ def test_secrets_come_only_from_the_environment(values, deployment):
 
 
 def test_compose_migrate_waits_for_the_database_itself():
-    """podman-compose on podman < 4.6 ignores `service_healthy`, and podman 4 cannot start the
-    code server (it requires the exited `migrate`) when `migrate` requires the running
-    postgres: so `migrate` has no depends_on and waits for the server in its entrypoint, a
-    script the image carries."""
+    """podman-compose on podman < 4.6 ignores `service_healthy`, and podman (before a 2025
+    fix) cannot start the code server (it requires the exited `migrate`) when `migrate`
+    requires the running postgres: so `migrate` has no depends_on and waits for the server in
+    its entrypoint, a script the image carries."""
     compose = load(DEPLOY / "compose.yaml")
     migrate = compose["services"]["migrate"]
     assert "depends_on" not in migrate
