@@ -7,8 +7,8 @@
 #   - `migrate` exits 0; postgres, the code server and the webserver pass their own health
 #     checks (`podman healthcheck run`: podman schedules them with systemd, absent here); the
 #     daemon keeps running;
-#   - a symbol seeded with a day of recent 1m bars (`agg-pipeline seed-demo`, run through the
-#     `migrate` service: the runtime login may not write source bars) gets its 5m and 1h bars
+#   - a symbol seeded with three days of recent 1m bars (`agg-pipeline seed-demo`, run through
+#     the `migrate` service: the runtime login may not write source bars) gets its 5m and 1h bars
 #     from the daemon's sensors (the frontier sensor ticks every 30 s; the schedule every 5
 #     minutes builds them as well);
 #   - the UI on its published port answers /server_info and GraphQL: the code location loaded,
@@ -125,10 +125,11 @@ code="$(podman wait "$migrate")"
 [ "$code" = 0 ] || { echo "migrate exited with $code" >&2; exit 1; }
 grep -E 'applied [0-9]+ migration|up to date' <(podman logs "$migrate" 2>&1) | head -1 | sed 's/^/  migrate: /'
 
-# seeded now, while the code server loads: the daemon's first registry sync then finds it
-echo "== $symbol: a day of 1m bars (seed-demo through the migrate service)"
+# seeded now, while the code server loads: the daemon's first registry sync then finds it.
+# Three days: the demo's FX sessions are 24x5, and the last day of a weekend has no bars.
+echo "== $symbol: three days of 1m bars up to now (seed-demo through the migrate service)"
 failing=migrate
-compose run --rm --no-deps -T migrate agg-pipeline seed-demo --symbols "$symbol" --days 1 \
+compose run --rm --no-deps -T migrate agg-pipeline seed-demo --symbols "$symbol" --days 3 \
   >"$work/seed.log" 2>&1 || { cat "$work/seed.log" >&2; exit 1; }
 grep -E "$symbol" "$work/seed.log" | tail -1 | sed 's/^/  /'
 seeded=$(date +%s)
