@@ -529,9 +529,11 @@ def test_compose_migrate_waits_for_the_database_itself():
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     assert "!deploy/wait_for_database.py" in ignore
     # the code server still starts only after a successful migration (Docker Compose; 1.6
-    # waits for the container to exit)
+    # waits for the container to exit), and stops before the database (Docker Compose stops
+    # in reverse dependency order; migrate no longer links it to postgres)
     assert compose["services"]["code-server"]["depends_on"] == {
-        "migrate": {"condition": "service_completed_successfully"}}
+        "migrate": {"condition": "service_completed_successfully"},
+        "postgres": {"condition": "service_started"}}
     # the postgres health check goes over TCP: while postgres-init/ runs, the server listens
     # on its Unix socket only, so a socket check would pass before the roles exist
     test = compose["services"]["postgres"]["healthcheck"]["test"]

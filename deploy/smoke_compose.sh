@@ -14,7 +14,8 @@
 #   - the UI on its published port answers /server_info and GraphQL: the code location loaded,
 #     a successful aggregate_bars run, and that run's captured step output (the storage volume
 #     the code server and the webserver share);
-#   - `down -v` leaves no container, volume or network of the project.
+#   - the Dagster services stop on SIGTERM (exit code 0, in seconds); `down -v` leaves no
+#     container, volume or network of the project.
 # On any failure: non-zero, every service's state, and the failing service's logs; the trap
 # tears everything down all the same.
 #
@@ -239,7 +240,18 @@ print(f"  dagster {info['dagster_version']}; location agg_pipeline loaded; {len(
       f"readable ({len((logs['stdout'] or '') + (logs['stderr'] or ''))} chars)")
 PY
 
-echo "== compose down"
+# podman-compose stops every service at once, the database with them: the Dagster services
+# first (as deploy/README.md says to), each on SIGTERM, well within its grace period
+echo "== compose stop daemon webserver code-server, then down"
+stopping=$(date +%s)
+compose stop -t 30 daemon webserver code-server >"$work/stop.log" 2>&1 \
+  || { tail -20 "$work/stop.log" >&2; exit 1; }
+stopped_in=$(( $(date +%s) - stopping ))
+for service in daemon webserver code-server; do
+  state="$(podman inspect "$(container "$service")" --format '{{.State.Status}} {{.State.ExitCode}}')"
+  [ "$state" = "exited 0" ] || { failing="$service"; echo "$service after SIGTERM: $state" >&2; exit 1; }
+done
+[ "$stopped_in" -lt 25 ] || { echo "the Dagster services took ${stopped_in}s to stop" >&2; exit 1; }
 failing=""
 trap - EXIT
 down_started=$(date +%s)
@@ -251,5 +263,5 @@ left+="$(comm -13 <(echo "$volumes_before") <(podman volume ls -q | sort) \
 left+="$(podman network ls --format '{{.Name}}' | grep "^${project}_" || true)"
 rm -rf "$work"
 [ -z "$left" ] || { echo "left behind after down -v: $left" >&2; exit 1; }
-echo "down in $(( $(date +%s) - down_started ))s, nothing left behind"
+echo "stopped in ${stopped_in}s (exit code 0 each), down in $(( $(date +%s) - down_started ))s, nothing left behind"
 echo "== compose smoke test passed in $(( $(date +%s) - started ))s"
