@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import importlib.metadata
+import importlib.util
 import json
 import re
 import shlex
@@ -507,3 +508,76 @@ def test_secrets_come_only_from_the_environment(values, deployment):
     assert not values["dagsterWebserver"].get("envSecrets")
     assert not values["dagsterDaemon"].get("envSecrets")
     assert (DEPLOY / ".gitignore").read_text().splitlines()[-1] == ".env"
+
+
+# ------------------------------------------------------------------ compose under podman-compose
+# deploy/smoke_compose.sh runs the file for real (CI's image part); these keep the fixes it
+# needed in place without a container engine.
+
+
+def test_compose_migrate_waits_for_the_database_itself():
+    """podman-compose on podman < 4.6 ignores `service_healthy`, and podman (before a 2025
+    fix) cannot start the code server (it requires the exited `migrate`) when `migrate`
+    requires the running postgres: so `migrate` has no depends_on and waits for the server in
+    its entrypoint, a script the image carries."""
+    compose = load(DEPLOY / "compose.yaml")
+    migrate = compose["services"]["migrate"]
+    assert "depends_on" not in migrate
+    script = "/opt/dagster/app/wait_for_database.py"
+    assert migrate["entrypoint"] == ["/usr/bin/tini", "-g", "--", "python", script]
+    assert f"COPY --chown=root:root deploy/wait_for_database.py {script}" in dockerfile()
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "!deploy/wait_for_database.py" in ignore
+    # the code server still starts only after a successful migration (Docker Compose; 1.6
+    # waits for the container to exit), and stops before the database (Docker Compose stops
+    # in reverse dependency order; migrate no longer links it to postgres)
+    assert compose["services"]["code-server"]["depends_on"] == {
+        "migrate": {"condition": "service_completed_successfully"},
+        "postgres": {"condition": "service_started"}}
+    # the postgres health check goes over TCP: while postgres-init/ runs, the server listens
+    # on its Unix socket only, so a socket check would pass before the roles exist
+    test = compose["services"]["postgres"]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "pg_isready"] and test[test.index("-h") + 1] == "127.0.0.1"
+
+
+def test_wait_for_database_gives_up_without_the_password():
+    spec = importlib.util.spec_from_file_location("wait_for_database",
+                                                  DEPLOY / "wait_for_database.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    secret = "s3cret-Password-42"
+    # nothing listens on port 1: an outage, retried until the (zero) deadline, then reported
+    error = module.wait(f"postgresql://agg_migrator:{secret}@127.0.0.1:1/markets", 0)
+    assert error and "127.0.0.1:1/markets" in error and secret not in error
+    assert module.main([]) == 2
+
+
+def test_compose_shares_the_compute_logs_with_the_webserver():
+    """Run workers are the code server's processes: the steps' captured output lands in its
+    DAGSTER_HOME/storage, which the webserver must see to show it."""
+    compose = load(DEPLOY / "compose.yaml")
+    storage = dockerfile_env()["DAGSTER_HOME"] + "/storage"
+    assert f"dagster-storage:{storage}" in compose["services"]["code-server"]["volumes"]
+    assert f"dagster-storage:{storage}:ro" in compose["services"]["webserver"]["volumes"]
+    assert "dagster-storage" in compose["volumes"]
+
+
+def test_compose_postgres_image_keeps_the_official_contract():
+    """deploy/postgres/ (PostgreSQL from Debian's packages) serves compose as the official
+    image would: the data volume's path, the init scripts' folder, the superuser variables."""
+    compose = load(DEPLOY / "compose.yaml")
+    postgres = compose["services"]["postgres"]
+    assert postgres["image"].startswith("${AGG_POSTGRES_IMAGE:-postgres:15")
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in postgres["volumes"]}
+    assert mounts["/var/lib/postgresql/data"] == "pgdata"
+    assert mounts["/docker-entrypoint-initdb.d"] == "./postgres-init"
+    image = (DEPLOY / "postgres" / "Dockerfile").read_text()
+    entrypoint = (DEPLOY / "postgres" / "docker-entrypoint.sh").read_text()
+    assert "PGDATA=/var/lib/postgresql/data" in image and "postgresql-15" in image
+    assert "--uid 999" in image and "STOPSIGNAL SIGINT" in image
+    assert "/docker-entrypoint-initdb.d/*" in entrypoint
+    assert 'POSTGRES_USER="${POSTGRES_USER:-postgres}"' in entrypoint
+    # the password reaches initdb through a file descriptor, never its command line
+    assert '--pwfile=<(printf' in entrypoint
+    init = (DEPLOY / "postgres-init" / "10-agg-roles.sh").read_text()
+    assert "$POSTGRES_USER" in init

@@ -60,9 +60,11 @@ run() { podman run --rm -i --no-healthcheck --network host "$image" "$@"; }
 
 echo "== user, packages, SQL, environment"
 [ "$(run id -u)" = 10001 ] || { echo "the image does not run as uid 10001" >&2; exit 1; }
-run python - <<'PY'
+# the SQL files of this checkout (migrations and queries), by name: each must be in the wheel
+run python - $(cd sql && ls -- *.sql queries/*.sql) <<'PY'
 import importlib.metadata as md
 import os
+import sys
 from pathlib import Path
 
 import dagster_k8s  # noqa: F401  (the k8s extra)
@@ -73,8 +75,10 @@ installed = {d.metadata["Name"].lower() for d in md.distributions()}
 dev_only = {"pytest", "pytest-timeout", "hypothesis", "playwright", "ruff"} & installed
 assert not dev_only, f"test extras in the image: {sorted(dev_only)}"
 assert settings.project_root() is None, "the package must run from site-packages"
-assert (settings.sql_dir() / "001_core_asset_registry.sql").is_file()
-assert (settings.sql_dir() / "queries" / "aggregate_range.sql").is_file()
+sql_files = sys.argv[1:]
+assert any(name.startswith("queries/") for name in sql_files), sql_files
+missing = [name for name in sql_files if not (settings.sql_dir() / name).is_file()]
+assert not missing, f"SQL missing from the image: {missing}"
 wrong = {k: os.environ.get(k) for k, v in settings.DAGSTER_PROCESS_ENV.items()
          if os.environ.get(k) != v}
 assert not wrong, f"DAGSTER_PROCESS_ENV not in the image's environment: {wrong}"
@@ -85,7 +89,7 @@ for folder in (home / "storage", settings.agg_home()):
     (folder / "smoke").unlink()
 assert not os.access(home / "dagster.yaml", os.W_OK) and not os.access(home, os.W_OK)
 print(f"ok: {len(installed)} distributions, dagster {md.version('dagster')}, "
-      f"dagster-k8s {md.version('dagster-k8s')}, SQL in {settings.sql_dir()}")
+      f"dagster-k8s {md.version('dagster-k8s')}, {len(sql_files)} SQL files in {settings.sql_dir()}")
 PY
 healthcheck="$(podman image inspect "$image" --format '{{json .Config.Healthcheck.Test}}')"
 echo "healthcheck: $healthcheck"
