@@ -537,10 +537,10 @@ def test_null_cursor_is_a_named_hard_failure_that_spares_other_symbols(db, insta
     [failure] = result.get_step_failure_events()
     assert failure.step_key == "bars_5m"
     data = failure.step_failure_data.user_failure_data
-    assert data.description == "5m failed for EURUSD"
+    assert data.description == "5m failed for 1 symbol: EURUSD"
     null_cursor = NullCursorError("EURUSD", "5m")
     assert data.metadata["failures"].value == {"EURUSD": f"NullCursorError: {null_cursor}"}
-    assert data.metadata["succeeded_engine_calls"].value == 1
+    assert data.metadata["succeeded_requests"].value == 1
 
     assert len(active_bars(db, "DXY", "5m")) == 12  # the other symbol was not held back
     assert active_bars(db, "EURUSD", "5m").empty

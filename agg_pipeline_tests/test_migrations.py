@@ -23,7 +23,7 @@ EXPECTED_RELATIONS = {
     "v_aggregation_frontier_health": "v",
     "data_bars_ingested_at_idx": "i",
     "derived_unique_symbol_tf_ts": "i",
-    "derived_data_bars_symbol_tf_ts_desc_idx": "i",
+    "derived_data_bars_history_idx": "i",
 }
 
 

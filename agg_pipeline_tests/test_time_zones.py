@@ -271,7 +271,7 @@ def check_outcomes(url: str) -> dict[str, object]:
                     "ohlc_sane": monitoring.ohlc_sane(conn, name, scope),
                     "bars_before_start": monitoring.bars_before_start(conn, name, scope),
                     "matches_source": monitoring.matches_source(conn, name, scope,
-                                                                sample_days=2),
+                                                                sample=timedelta(days=2)),
                 }
                 for check, outcome in outcomes.items():
                     found[f"{name} {check} ({label})"] = plain(

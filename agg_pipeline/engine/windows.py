@@ -54,19 +54,23 @@ def utc_values(row: dict) -> dict:
             for k, v in row.items()}
 
 
+def floor(value: datetime, step: timedelta) -> datetime:
+    # in another zone, `value - delta` would be wall-clock arithmetic; and only UTC values
+    # may key the cache: two local times of a repeated hour are equal and hash alike
+    return _floor_utc(utc(value), step)
+
+
 # (memoised: a run over thousands of symbols floors the same few instants for each of them)
 @lru_cache(maxsize=4096)
-def floor(value: datetime, step: timedelta) -> datetime:
-    value = utc(value)  # in another zone, `value - delta` would be wall-clock arithmetic
+def _floor_utc(value: datetime, step: timedelta) -> datetime:
     return value - (value - ORIGIN) % step
 
 
-@lru_cache(maxsize=4096)
 def ceil(value: datetime, step: timedelta) -> datetime:
     # (`==` between zones is False for a time in a repeated hour, e.g. 01:30 on the day New
     # York leaves daylight time: compare in UTC)
     value = utc(value)
-    floored = floor(value, step)
+    floored = _floor_utc(value, step)
     return floored if floored == value else floored + step
 
 
