@@ -19,7 +19,14 @@ from agg_pipeline.defs.partitions import (
     period_start,
     range_tags,
 )
-from agg_pipeline.defs.tags import LANE_TAG, LIVE_LANE, PLAN_TAG, REASON_TAG
+from agg_pipeline.defs.tags import (
+    LANE_TAG,
+    LIVE_LANE,
+    PARENT_RUN_ID_TAG,
+    PLAN_TAG,
+    REASON_TAG,
+    WILL_RETRY_TAG,
+)
 from agg_pipeline.engine import planning, windows
 
 IN_FLIGHT = [
@@ -32,12 +39,18 @@ IN_FLIGHT = [
 
 
 def run_states(instance: dg.DagsterInstance, plan_ids: list[str]) -> planning.RunStates:
-    """Which of the claimed plans have a run queued or running, and which only finished ones
-    (a crashed run's retry carries its plan's tag too, so the plan stays live)."""
+    """Which of the claimed plans have a run queued or running (or failed and about to be
+    retried: Dagster tags it dagster/will_retry before it creates the retry), and which only
+    finished ones (a crashed run's retry carries its plan's tag too, so the plan stays live)."""
     if not plan_ids:
         return planning.RunStates()
     records = instance.get_run_records(dg.RunsFilter(tags={PLAN_TAG: plan_ids}))
-    live = {r.dagster_run.tags[PLAN_TAG] for r in records if r.dagster_run.status in IN_FLIGHT}
+    retried = {r.dagster_run.tags.get(PARENT_RUN_ID_TAG) for r in records}
+    live = {r.dagster_run.tags[PLAN_TAG] for r in records
+            if r.dagster_run.status in IN_FLIGHT
+            or (r.dagster_run.status == dg.DagsterRunStatus.FAILURE
+                and r.dagster_run.tags.get(WILL_RETRY_TAG) == "true"
+                and r.dagster_run.run_id not in retried)}
     done = {r.dagster_run.tags[PLAN_TAG] for r in records} - live
     return planning.RunStates(live=frozenset(live), finished=frozenset(done))
 

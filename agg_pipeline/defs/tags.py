@@ -21,3 +21,6 @@ RUNBOOK_TAG = "agg/runbook"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 BACKFILL_TAG = "dagster/backfill"
+# Dagster's run retries: a failed run it will retry, and a retry's parent.
+WILL_RETRY_TAG = "dagster/will_retry"
+PARENT_RUN_ID_TAG = "dagster/parent_run_id"
