@@ -126,9 +126,11 @@ def test_matches_source_lists_tampered_and_missing_windows(healthy, instance):
 def test_matches_source_counts_late_data_as_pending_and_silent_edits_as_mismatches(
         healthy, instance):
     """Protects matches_source under a live feed: a correction that landed after the run
-    (a new ingested_at changes its day's fingerprint) is late data the late-data sensor will
-    re-materialise, so the blocking check passes and counts it; the same edit made without
-    touching ingested_at (an ingester breaking the contract) is a mismatch and fails."""
+    (a new ingested_at changes its day's fingerprint), or one the change capture recorded
+    (a live run reads from its cursor and leaves it to the late-data sensor), is late data
+    that sensor will re-materialise, so the blocking check passes and counts it; the same
+    edit made without touching ingested_at and with the capture bypassed is a mismatch and
+    fails."""
     corrected = START + timedelta(minutes=42)
     healthy.execute("UPDATE data_bars SET high = high + 1, ingested_at = now() "
                     "WHERE canonical_symbol = 'EURUSD' AND ts_utc = %s", (corrected,))
@@ -138,8 +140,10 @@ def test_matches_source_counts_late_data_as_pending_and_silent_edits_as_mismatch
     assert evaluation.metadata["pending_late_data_windows"].value == 1
 
     silent = START + timedelta(minutes=61)
+    healthy.execute("ALTER TABLE data_bars DISABLE TRIGGER agg_capture_source_update")
     healthy.execute("UPDATE data_bars SET low = low - 0.5 WHERE canonical_symbol = 'DXY' "
                     "AND ts_utc = %s", (silent,))
+    healthy.execute("ALTER TABLE data_bars ENABLE ALWAYS TRIGGER agg_capture_source_update")
     healthy.commit()
     evaluation = run_checks(instance)["matches_source"]
     assert not evaluation.passed

@@ -270,14 +270,19 @@ def _requests_json(requests: Sequence[tuple[int, TaskView, Bounds]],
     """The requests of aggregate_windows.sql as one JSON parameter (json_to_recordset): a
     thousand symbols' bounds in one value, instead of a dozen arrays psycopg adapts element by
     element. Instants in ISO 8601 with their UTC offset."""
-    def iso(value: datetime | None) -> str | None:
-        return None if value is None else value.isoformat()
-    return json.dumps([
-        {"ord": i, "symbol": t.symbol, "lo": iso(b.lo), "hi": iso(b.hi),
-         "final_to": iso(b.final_to), "read_from": iso(b.read_from),
-         "record_from": iso(b.record_from), "record_limit": iso(b.record_limit),
-         "consume_from": iso(b.consume_from), "version": version or t.derivation_version}
-        for i, t, b in requests])
+    written: dict[int, dict] = {}  # most requests share their Bounds: written once
+
+    def bounds_json(b: Bounds) -> dict:
+        if id(b) not in written:
+            written[id(b)] = {name: None if value is None else value.isoformat() for name, value
+                              in (("lo", b.lo), ("hi", b.hi), ("final_to", b.final_to),
+                                  ("read_from", b.read_from), ("record_from", b.record_from),
+                                  ("record_limit", b.record_limit),
+                                  ("consume_from", b.consume_from))}
+        return written[id(b)]
+
+    return json.dumps([{"ord": i, "symbol": t.symbol, **bounds_json(b),
+                        "version": version or t.derivation_version} for i, t, b in requests])
 
 
 def _source(tf: Timeframe) -> tuple[sql.Identifier, sql.SQL]:
@@ -336,40 +341,44 @@ def _run_forming(conn: psycopg.Connection, tf: Timeframe,
 # ----------------------------------------------------------------------------- results
 
 
-_NO_COUNTS = DayCounts()
 _INT_COUNTS = [f.name for f in fields(DayCounts) if f.type == "int"]
 # DayCounts' integer fields in the order of aggregate_windows.sql's counts[] (windows_seen
 # is the engine's own arithmetic, bounds.windows_seen)
 _COUNTED = _INT_COUNTS[1:]
+_ZEROS = (0,) * len(_COUNTED)
 
 
-def _collect(rows: list[tuple]) -> tuple[dict[int, dict[date, DayCounts]], dict[int, datetime]]:
-    """The statements' rows: per request (`ord`) its days' counts, and its final_hi."""
-    days: dict[int, dict[date, DayCounts]] = {}
+def _collect(rows: list[tuple]) -> tuple[dict[int, dict[date, tuple]], dict[int, datetime]]:
+    """The statements' rows: per request (`ord`) its days' (counts, newest source row), and
+    its final_hi."""
+    days: dict[int, dict[date, tuple]] = {}
     final_hi: dict[int, datetime] = {}
     for ord_, kind, at, counts, newest in rows:
         if kind == "bound":
             final_hi[ord_] = windows.utc(at)
         else:
-            days.setdefault(ord_, {})[windows.utc_date(at)] = DayCounts(
-                **dict(zip(_COUNTED, counts, strict=False)),
-                newest_source_ts=windows.utc_or_none(newest))
+            days.setdefault(ord_, {})[windows.utc_date(at)] = (
+                counts[:len(_COUNTED)], windows.utc_or_none(newest))
     return days, final_hi
 
 
 def _result(tf: Timeframe, task: TaskView, bounds: Bounds, final_hi: datetime,
-            days: dict[date, DayCounts], cursors: tuple[datetime, datetime], as_of: datetime,
+            days: dict[date, tuple], cursors: tuple[datetime, datetime], as_of: datetime,
             version: int | None, forming: tuple[datetime, int] | None) -> AggregationResult:
-    mine = dict(days)
-    for day, count in windows_seen(bounds, final_hi, tf.step).items():
-        mine[day] = replace(mine.get(day, _NO_COUNTS), windows_seen=count)
-    totals = {name: sum(getattr(c, name) for c in mine.values()) for name in _INT_COUNTS}
+    seen = windows_seen(bounds, final_hi, tf.step)
+    mine: dict[date, DayCounts] = {}
+    totals = [0] * len(_INT_COUNTS)
+    for day in sorted(seen.keys() | days.keys()):
+        counts, newest = days.get(day, (_ZEROS, None))
+        values = (seen.get(day, 0), *counts)
+        mine[day] = DayCounts(*values, newest_source_ts=newest)
+        totals = [a + b for a, b in zip(totals, values, strict=True)]
     return AggregationResult(
-        symbol=task.symbol, timeframe=tf.name, as_of=as_of, **totals,
+        symbol=task.symbol, timeframe=tf.name, as_of=as_of,
+        **dict(zip(_INT_COUNTS, totals, strict=True)),
         newest_source_ts=task.frontier, cursor_before=cursors[0], cursor_after=cursors[1],
         final_through=final_hi, derivation_version=version or task.derivation_version,
-        read_from=bounds.read_from, forming_ts=forming[0] if forming else None,
-        days=dict(sorted(mine.items())))
+        read_from=bounds.read_from, forming_ts=forming[0] if forming else None, days=mine)
 
 
 def _record_success(conn: psycopg.Connection, tf: Timeframe,

@@ -145,7 +145,8 @@ def poor_quality(conn: psycopg.Connection, timeframe: str, scope: Scope, *, days
 class Recheck:
     """A rolled-back recomputation of many tasks of one timeframe (`recheck`)."""
 
-    pending_days: dict[str, set[date]]  # days whose source changed since materialised
+    pending_days: dict[str, set[date]]  # days whose fingerprint changed since materialised
+    captured_days: dict[str, set[date]]  # days with a captured change pending (migration 012)
     changed: dict[str, list[dict]]  # windows the recomputation would write (ts_utc, problem)
     windows_checked: int
     busy: list[str]  # a run holds the task: not rechecked
@@ -170,15 +171,17 @@ def recheck(conn: psycopg.Connection, timeframe: str, spans: list[engine.Span], 
         arrays = {"timeframe": timeframe, "symbols": [s.symbol for s in spans],
                   "starts": [s.start for s in spans], "ends": [s.end for s in spans]}
         pending: dict[str, set[date]] = {}
+        captured: dict[str, set[date]] = {}
         for row in _rows(conn, "recheck_pending_days", arrays):
-            pending.setdefault(row["symbol"], set()).add(row["day"])
+            found = pending if row["kind"] == "fingerprint" else captured
+            found.setdefault(row["symbol"], set()).add(row["day"])
         batch = engine.aggregate_many(conn, timeframe, spans, now=as_of)
         changed: dict[str, list[dict]] = {}
         if any(r.rows_written for r in batch.results):
             for row in _rows(conn, "recheck_changed_windows", arrays):
                 changed.setdefault(row.pop("symbol"), []).append(row)
     conn.rollback()
-    return Recheck(pending, changed, sum(r.windows_seen for r in batch.results), busy,
+    return Recheck(pending, captured, changed, sum(r.windows_seen for r in batch.results), busy,
                    {s: f"{type(e).__name__}: {e}" for s, e in batch.failed.items()})
 
 
@@ -189,10 +192,12 @@ def matches_source(conn: psycopg.Connection, timeframe: str, scope: Scope, *,
     list the windows that would change.
 
     A window in a day whose 1m rows changed after its last materialisation (its recorded
-    fingerprint no longer matches) is pending late data, which the late-data sensor
-    re-materialises: counted, not failed. Without this, a row landing between a run's
-    write and its check would fail the run under a live feed. Timeframes that read derived
-    bars record no fingerprints, so every mismatch of theirs fails.
+    fingerprint no longer matches, or a captured change is pending) is pending late data,
+    which the late-data sensor re-materialises: counted, not failed (a live run reads only
+    from its cursor and leaves a correction behind it to that sensor). Without this, a row
+    landing between a run's write and its check would fail the run under a live feed.
+    Timeframes that read derived bars record no fingerprints, so every mismatch of theirs
+    fails.
     """
     tf = timeframes.get(timeframe)
     with conn.cursor() as cur:
@@ -217,8 +222,9 @@ def matches_source(conn: psycopg.Connection, timeframe: str, scope: Scope, *,
     offenders: list[dict] = []
     pending = 0
     for symbol, rows in sorted(found.changed.items()):
+        late = found.pending_days.get(symbol, set()) | found.captured_days.get(symbol, set())
         for row in rows:
-            if windows.utc_date(row["ts_utc"]) in found.pending_days.get(symbol, ()):
+            if windows.utc_date(row["ts_utc"]) in late:
                 pending += 1
             else:
                 offenders.append({"symbol": symbol, **row})

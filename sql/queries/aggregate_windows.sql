@@ -343,9 +343,8 @@ recorded AS (
     SELECT b.symbol, %(timeframe)s, (g.day AT TIME ZONE 'UTC')::date,
            greatest(g.day, b.read_from), least(g.day + interval '24 hours', b.final_hi),
            COALESCE(d.counts[12], 0), d.fp_max, COALESCE(d.fp_sum, 0), now(),
-           -- found gone now (bars kept), or before: it stays so
+           -- found gone now (its bars kept); once found, it stays so (below)
            COALESCE(d.counts[7], 0) > 0
-               OR agg_source_day_gone(b.symbol, %(timeframe)s, (g.day AT TIME ZONE 'UTC')::date)
     FROM final_bound b
     CROSS JOIN LATERAL generate_series(b.record_from, b.record_to - interval '24 hours',
                                        interval '24 hours') AS g(day)
@@ -365,7 +364,7 @@ recorded AS (
                    ELSE 0 END,
         final_through = excluded.final_through,
         materialized_at = excluded.materialized_at,
-        source_removed = excluded.source_removed
+        source_removed = r.source_removed OR excluded.source_removed
 )
 SELECT ord, kind, at, counts, newest_source_ts
 FROM diff

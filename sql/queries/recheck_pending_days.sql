@@ -1,8 +1,10 @@
 -- The days of many tasks of one timeframe, each overlapping its [start, end), whose 1m rows
--- changed after their last materialisation (the fingerprint over the span it covered differs
--- from the recorded one): late data the late-data sensor will re-materialise. Run before a
--- recomputation, which records fingerprints of its own.
-SELECT q.symbol, r.day
+-- changed after their last materialisation: `fingerprint`, the fingerprint over the span it
+-- covered differs from the recorded one (what the reconciliation looks for: changes the
+-- capture may have missed), or `captured`, a change recorded by migration 012's capture is
+-- pending. Late data the late-data sensor re-materialises. Run before a recomputation, which
+-- records fingerprints of its own.
+SELECT q.symbol, r.day, 'fingerprint' AS kind
 FROM unnest(%(symbols)s::text[], %(starts)s::timestamptz[], %(ends)s::timestamptz[])
     AS q(symbol, start_at, end_at)
 CROSS JOIN LATERAL (
@@ -21,3 +23,9 @@ CROSS JOIN LATERAL agg_source_fingerprint(r.canonical_symbol, r.covered_from,
                                           r.final_through) now_fp
 WHERE (now_fp.source_rows, now_fp.source_ingested_max, now_fp.source_ingested_sum)
       IS DISTINCT FROM (r.source_rows, r.source_ingested_max, r.source_ingested_sum)
+UNION ALL
+SELECT c.canonical_symbol, c.day, 'captured'
+FROM data_agg_source_changes c
+WHERE c.canonical_symbol = ANY (%(symbols)s::text[])
+  AND c.timeframe = '1m'
+  AND c.seq > c.consumed_seq
