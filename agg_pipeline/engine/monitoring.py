@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 
 from agg_pipeline.db import queries
 from agg_pipeline.engine import aggregate as engine
-from agg_pipeline.engine import timeframes, windows
+from agg_pipeline.engine import health, timeframes, windows
 
 OFFENDER_LIMIT = 50
 
@@ -60,8 +60,9 @@ def _rows(conn: psycopg.Connection, name: str, params: dict) -> list[dict]:
 def cursor_not_ahead(conn: psycopg.Connection, timeframe: str, scope: Scope) -> Outcome:
     """Contract 7 with the corrected bound: cursor <= floor(frontier, interval) + interval;
     a NULL cursor fails."""
-    rows = _rows(conn, "check_cursor_not_ahead",
-                 {"timeframe": timeframe, "symbols": scope.symbols})
+    rows = [health.on_calendar(r) for r in _rows(conn, "check_cursor_not_ahead",
+                                                 {"timeframe": timeframe,
+                                                  "symbols": scope.symbols})]
     bad = [r for r in rows if r["cursor_status"] in ("AHEAD", "NULL", "BAD_CONFIG")]
     return Outcome(not bad, {"tasks_checked": len(rows), "offending_tasks": len(bad)}, bad)
 

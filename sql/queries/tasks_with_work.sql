@@ -19,8 +19,11 @@ SELECT s.canonical_symbol,
            WHERE b.canonical_symbol = s.canonical_symbol
              AND b.timeframe = %(source_timeframe)s
              AND b.ts_utc >= greatest(s.last_agg_bar_ts_utc, r.start_at, s.agg_start_utc)
-             AND b.ts_utc < least(r.end_at, date_bin(%(step)s::interval, %(as_of)s,
-                                                     TIMESTAMPTZ '2000-01-01 00:00:00+00'))
+             -- (a task on a calendar: any row before now, its windows are not this grid's)
+             AND b.ts_utc < least(r.end_at, CASE WHEN s.window_calendar IS NULL
+                                            THEN date_bin(%(step)s::interval, %(as_of)s,
+                                                     TIMESTAMPTZ '2000-01-01 00:00:00+00')
+                                            ELSE %(as_of)s::timestamptz END)
              {active_only}) AS busy,
        s.last_agg_bar_ts_utc,
        s.derivation_version
