@@ -108,15 +108,18 @@ class BarHistory:
     at: datetime | None  # --as-of
     rows: list[dict]
     decimals: int  # prices print to this many decimals unless wide
+    calendar: str | None = None  # the calendar its windows follow (None: the UTC grid)
 
 
 def read_history(conn: psycopg.Connection, symbol: str, timeframe: str, start: datetime,
                  end: datetime | None = None, *, at: datetime | None = None) -> BarHistory:
     rows = bar_versions(conn, symbol, timeframe, start, end, at=at)
-    window, upper = bar_window(timeframe, start, window_calendar(conn, symbol, timeframe))
+    calendar = window_calendar(conn, symbol, timeframe)
+    window, upper = bar_window(timeframe, start, calendar)
     upper = end if end is not None else upper
     return BarHistory(symbol, timeframes.get(timeframe).name, start.astimezone(UTC),
-                      window, end, at, rows, price_decimals(conn, symbol, rows, upper))
+                      window, end, at, rows, price_decimals(conn, symbol, rows, upper),
+                      calendar)
 
 
 def _fixed(decimals: int) -> Callable[[float | None], str]:
@@ -223,6 +226,8 @@ def _what(history: BarHistory) -> str:
                 f"{timestamp(history.end)})")
         if inside:
             what += f" (START {asked} is in bar {history.start:%H:%M})"
+    if history.calendar is not None:
+        what += f" ({history.calendar} calendar)"
     if history.at is not None:
         what += f", as of {timestamp(history.at, seconds=True)}"
     versions, bars = len(history.rows), len({row["ts_utc"] for row in history.rows})
