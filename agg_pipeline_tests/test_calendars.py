@@ -146,10 +146,11 @@ def oracle_bars(db, symbol: str, now: datetime) -> dict[str, tuple[dict, co.Wind
     return found
 
 
-def build(db, symbols, now: datetime) -> None:
+def build(db, symbols, now: datetime, *, incremental: bool = False) -> None:
     for name in LADDER:
         batch = engine.aggregate_many(db, name, [engine.Span(s, START, now + DAY)
-                                                 for s in symbols], now=now)
+                                                 for s in symbols], now=now,
+                                      incremental=incremental)
         assert not batch.failed, batch.failed
     db.commit()
 
@@ -230,12 +231,15 @@ def test_live_ticks_across_a_switch_never_restate_and_end_at_the_oracle(calendar
     first, last = around(switch, 4)
     for symbol in SYMBOLS:
         seed(db, symbol, [(first, last)])
-    for tick in ticks(switch):
-        build(db, list(SYMBOLS), tick)
+    for i, tick in enumerate(ticks(switch)):
+        # every other tick as live runs read (each symbol from its cursor; a task with no
+        # source row in an ended window is left alone, so it may stay behind the planner's
+        # target across empty windows), else in full
+        build(db, list(SYMBOLS), tick, incremental=i % 2 == 1)
         tasks = planning.task_states(db, tick)
         assert not tasks.problems, tasks.problems
         late = [(s.symbol, s.timeframe, s.cursor, s.target) for s in tasks.states
-                if s.ahead or s.behind]
+                if s.ahead or (s.behind and i % 2 == 0)]
         assert not late, f"at {tick}: {late}"  # the planner agrees with the engine
     assert db.execute("SELECT count(*) FROM derived_bar_revisions").fetchone()[0] == 0
     now = last + 9 * DAY

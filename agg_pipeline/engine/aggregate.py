@@ -70,6 +70,7 @@ UTC_WINDOWS = {
     "pending": sql.SQL("generate_series(r.hi, r.final_to - %(step)s::interval, "
                        "%(step)s::interval)"),
     "request_columns": sql.SQL(""),
+    "window_sets": sql.SQL(""),
     "source_grid": sql.SQL("%(source_step)s::interval"),
 }
 _POSITION = "width_bucket(w.ts_utc, r.starts)"  # a window start's index in the request's
@@ -81,20 +82,25 @@ CALENDAR_WINDOWS = {
                      "%(rung_den)s, %(rung_score)s)"),
     "pending": sql.SQL("(SELECT s FROM unnest(r.starts) AS s "
                        "WHERE s >= r.hi AND s < r.final_to)"),
-    "request_columns": sql.SQL(", starts timestamptz[], ends timestamptz[], exps integer[], "
-                               "source_grid interval"),
+    "request_columns": sql.SQL(", wkey integer, source_grid interval"),
+    # (requests of many symbols on one calendar over one range share one set of windows)
+    "window_sets": sql.SQL("LEFT JOIN json_to_recordset(%(window_sets)s::json) AS ws(wkey "
+                           "integer, starts timestamptz[], ends timestamptz[], exps integer[]) "
+                           "USING (wkey)"),
     "source_grid": sql.SQL("r.source_grid"),
 }
 UTC_FORMING = {
     "newest_window": sql.SQL(
         "date_bin(%(step)s::interval, max(b.ts_utc), TIMESTAMPTZ '2000-01-01 00:00:00+00')"),
     "window_end": sql.SQL("w.ts_utc + %(step)s::interval"),
-    **{k: UTC_WINDOWS[k] for k in ("expected", "request_columns", "source_grid")},
+    **{k: UTC_WINDOWS[k] for k in ("expected", "request_columns", "window_sets",
+                                   "source_grid")},
 }
 CALENDAR_FORMING = {
     "newest_window": sql.SQL("r.starts[width_bucket(max(b.ts_utc), r.starts)]"),
     "window_end": sql.SQL(f"r.ends[{_POSITION}]"),
-    **{k: CALENDAR_WINDOWS[k] for k in ("expected", "request_columns", "source_grid")},
+    **{k: CALENDAR_WINDOWS[k] for k in ("expected", "request_columns", "window_sets",
+                                        "source_grid")},
 }
 
 
@@ -314,33 +320,52 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def _calendar_windows(tf: Timeframe, task: TaskView, lo: datetime,
-                      hi: datetime) -> dict[str, object]:
-    """A calendar request's windows starting in [lo, hi) (contract 15), and the grid its
-    source rows' timestamps are checked on: the source's own when it keeps the UTC grid,
-    else the minute (a calendar's bars start wherever its sessions do)."""
-    grid = task_grid(task, tf)
-    found = grid.windows(lo, hi)
-    source = timeframes.TIMEFRAMES.get(tf.source)
-    on_calendar = source is not None and timeframes.CALENDARS[task.calendar].follows(source.step)
-    return {"starts": [w.start.isoformat() for w in found],
-            "ends": [w.end.isoformat() for w in found],
-            "exps": [w.expected for w in found],
-            "source_grid": windows.sql_interval(timedelta(minutes=1) if on_calendar
-                                                else tf.source_step)}
+class _WindowSets:
+    """The windows of calendar requests (contract 15), one set per distinct calendar and
+    range: many symbols of a run share their calendar and range, and so one set."""
+
+    def __init__(self, tf: Timeframe) -> None:
+        self.tf = tf
+        self.keys: dict[tuple, int] = {}
+        self.sets: list[dict[str, object]] = []
+
+    def fields(self, task: TaskView, lo: datetime, hi: datetime) -> dict[str, object]:
+        """A request's `wkey` (its windows starting in [lo, hi)) and the grid its source
+        rows' timestamps are checked on: the source's own when it keeps the UTC grid, else
+        the minute (a calendar's bars start wherever its sessions do)."""
+        if not task.calendar:
+            return {}
+        key = (task.calendar, lo, hi)
+        if key not in self.keys:
+            found = task_grid(task, self.tf).windows(lo, hi)
+            self.keys[key] = len(self.sets)
+            self.sets.append({"wkey": len(self.sets),
+                              "starts": [w.start.isoformat() for w in found],
+                              "ends": [w.end.isoformat() for w in found],
+                              "exps": [w.expected for w in found]})
+        source = timeframes.TIMEFRAMES.get(self.tf.source)
+        on_calendar = (source is not None
+                       and timeframes.CALENDARS[task.calendar].follows(source.step))
+        return {"wkey": self.keys[key],
+                "source_grid": windows.sql_interval(timedelta(minutes=1) if on_calendar
+                                                    else self.tf.source_step)}
+
+    def json(self) -> str:
+        return json.dumps(self.sets)
 
 
-def _requests_json(tf: Timeframe, requests: Sequence[tuple[int, TaskView, Bounds]],
-                   version: int | None) -> str:
+def _requests_json(requests: Sequence[tuple[int, TaskView, Bounds]], version: int | None,
+                   sets: _WindowSets) -> str:
     """The requests of aggregate_windows.sql as one JSON parameter (json_to_recordset): a
     thousand symbols' bounds in one value, instead of a dozen arrays psycopg adapts element by
-    element. Instants in ISO 8601 with their UTC offset; a calendar request's windows too."""
+    element. Instants in ISO 8601 with their UTC offset; a calendar request names its windows
+    in `sets`."""
     return json.dumps([
         {"ord": i, "symbol": t.symbol, "lo": _iso(b.lo), "hi": _iso(b.hi),
          "final_to": _iso(b.final_to), "read_from": _iso(b.read_from),
          "record_from": _iso(b.record_from), "record_limit": _iso(b.record_limit),
          "consume_from": _iso(b.consume_from), "version": version or t.derivation_version,
-         **(_calendar_windows(tf, t, b.lo, b.final_to) if t.calendar else {})}
+         **sets.fields(t, b.lo, b.final_to)}
         for i, t, b in requests])
 
 
@@ -360,8 +385,9 @@ def _run_windows(conn: psycopg.Connection, tf: Timeframe,
         "aggregate_windows", source_table=table, active_only=active_only,
         window_traded=(WINDOW_HAS_TRADED_BAR.format(window=fragments["window"])
                        if skip_zero_volume else NO_FILLER_RULE), **fragments)
+    sets = _WindowSets(tf)
     params = {
-        "requests": _requests_json(tf, requests, version),
+        "requests": _requests_json(requests, version, sets), "window_sets": sets.json(),
         "timeframe": tf.name, "source_timeframe": tf.source,
         "step": windows.sql_interval(tf.step), "source_step": windows.sql_interval(tf.source_step),
         "expected": tf.expected_candles,
@@ -398,12 +424,14 @@ def _run_forming_group(conn: psycopg.Connection, tf: Timeframe,
         source_filter=sql.SQL("AND NOT b.is_partial" if tf.reads_data_bars
                               else "AND b.deleted_at IS NULL"),
         **(CALENDAR_FORMING if calendar else UTC_FORMING))
+    sets = _WindowSets(tf)
     rows = conn.execute(statement, {
         "requests": json.dumps([
             {"symbol": t.symbol, "hi": h.isoformat(), "range_end": b.range_end.isoformat(),
              "forming": t.forming, "version": version or t.derivation_version,
-             **(_calendar_windows(tf, t, h, b.range_end) if calendar else {})}
+             **sets.fields(t, h, b.range_end)}
             for t, b, h in requests]),
+        "window_sets": sets.json(),
         "timeframe": tf.name, "source_timeframe": tf.source, "as_of": as_of,
         "step": windows.sql_interval(tf.step), "source_step": windows.sql_interval(tf.source_step),
         "expected": tf.expected_candles,
@@ -529,7 +557,12 @@ def _with_work(conn: psycopg.Connection, tf: Timeframe, spans: list[Span], as_of
         "requests": json.dumps([{"symbol": s.symbol, "start_at": s.start.isoformat(),
                                  "end_at": s.end.isoformat()} for s in spans]),
         "timeframe": tf.name, "source_timeframe": tf.source, "interval_minutes": tf.minutes,
-        "step": windows.sql_interval(tf.step), "as_of": as_of}, prepare=False).fetchall()
+        "step": windows.sql_interval(tf.step), "as_of": as_of,
+        # per calendar whose windows `tf` follows: the start of its first window not ended
+        "edges": json.dumps({name: timeframes.grid(tf, name).edge(as_of).isoformat()
+                             for name, calendar in timeframes.CALENDARS.items()
+                             if calendar.follows(tf.step)}),
+    }, prepare=False).fetchall()
     busy = {symbol for symbol, is_busy, _, _ in rows if is_busy}
     idle = {symbol: windows.utc(cursor) for symbol, is_busy, cursor, _ in rows
             if symbol not in busy}

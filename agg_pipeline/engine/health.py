@@ -35,11 +35,15 @@ def on_calendar(row: dict) -> dict:
     tf = timeframes.TIMEFRAMES.get(row["timeframe"])
     if not calendar or calendar not in timeframes.CALENDARS or tf is None or frontier is None:
         return row
-    end = timeframes.grid(tf, calendar).frontier_end(windows.utc(frontier))
+    grid = timeframes.grid(tf, calendar)
+    end = grid.frontier_end(windows.utc(frontier))
     status = row.get("cursor_status")
     if status in ("OK", "AHEAD"):
         status = "AHEAD" if windows.utc(row["cursor_ts"]) > end else "OK"
-    return {**row, "frontier_window_end": end, "cursor_status": status}
+    # (the window ending there: a calendar's windows differ in length)
+    start = max(w.start for w in grid.windows(end - 2 * grid.step, end))
+    return {**row, "frontier_window_end": end, "frontier_window_start": start,
+            "cursor_status": status}
 
 
 def _calendar_lag(row: dict, judged_at: datetime) -> dict:

@@ -24,7 +24,8 @@
 -- Windows (contract 15): on the UTC grid, the `window` fragment is date_bin from 2000-01-01 and
 -- every window expects %(expected)s source bars. For requests on a calendar the engine binds
 -- the windows themselves (calendars.py, zoneinfo): `starts`, `ends` and `exps` (expected
--- source bars) of every window starting in [lo, final_to), in order; a row's window is found
+-- source bars) of every window starting in [lo, final_to), in order (one set per distinct
+-- calendar and range in the window_sets parameter, named by `wkey`); a row's window is found
 -- by binary search (width_bucket), rows between sessions belong to none and are not read
 -- (`in_window`), a window's score is its count's share of its own expected count (`score`,
 -- agg_ladder_score of migration 021), and `pending` lists the windows in [hi, final_to).
@@ -34,6 +35,7 @@ WITH req AS (
         AS r(ord integer, symbol text, lo timestamptz, hi timestamptz, final_to timestamptz,
              read_from timestamptz, record_from timestamptz, record_limit timestamptz,
              consume_from timestamptz, version integer{request_columns})
+    {window_sets}
 ),
 -- Per request, inside its LATERAL subquery: `w`, one row per window with source rows, an
 -- active stored bar, or both, with its roll-up (contract 2), its place on the quality ladder

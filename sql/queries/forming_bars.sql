@@ -14,6 +14,7 @@ WITH req AS (
     FROM json_to_recordset(%(requests)s::json)
         AS r(symbol text, hi timestamptz, range_end timestamptz, forming boolean,
              version integer{request_columns})
+    {window_sets}
 ),
 rolled AS (
     SELECT r.symbol, r.version, f.*

@@ -19,11 +19,13 @@ SELECT s.canonical_symbol,
            WHERE b.canonical_symbol = s.canonical_symbol
              AND b.timeframe = %(source_timeframe)s
              AND b.ts_utc >= greatest(s.last_agg_bar_ts_utc, r.start_at, s.agg_start_utc)
-             -- (a task on a calendar: any row before now, its windows are not this grid's)
+             -- (a task on a calendar: before its calendar's first window not ended, from
+             -- %(edges)s, calendar -> instant, computed by the engine)
              AND b.ts_utc < least(r.end_at, CASE WHEN s.window_calendar IS NULL
                                             THEN date_bin(%(step)s::interval, %(as_of)s,
                                                      TIMESTAMPTZ '2000-01-01 00:00:00+00')
-                                            ELSE %(as_of)s::timestamptz END)
+                                            ELSE (%(edges)s::jsonb ->> s.window_calendar)
+                                                 ::timestamptz END)
              {active_only}) AS busy,
        s.last_agg_bar_ts_utc,
        s.derivation_version
