@@ -359,10 +359,15 @@ def _check_lengths(calendar: Calendar, where: str) -> None:
 Grid = UtcGrid | CalendarGrid
 
 
+@lru_cache(maxsize=64)
+def utc_grid(step: timedelta) -> UtcGrid:
+    return UtcGrid(step)
+
+
 @lru_cache(maxsize=1024)  # (asked for every request of a run)
 def grid(calendar: Calendar, step: timedelta, source_step: timedelta) -> Grid:
     """The windows of a timeframe of `step` (read from `source_step`) for a symbol on
     `calendar`."""
     if calendar.follows(step):
         return CalendarGrid(calendar, step, source_step)
-    return UtcGrid(step)
+    return utc_grid(step)

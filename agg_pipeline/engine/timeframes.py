@@ -336,9 +336,11 @@ def calendar_of(registry_calendar: str | None, asset_class: str | None) -> str:
 
 
 def grid(tf: Timeframe, calendar: str | None) -> calendars.Grid:
-    """The windows of `tf` for a symbol on `calendar` (None: UTC). KeyError: unknown."""
-    return calendars.grid(CALENDARS[calendar or calendars.UTC_CALENDAR], tf.step,
-                          tf.source_step)
+    """The windows of `tf` for a task following `calendar` (None: the UTC grid). KeyError:
+    an unknown calendar."""
+    if calendar is None:
+        return calendars.utc_grid(tf.step)  # (the hot path: a few per symbol of a run)
+    return calendars.grid(CALENDARS[calendar], tf.step, tf.source_step)
 
 
 def window_calendar(tf: Timeframe, calendar: str) -> str | None:
