@@ -26,12 +26,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agg_pipeline import demo, settings
+from agg_pipeline import demo
 from agg_pipeline.engine import aggregate as engine
 from agg_pipeline.engine import health, history, monitoring, planning, timeframes
 from agg_pipeline_tests import calendar_oracle as co
 from agg_pipeline_tests import oracle
-from agg_pipeline_tests.helpers import sync
+from agg_pipeline_tests.helpers import config_text, load_config, sync
 from agg_pipeline_tests.stored import derived_rows, source_rows
 
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
@@ -59,12 +59,8 @@ LADDER = ("5m", "1h", "4h", "1d", "1w")
 
 @pytest.fixture(scope="module")
 def test_config(tmp_path_factory) -> timeframes.Config:
-    path = Path(tmp_path_factory.mktemp("config")) / "timeframes.toml"
-    shipped = (settings.PACKAGE_DIR / "timeframes.toml").read_text()
-    # (tables may follow in any order: the extra ones go before [asset_class_calendars])
-    head, tail = shipped.split("[asset_class_calendars]")
-    path.write_text(head + EXTRA + "\n[asset_class_calendars]" + tail)
-    return timeframes.load(path)
+    return load_config(Path(tmp_path_factory.mktemp("config")) / "timeframes.toml",
+                       config_text(EXTRA))
 
 
 @pytest.fixture
@@ -253,6 +249,30 @@ def test_live_ticks_across_a_switch_never_restate_and_end_at_the_oracle(calendar
         assert outcome.passed, outcome.offenders
         found = monitoring.matches_source(db, name, monitoring.Scope(), sample=20 * DAY)
         assert found.passed, found.offenders
+
+
+def test_a_corrected_row_restates_the_session_bar_of_the_evening_before(calendar_db):
+    """A correction at 03:00 UTC of 2025-11-04 lies in Tuesday's FX session, which opened at
+    22:00 UTC on 2025-11-03 (partition 2025-11-03): a run over 2025-11-04 alone, as the
+    late-data path runs, restates it."""
+    db = calendar_db
+    seed(db, "FXPAIR", [around(SWITCHES[1], 5)])
+    now = around(SWITCHES[1], 5)[1] + 9 * DAY
+    build(db, ["FXPAIR"], now)
+    at = datetime(2025, 11, 4, 3, tzinfo=UTC)
+    db.execute("UPDATE data_bars SET high = high * 1.01, ingested_at = now() "
+               "WHERE canonical_symbol = 'FXPAIR' AND ts_utc = %s", (at,))
+    db.commit()
+    day = datetime(2025, 11, 4, tzinfo=UTC)
+    for name in LADDER:
+        batch = engine.aggregate_many(db, name, [engine.Span("FXPAIR", day, day + DAY)],
+                                      now=now, reason="correction")
+        assert not batch.failed, batch.failed
+    db.commit()
+    assert_matches_oracle(db, "FXPAIR", now)
+    [revised] = db.execute("SELECT ts_utc, reason FROM derived_bar_revisions "
+                           "WHERE timeframe = '1d'").fetchall()
+    assert revised == (datetime(2025, 11, 3, 22, tzinfo=UTC), "correction")
 
 
 def test_history_finds_the_session_bar(calendar_db):

@@ -18,10 +18,19 @@ from agg_pipeline import settings
 from agg_pipeline.engine import aggregate as engine
 from agg_pipeline.engine import tasks, timeframes
 from agg_pipeline_tests import oracle
-from agg_pipeline_tests.helpers import T0, add_symbol, insert_bars, minute_bars, sync
+from agg_pipeline_tests.helpers import (
+    SHIPPED_TIMEFRAMES,
+    T0,
+    add_symbol,
+    config_text,
+    insert_bars,
+    load_config,
+    minute_bars,
+    sync,
+)
 from agg_pipeline_tests.stored import assert_active_bars_equal, derived_rows, source_rows
 
-SHIPPED = (settings.PACKAGE_DIR / "timeframes.toml").read_text()
+SHIPPED = SHIPPED_TIMEFRAMES
 THIRTY = """
 [timeframes.30m]
 source = "5m"
@@ -35,11 +44,6 @@ def write_config(tmp_path: Path, text: str, name: str = "timeframes.toml") -> Pa
     path = tmp_path / name
     path.write_text(text)
     return path
-
-
-def with_extra(extra: str) -> str:
-    head, tail = SHIPPED.split("[asset_class_calendars]")
-    return head + extra + "\n[asset_class_calendars]" + tail
 
 
 def tasks_of(db) -> dict[str, set[str]]:
@@ -119,6 +123,25 @@ def test_optional_timeframes_come_from_one_registry_column_and_the_seed_flags(db
     assert result.rejected == {"ELSEWHERE": "unknown calendar 'moon'; known: fx, us_equity, utc"}
 
 
+def test_an_asset_class_can_put_its_symbols_on_a_calendar(db, tmp_path):
+    add_symbol(db, "EURUSD", calc_4h=True, calc_1d=True)  # asset_class 'fx'
+    add_symbol(db, "OWNUTC", calc_1d=True)
+    db.execute("UPDATE core_asset_registry_all SET agg_calendar = 'utc' "
+               "WHERE canonical_symbol = 'OWNUTC'")  # its own choice wins
+    with timeframes.configured(load_config(tmp_path / "t.toml",
+                                           config_text(asset_classes='fx = "fx"\n'))):
+        sync(db)
+    calendars = dict(((s, t), c) for s, t, c in db.execute(
+        "SELECT canonical_symbol, timeframe, window_calendar FROM data_agg_state"))
+    assert calendars == {("EURUSD", "5m"): None, ("EURUSD", "1h"): None,
+                         ("EURUSD", "4h"): "fx", ("EURUSD", "1d"): "fx",
+                         ("OWNUTC", "5m"): None, ("OWNUTC", "1h"): None,
+                         ("OWNUTC", "1d"): None}
+    sync(db)  # the shipped config: no asset-class calendar, EURUSD back on the UTC grid
+    assert db.execute("SELECT count(*) FROM data_agg_state WHERE window_calendar IS NOT NULL"
+                      ).fetchone() == (0,)
+
+
 def test_a_ladder_changed_under_the_same_version_is_refused(db, tmp_path):
     add_symbol(db, "EURUSD")
     sync(db)
@@ -172,7 +195,7 @@ def seed_half(db) -> None:
 
 
 def test_a_30m_timeframe_added_by_config_alone_is_built_by_the_engine(db, tmp_path):
-    config = timeframes.load(write_config(tmp_path, with_extra(THIRTY)))
+    config = timeframes.load(write_config(tmp_path, config_text(THIRTY)))
     now = T0 + timedelta(days=2)
     with timeframes.configured(config):
         seed_half(db)
@@ -212,7 +235,7 @@ print(json.dumps({"success": result.success, "checks": checks,
 def test_a_30m_timeframe_added_by_config_alone_is_materialised_by_dagster(db, tmp_path):
     """Dagster's definitions are built when the package is imported, so a new timeframe
     needs a new process (a restart): a fresh interpreter with AGG_TIMEFRAMES_FILE set."""
-    path = write_config(tmp_path, with_extra(THIRTY))
+    path = write_config(tmp_path, config_text(THIRTY))
     with timeframes.configured(timeframes.load(path)):
         seed_half(db)
         sync(db, agg_start=T0)

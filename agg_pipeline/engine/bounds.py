@@ -78,7 +78,9 @@ def request_bounds(task: TaskView, tf: Timeframe, start: datetime, end: datetime
     re-reads are then never missed: late rows before the cursor change the fingerprint.
     """
     grid = task_grid(task, tf)
-    lo = grid.ceil(start)
+    # windows starting in [start, end); on a calendar also the one `start` falls in (a session
+    # opened the evening before): a changed source row of the range changes it too
+    lo = grid.edge(start) if isinstance(grid, calendars.CalendarGrid) else grid.ceil(start)
     if task.retained_from is not None and tf.reads_data_bars:
         lo = max(lo, grid.ceil(task.retained_from))  # frozen before it
     range_end = max(grid.ceil(end), lo)
