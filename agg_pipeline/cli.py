@@ -300,7 +300,8 @@ registry_sync_sensor do). dev's server need not be running.
 @click.argument("first_day", type=click.DateTime(["%Y-%m-%d"]), metavar="FIRST_DAY")
 @click.argument("last_day", type=click.DateTime(["%Y-%m-%d"]), metavar="LAST_DAY")
 @click.option("--timeframes", "timeframe_names", default="5m,1h", show_default=True,
-              metavar="TIMEFRAMES", help="Comma-separated: 5m, 15m, 1h, 4h, 1d.")
+              metavar="TIMEFRAMES", help="Comma-separated, of timeframes.toml's (as shipped: "
+              "5m, 15m, 1h, 4h, 1d).")
 @_clean_errors
 def backfill(symbols: str, first_day: datetime, last_day: datetime,
              timeframe_names: str) -> None:

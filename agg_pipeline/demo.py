@@ -5,6 +5,10 @@ a random walk with intraday volatility seasonality; every bar is internally cons
 (low <= open, close <= high). `ingested_at` is a minute after the bar, and a few rows land
 hours late, as a real feed's corrections do.
 
+XAUUSD shows calendars (SPEC contract 15): its registry row puts it on the `fx` calendar of
+timeframes.toml (days from 17:00 New York, weeks from Sunday 17:00) with 4h and 1d bars, and
+its minutes follow that clock (Sunday 17:00 to Friday 17:00 New York, DST included).
+
 DXY is synthetic (ingest_class 'B'): when its six components are seeded too and the
 database defines it (migration 017), it gets no bars here; the pipeline computes them from
 the components (defs/synthetic.py). Seeded without them (a benchmark's symbol list), it is a
@@ -33,6 +37,8 @@ class DemoSymbol:
     ingest_class: str
     provider_ticker: str
     has_volume: bool = True
+    calendar: str | None = None  # registry agg_calendar (timeframes.toml)
+    timeframes: tuple[str, ...] = ()  # registry agg_timeframes: its optional timeframes
 
 
 # As in seed 004 part D (XAUUSD's asset_class 'fx' is the registry's own [sic]).
@@ -41,7 +47,8 @@ DEMO_SYMBOLS: dict[str, DemoSymbol] = {
     for s in (
         DemoSymbol("EURUSD", 1.0850, 0.00012, "fx", "A", "C:EURUSD"),
         DemoSymbol("USDJPY", 151.20, 0.00014, "fx", "A", "C:USDJPY"),
-        DemoSymbol("XAUUSD", 2650.0, 0.00030, "fx", "A", "C:XAUUSD"),
+        DemoSymbol("XAUUSD", 2650.0, 0.00030, "fx", "A", "C:XAUUSD", calendar="fx",
+                   timeframes=("4h", "1d")),
         # DXY's other legs (EURUSD and USDJPY above): DXY = 50.14348112 x EURUSD^-0.576 x
         # USDJPY^0.136 x GBPUSD^-0.119 x USDCAD^0.091 x USDSEK^0.042 x USDCHF^0.036
         DemoSymbol("GBPUSD", 1.2700, 0.00013, "fx", "A", "C:GBPUSD"),
@@ -68,6 +75,16 @@ def fx_session_mask(ts: pd.DatetimeIndex) -> np.ndarray:
     dow = ts.dayofweek.to_numpy()  # Monday = 0
     hour = ts.hour.to_numpy()
     closed = (dow == 5) | ((dow == 4) & (hour >= 22)) | ((dow == 6) & (hour < 22))
+    return ~closed
+
+
+def new_york_fx_mask(ts: pd.DatetimeIndex) -> np.ndarray:
+    """True for minutes of the FX week on New York's clock: Sunday 17:00 to Friday 17:00
+    America/New_York, DST included (the `fx` calendar's sessions)."""
+    local = ts.tz_convert("America/New_York")
+    dow = local.dayofweek.to_numpy()  # Monday = 0
+    hour = local.hour.to_numpy()
+    closed = (dow == 5) | ((dow == 4) & (hour >= 17)) | ((dow == 6) & (hour < 17))
     return ~closed
 
 
@@ -137,6 +154,8 @@ def ensure_registry(conn: psycopg.Connection, symbols: Sequence[str]) -> None:
             "tickers": [s.provider_ticker for s in specs],
             "classes": [s.asset_class for s in specs],
             "ingest_classes": [s.ingest_class for s in specs],
+            "calendars": [s.calendar for s in specs],
+            "timeframes": [",".join(s.timeframes) or None for s in specs],
         },
     )
 
@@ -246,7 +265,8 @@ def seed_demo(
             chunk_end = min(chunk_start + CHUNK, end)
             frame = generate_bars(spec, chunk_start, chunk_end,
                                   seed=bar_seed(seed, index, chunk_start), start_price=price,
-                                  now=now)
+                                  now=now, trading=(new_york_fx_mask if spec.calendar == "fx"
+                                                    else fx_session_mask))
             if len(frame):
                 price = float(frame["close"].iloc[-1])
                 with conn.transaction():

@@ -17,6 +17,7 @@ DAGSTER_STORAGE_URL_VAR = "DAGSTER_POSTGRES_URL"
 TEST_DATABASE_URL_VAR = "AGG_TEST_DATABASE_URL"
 ENVIRONMENT_VAR = "AGG_ENV"
 HOME_VAR = "AGG_HOME"
+TIMEFRAMES_FILE_VAR = "AGG_TIMEFRAMES_FILE"
 
 ENVIRONMENTS = ("prod", "dev", "test")
 
@@ -46,6 +47,12 @@ def agg_home() -> Path:
         return Path(configured).expanduser().resolve()
     root = project_root()
     return (root if root is not None else Path.cwd()) / ".agg_pipeline"
+
+
+def timeframes_file() -> Path:
+    """The timeframes and calendars config: AGG_TIMEFRAMES_FILE, else the packaged one."""
+    configured = os.environ.get(TIMEFRAMES_FILE_VAR, "").strip()
+    return Path(configured).expanduser() if configured else PACKAGE_DIR / "timeframes.toml"
 
 
 def environment() -> str:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
 import psycopg
 
-from agg_pipeline.engine import tasks
+from agg_pipeline import settings
+from agg_pipeline.engine import tasks, timeframes
 
 T0 = datetime(2025, 7, 7, tzinfo=UTC)  # a Monday, after the default agg_start_utc
 AGG_START = datetime(2025, 7, 1, tzinfo=UTC)
@@ -141,3 +143,18 @@ def define_dxy(conn: psycopg.Connection) -> None:
         "'1m') ON CONFLICT (canonical_symbol) DO UPDATE SET ingest_class = 'B'")
     conn.execute("SELECT agg_define_synthetic('DXY', %s, %s, %s)",
                  (DXY_CONSTANT, list(DXY_EXPONENTS), list(DXY_EXPONENTS.values())))
+
+
+SHIPPED_TIMEFRAMES = (settings.PACKAGE_DIR / "timeframes.toml").read_text()
+
+
+def config_text(extra: str = "", asset_classes: str = "") -> str:
+    """The shipped timeframes.toml with `extra` tables (timeframes, calendars) and
+    [asset_class_calendars] entries added."""
+    head, tail = SHIPPED_TIMEFRAMES.split("[asset_class_calendars]")
+    return f"{head}{extra}\n[asset_class_calendars]\n{asset_classes}{tail}"
+
+
+def load_config(path: Path, text: str) -> timeframes.Config:
+    path.write_text(text)
+    return timeframes.load(path)

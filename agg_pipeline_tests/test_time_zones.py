@@ -270,8 +270,8 @@ def check_outcomes(url: str) -> dict[str, object]:
                     "cursor_not_ahead": monitoring.cursor_not_ahead(conn, name, scope),
                     "ohlc_sane": monitoring.ohlc_sane(conn, name, scope),
                     "bars_before_start": monitoring.bars_before_start(conn, name, scope),
-                    "matches_source": monitoring.matches_source(conn, name, scope,
-                                                                sample=timedelta(days=2)),
+                    "matches_source": monitoring.matches_source(
+                        conn, name, scope, sample=timedelta(days=2)),
                 }
                 for check, outcome in outcomes.items():
                     found[f"{name} {check} ({label})"] = plain(

@@ -283,7 +283,9 @@ def build_bars_asset(tf: Timeframe) -> dg.AssetsDefinition:
             f"{tf.name} bars in derived_data_bars, rolled up from {tf.source} "
             f"({'data_bars' if tf.reads_data_bars else 'active derived bars'}). "
             + ("Mandatory for every symbol." if tf.mandatory else
-               f"Optional: registry flag {tf.registry_flag}.")
+               f"Optional: symbols listing {tf.name} in the registry's agg_timeframes"
+               + (f" (or setting {tf.registry_flag})." if tf.registry_flag else "."))
+            + " Windows on the UTC grid, or on the symbol's calendar (timeframes.toml)."
         ),
         metadata={
             "table": "derived_data_bars",
@@ -291,6 +293,7 @@ def build_bars_asset(tf: Timeframe) -> dg.AssetsDefinition:
             "source_timeframe": tf.source,
             "expected_source_bars": tf.expected_candles,
             "quality_ladder": ladder,
+            "derivation_version": tf.version,
         },
     )
     def bars(context: dg.AssetExecutionContext, market_db: MarketDatabase) -> dg.MaterializeResult:

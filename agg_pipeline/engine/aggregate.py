@@ -29,6 +29,7 @@ from agg_pipeline.engine.bounds import (
     TaskView,
     cursor_after,
     request_bounds,
+    task_grid,
     windows_seen,
 )
 from agg_pipeline.engine.errors import (
@@ -53,11 +54,54 @@ WORK_MEM = "64MB"
 # {window_traded} of aggregate_windows.sql: the per-window "has a bar with volume" test costs
 # a sort, so only symbols that skip zero-volume fillers pay for it (a statement of their own).
 WINDOW_HAS_TRADED_BAR = sql.SQL(
-    "COALESCE(bool_or(valid AND final AND vol > 0) OVER "
-    "(PARTITION BY date_bin(%(step)s::interval, ts_utc, TIMESTAMPTZ '2000-01-01 00:00:00+00')),"
-    " false)"
-)
+    "COALESCE(bool_or(valid AND final AND vol > 0) OVER (PARTITION BY {window}), false)")
 NO_FILLER_RULE = sql.SQL("false")
+
+# How the statements find a row's window (their headers say more). On the UTC grid: date_bin,
+# every window expects `expected` source bars (the fast path, unchanged for every symbol
+# without a calendar). On a calendar (contract 15): the windows the engine computed and bound
+# to each request, found by binary search; each has its own expected count.
+UTC_WINDOWS = {
+    "window": sql.SQL(
+        "date_bin(%(step)s::interval, ts_utc, TIMESTAMPTZ '2000-01-01 00:00:00+00')"),
+    "in_window": sql.SQL(""),
+    "expected": sql.SQL("%(expected)s::integer"),
+    "score": sql.SQL("(%(score_by_count)s::integer[])[least(w.n, %(expected)s) + 1]"),
+    "pending": sql.SQL("generate_series(r.hi, r.final_to - %(step)s::interval, "
+                       "%(step)s::interval)"),
+    "request_columns": sql.SQL(""),
+    "window_sets": sql.SQL(""),
+    "source_grid": sql.SQL("%(source_step)s::interval"),
+}
+_POSITION = "width_bucket(w.ts_utc, r.starts)"  # a window start's index in the request's
+CALENDAR_WINDOWS = {
+    "window": sql.SQL("r.starts[width_bucket(ts_utc, r.starts)]"),
+    "in_window": sql.SQL("AND b.ts_utc < r.ends[width_bucket(b.ts_utc, r.starts)]"),
+    "expected": sql.SQL(f"r.exps[{_POSITION}]"),
+    "score": sql.SQL(f"agg_ladder_score(w.n, r.exps[{_POSITION}], %(rung_num)s, "
+                     "%(rung_den)s, %(rung_score)s)"),
+    "pending": sql.SQL("(SELECT s FROM unnest(r.starts) AS s "
+                       "WHERE s >= r.hi AND s < r.final_to)"),
+    "request_columns": sql.SQL(", wkey integer, source_grid interval"),
+    # (requests of many symbols on one calendar over one range share one set of windows)
+    "window_sets": sql.SQL("LEFT JOIN json_to_recordset(%(window_sets)s::json) AS ws(wkey "
+                           "integer, starts timestamptz[], ends timestamptz[], exps integer[]) "
+                           "USING (wkey)"),
+    "source_grid": sql.SQL("r.source_grid"),
+}
+UTC_FORMING = {
+    "newest_window": sql.SQL(
+        "date_bin(%(step)s::interval, max(b.ts_utc), TIMESTAMPTZ '2000-01-01 00:00:00+00')"),
+    "window_end": sql.SQL("w.ts_utc + %(step)s::interval"),
+    **{k: UTC_WINDOWS[k] for k in ("expected", "request_columns", "window_sets",
+                                   "source_grid")},
+}
+CALENDAR_FORMING = {
+    "newest_window": sql.SQL("r.starts[width_bucket(max(b.ts_utc), r.starts)]"),
+    "window_end": sql.SQL(f"r.ends[{_POSITION}]"),
+    **{k: CALENDAR_WINDOWS[k] for k in ("expected", "request_columns", "window_sets",
+                                        "source_grid")},
+}
 
 
 @dataclass(frozen=True)
@@ -219,6 +263,12 @@ def _task_view(row: dict, tf: Timeframe) -> TaskView | AggregationError:
             "it must be a number of seconds >= 0")
     if row["last_agg_bar_ts_utc"] is None:
         return NullCursorError(symbol, tf.name)
+    calendar = row["window_calendar"]
+    if calendar is not None and calendar not in timeframes.CALENDARS:
+        return TaskConfigError(
+            f"task {symbol!r} / {tf.name} follows calendar {calendar!r}, which "
+            f"{timeframes.CONFIG.path.name} does not define; define it, or let the registry "
+            "sync rewrite the task")
     utc = windows.utc_or_none  # the session's zone may be any (contract 1)
     return TaskView(
         symbol=symbol, cursor=utc(row["last_agg_bar_ts_utc"]),
@@ -226,7 +276,8 @@ def _task_view(row: dict, tf: Timeframe) -> TaskView | AggregationError:
         derivation_version=row["derivation_version"],
         skip_zero_volume=row["agg_skip_zero_volume_ohlc"], forming=row["agg_forming_bars"],
         frontier=utc(row["frontier"]), fingerprint_through=utc(row["fingerprint_through"]),
-        retained_from=utc(row["retained_from"]), forming_through=utc(row["forming_through"]))
+        retained_from=utc(row["retained_from"]), forming_through=utc(row["forming_through"]),
+        calendar=calendar)
 
 
 def _missing(conn: psycopg.Connection, tf: Timeframe,
@@ -265,24 +316,63 @@ def _load(conn: psycopg.Connection, tf: Timeframe, symbols: list[str], as_of: da
 # ----------------------------------------------------------------------------- statements
 
 
-def _requests_json(requests: Sequence[tuple[int, TaskView, Bounds]],
-                   version: int | None) -> str:
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+class _WindowSets:
+    """The windows of calendar requests (contract 15), one set per distinct calendar and
+    range: many symbols of a run share their calendar and range, and so one set."""
+
+    def __init__(self, tf: Timeframe) -> None:
+        self.tf = tf
+        self.keys: dict[tuple, int] = {}
+        self.sets: list[dict[str, object]] = []
+
+    def fields(self, task: TaskView, lo: datetime, hi: datetime) -> dict[str, object]:
+        """A request's `wkey` (its windows starting in [lo, hi)) and the grid its source
+        rows' timestamps are checked on: the source's own when it keeps the UTC grid, else
+        the minute (a calendar's bars start wherever its sessions do)."""
+        if not task.calendar:
+            return {}
+        key = (task.calendar, lo, hi)
+        if key not in self.keys:
+            found = task_grid(task, self.tf).windows(lo, hi)
+            self.keys[key] = len(self.sets)
+            self.sets.append({"wkey": len(self.sets),
+                              "starts": [w.start.isoformat() for w in found],
+                              "ends": [w.end.isoformat() for w in found],
+                              "exps": [w.expected for w in found]})
+        source = timeframes.TIMEFRAMES.get(self.tf.source)
+        on_calendar = (source is not None
+                       and timeframes.CALENDARS[task.calendar].follows(source.step))
+        return {"wkey": self.keys[key],
+                "source_grid": windows.sql_interval(timedelta(minutes=1) if on_calendar
+                                                    else self.tf.source_step)}
+
+    def json(self) -> str:
+        return json.dumps(self.sets)
+
+
+def _requests_json(requests: Sequence[tuple[int, TaskView, Bounds]], version: int | None,
+                   sets: _WindowSets) -> str:
     """The requests of aggregate_windows.sql as one JSON parameter (json_to_recordset): a
     thousand symbols' bounds in one value, instead of a dozen arrays psycopg adapts element by
-    element. Instants in ISO 8601 with their UTC offset."""
+    element. Instants in ISO 8601 with their UTC offset; a calendar request names its windows
+    in `sets`."""
     written: dict[int, dict] = {}  # most requests share their Bounds: written once
 
     def bounds_json(b: Bounds) -> dict:
         if id(b) not in written:
-            written[id(b)] = {name: None if value is None else value.isoformat() for name, value
-                              in (("lo", b.lo), ("hi", b.hi), ("final_to", b.final_to),
-                                  ("read_from", b.read_from), ("record_from", b.record_from),
-                                  ("record_limit", b.record_limit),
-                                  ("consume_from", b.consume_from))}
+            written[id(b)] = {name: _iso(value) for name, value in (
+                ("lo", b.lo), ("hi", b.hi), ("final_to", b.final_to),
+                ("read_from", b.read_from), ("record_from", b.record_from),
+                ("record_limit", b.record_limit), ("consume_from", b.consume_from))}
         return written[id(b)]
 
     return json.dumps([{"ord": i, "symbol": t.symbol, **bounds_json(b),
-                        "version": version or t.derivation_version} for i, t, b in requests])
+                        "version": version or t.derivation_version,
+                        **sets.fields(t, b.lo, b.final_to)} for i, t, b in requests])
 
 
 def _source(tf: Timeframe) -> tuple[sql.Identifier, sql.SQL]:
@@ -293,18 +383,22 @@ def _source(tf: Timeframe) -> tuple[sql.Identifier, sql.SQL]:
 
 def _run_windows(conn: psycopg.Connection, tf: Timeframe,
                  requests: Sequence[tuple[int, TaskView, Bounds]], *, skip_zero_volume: bool,
-                 version: int | None, reason: str, run_id: str | None) -> list[tuple]:
+                 calendar: bool, version: int | None, reason: str,
+                 run_id: str | None) -> list[tuple]:
     table, active_only = _source(tf)
+    fragments = CALENDAR_WINDOWS if calendar else UTC_WINDOWS
     statement = queries.query(
         "aggregate_windows", source_table=table, active_only=active_only,
-        window_traded=WINDOW_HAS_TRADED_BAR if skip_zero_volume else NO_FILLER_RULE)
+        window_traded=(WINDOW_HAS_TRADED_BAR.format(window=fragments["window"])
+                       if skip_zero_volume else NO_FILLER_RULE), **fragments)
+    sets = _WindowSets(tf)
     params = {
-        "requests": _requests_json(requests, version),
+        "requests": _requests_json(requests, version, sets), "window_sets": sets.json(),
         "timeframe": tf.name, "source_timeframe": tf.source,
         "step": windows.sql_interval(tf.step), "source_step": windows.sql_interval(tf.source_step),
         "expected": tf.expected_candles,
         "score_by_count": tf.score_by_count(), "retention_applies": tf.reads_data_bars,
-        "reason": reason, "run_id": run_id,
+        "reason": reason, "run_id": run_id, **tf.rung_arrays(),
     }
     # Never prepared: psycopg prepares a statement on its 5th execution on a connection, and
     # after 5 more PostgreSQL switches a prepared statement to a generic plan, which for this
@@ -318,19 +412,32 @@ def _run_forming(conn: psycopg.Connection, tf: Timeframe,
     """forming_bars.sql for the requests that reach past their last final window and have a
     forming bar to refresh or remove; returns each symbol's forming bar (window, count)."""
     reaching = [(t, b, h) for t, b, h in requests if b.range_end > h and t.forming_work]
-    if not reaching:
-        return {}
+    found: dict[str, tuple[datetime, int]] = {}
+    for calendar in (False, True):
+        group = [(t, b, h) for t, b, h in reaching if bool(t.calendar) is calendar]
+        if group:
+            found.update(_run_forming_group(conn, tf, group, as_of, version, calendar))
+    return found
+
+
+def _run_forming_group(conn: psycopg.Connection, tf: Timeframe,
+                       requests: Sequence[tuple[TaskView, Bounds, datetime]], as_of: datetime,
+                       version: int | None, calendar: bool) -> dict[str, tuple[datetime, int]]:
     table, _ = _source(tf)
     statement = queries.query(
         "forming_bars", source_table=table,
         # 5m reads final 1m rows only; 1h and above read final and forming 5m bars
         source_filter=sql.SQL("AND NOT b.is_partial" if tf.reads_data_bars
-                              else "AND b.deleted_at IS NULL"))
+                              else "AND b.deleted_at IS NULL"),
+        **(CALENDAR_FORMING if calendar else UTC_FORMING))
+    sets = _WindowSets(tf)
     rows = conn.execute(statement, {
         "requests": json.dumps([
             {"symbol": t.symbol, "hi": h.isoformat(), "range_end": b.range_end.isoformat(),
-             "forming": t.forming, "version": version or t.derivation_version}
-            for t, b, h in reaching]),
+             "forming": t.forming, "version": version or t.derivation_version,
+             **sets.fields(t, h, b.range_end)}
+            for t, b, h in requests]),
+        "window_sets": sets.json(),
         "timeframe": tf.name, "source_timeframe": tf.source, "as_of": as_of,
         "step": windows.sql_interval(tf.step), "source_step": windows.sql_interval(tf.source_step),
         "expected": tf.expected_candles,
@@ -365,7 +472,7 @@ def _collect(rows: list[tuple]) -> tuple[dict[int, dict[date, tuple]], dict[int,
 def _result(tf: Timeframe, task: TaskView, bounds: Bounds, final_hi: datetime,
             days: dict[date, tuple], cursors: tuple[datetime, datetime], as_of: datetime,
             version: int | None, forming: tuple[datetime, int] | None) -> AggregationResult:
-    seen = windows_seen(bounds, final_hi, tf.step)
+    seen = windows_seen(bounds, final_hi, task_grid(task, tf))
     mine: dict[date, DayCounts] = {}
     totals = [0] * len(_INT_COUNTS)
     for day in sorted(seen.keys() | days.keys()):
@@ -411,11 +518,12 @@ def _materialize(conn: psycopg.Connection, tf: Timeframe,
         return []
     conn.execute(sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(WORK_MEM)))
     rows: list[tuple] = []
-    for skip in (False, True):
-        group = [r for r in requests if r[1].skip_zero_volume is skip]
+    for skip, calendar in ((False, False), (True, False), (False, True), (True, True)):
+        group = [r for r in requests
+                 if r[1].skip_zero_volume is skip and bool(r[1].calendar) is calendar]
         if group:
-            rows += _run_windows(conn, tf, group, skip_zero_volume=skip, version=version,
-                                 reason=reason, run_id=run_id)
+            rows += _run_windows(conn, tf, group, skip_zero_volume=skip, calendar=calendar,
+                                 version=version, reason=reason, run_id=run_id)
     days, final_hi = _collect(rows)
     forming = _run_forming(conn, tf, [(t, b, final_hi[i]) for i, t, b in requests], as_of,
                            version)
@@ -441,7 +549,7 @@ def _requests(tf: Timeframe, spans: list[Span], tasks: dict[str, TaskView], as_o
     for i, span in enumerate(s for s in spans if s.symbol in tasks):
         task = tasks[span.symbol]
         key = (span.start, span.end, task.cursor, task.agg_start, task.delay,
-               task.fingerprint_through, task.retained_from)
+               task.fingerprint_through, task.retained_from, task.calendar)
         if key not in found:
             found[key] = request_bounds(task, tf, span.start, span.end, as_of,
                                         incremental=incremental)
@@ -459,7 +567,12 @@ def _with_work(conn: psycopg.Connection, tf: Timeframe, spans: list[Span], as_of
         "requests": json.dumps([{"symbol": s.symbol, "start_at": s.start.isoformat(),
                                  "end_at": s.end.isoformat()} for s in spans]),
         "timeframe": tf.name, "source_timeframe": tf.source, "interval_minutes": tf.minutes,
-        "step": windows.sql_interval(tf.step), "as_of": as_of}, prepare=False).fetchall()
+        "step": windows.sql_interval(tf.step), "as_of": as_of,
+        # per calendar whose windows `tf` follows: the start of its first window not ended
+        "edges": json.dumps({name: timeframes.grid(tf, name).edge(as_of).isoformat()
+                             for name, calendar in timeframes.CALENDARS.items()
+                             if calendar.follows(tf.step)}),
+    }, prepare=False).fetchall()
     busy = {symbol for symbol, is_busy, _, _ in rows if is_busy}
     idle = {symbol: windows.utc(cursor) for symbol, is_busy, cursor, _ in rows
             if symbol not in busy}

@@ -5,7 +5,10 @@ Its `Bounds` say which windows are final (SPEC contract 6: by the confirmation d
 soon as they are complete), which source rows are read (all of the range, or for an
 incremental live read only those from the cursor on), which UTC days get a fingerprint and
 which captured changes are consumed; `cursor_after` applies contracts 7 and 8 to what the
-statement found final.
+statement found final. Windows are those of the task's grid: the UTC grid, or its calendar's
+(contract 15; calendars.py), whose windows may leave gaps (between sessions) and differ in
+length, so "floor" is the start of the first window not yet ended (`edge`) and a cursor may
+rest at a window's end.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from agg_pipeline.engine import windows
+from agg_pipeline.engine import calendars, timeframes, windows
 from agg_pipeline.engine.timeframes import Timeframe
 
 
@@ -33,6 +36,7 @@ class TaskView:
     fingerprint_through: datetime | None  # end of the cursor's day's recorded fingerprint
     retained_from: datetime | None  # the source's declared retention horizon (contract 16)
     forming_through: datetime | None = None  # the frontier its forming bar reflects
+    calendar: str | None = None  # the calendar its windows follow (None: the UTC grid)
 
     @property
     def forming_work(self) -> bool:
@@ -41,6 +45,10 @@ class TaskView:
             return self.forming_through is not None
         return self.frontier is not None and (self.forming_through is None
                                               or self.frontier > self.forming_through)
+
+
+def task_grid(task: TaskView, tf: Timeframe) -> calendars.Grid:
+    return timeframes.grid(tf, task.calendar)
 
 
 @dataclass(frozen=True)
@@ -69,15 +77,17 @@ def request_bounds(task: TaskView, tf: Timeframe, start: datetime, end: datetime
     bars re-reads its days in full, downstream included). Source rows a late-data run
     re-reads are then never missed: late rows before the cursor change the fingerprint.
     """
-    step = tf.step
-    lo = windows.ceil(start, step)
+    grid = task_grid(task, tf)
+    # windows starting in [start, end); on a calendar also the one `start` falls in (a session
+    # opened the evening before): a changed source row of the range changes it too
+    lo = grid.edge(start) if isinstance(grid, calendars.CalendarGrid) else grid.ceil(start)
     if task.retained_from is not None and tf.reads_data_bars:
-        lo = max(lo, windows.ceil(task.retained_from, step))  # frozen before it
-    range_end = max(windows.ceil(end, step), lo)
-    hi = max(min(range_end, windows.floor(as_of - task.delay, step)), lo)
-    final_to = max(min(range_end, windows.floor(as_of, step)), hi)
-    read_from = max(lo, windows.ceil(task.agg_start, step))
-    cursor = windows.ceil(task.cursor, step)
+        lo = max(lo, grid.ceil(task.retained_from))  # frozen before it
+    range_end = max(grid.ceil(end), lo)
+    hi = max(min(range_end, grid.edge(as_of - task.delay)), lo)
+    final_to = max(min(range_end, grid.edge(as_of)), hi)
+    read_from = max(lo, grid.ceil(task.agg_start))
+    cursor = grid.ceil(task.cursor)
     chained = incremental and read_from < cursor <= final_to and (
         not tf.reads_data_bars or cursor == windows.day_start(cursor)
         or (task.fingerprint_through is not None and task.fingerprint_through == cursor))
@@ -101,18 +111,24 @@ def cursor_after(task: TaskView, tf: Timeframe, bounds: Bounds, cursor: datetime
     are materialised: forward only, never past the end of the window holding the newest
     source row (contract 7), passing over empty windows behind newer data (contract 8).
     `cursor` is the task's cursor before (or after an earlier request of the same run)."""
-    if task.frontier is None or bounds.lo > windows.ceil(cursor, tf.step):
+    grid = task_grid(task, tf)
+    if task.frontier is None or bounds.lo > grid.ceil(cursor):
         return cursor  # (an off-grid cursor points at the window starting at its next boundary)
-    frontier_end = windows.floor(task.frontier, tf.step) + tf.step
-    return max(cursor, min(final_hi, frontier_end))
+    return max(cursor, min(final_hi, grid.frontier_end(task.frontier)))
 
 
-def windows_seen(bounds: Bounds, final_hi: datetime, step: timedelta) -> dict[date, int]:
-    """Final windows of the request per UTC day, on or after agg_start_utc (read_from)."""
+def windows_seen(bounds: Bounds, final_hi: datetime, grid: calendars.Grid) -> dict[date, int]:
+    """Final windows of the request per UTC day of their start, on or after agg_start_utc
+    (read_from)."""
     seen: dict[date, int] = {}
+    if isinstance(grid, calendars.CalendarGrid):
+        for window in grid.windows(bounds.read_from, final_hi):
+            day = windows.utc_date(window.start)
+            seen[day] = seen.get(day, 0) + 1
+        return seen
     day = windows.day_start(bounds.read_from)
     while day < final_hi:
-        count = (min(day + windows.DAY, final_hi) - max(day, bounds.read_from)) // step
+        count = (min(day + windows.DAY, final_hi) - max(day, bounds.read_from)) // grid.step
         if count > 0:
             seen[day.date()] = count
         day += windows.DAY

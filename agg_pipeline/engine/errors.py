@@ -16,7 +16,8 @@ class MissingTaskError(AggregationError):
     def __init__(self, symbol: str, timeframe: str) -> None:
         super().__init__(
             f"no data_agg_state task for {symbol!r} / {timeframe}: the registry sync creates "
-            "tasks for the environment's symbols (optional timeframes need their calc_* flag)"
+            "tasks for the environment's symbols (an optional timeframe needs the registry's "
+            "agg_timeframes to list it, or its calc_* flag)"
         )
 
 

@@ -26,6 +26,41 @@ def _ladder_minutes() -> dict[str, list]:
     return {"ladder_names": names, "ladder_minutes": minutes}
 
 
+def on_calendar(row: dict) -> dict:
+    """A health-view row of a task on a calendar (window_calendar) with the exact end of the
+    window holding its frontier, and its cursor status by it (the view's own bound, plain SQL,
+    is frontier + interval: contract 15's windows are the engine's arithmetic). Other rows are
+    returned as they are."""
+    calendar, frontier = row.get("window_calendar"), row.get("source_frontier_ts")
+    tf = timeframes.TIMEFRAMES.get(row["timeframe"])
+    if not calendar or calendar not in timeframes.CALENDARS or tf is None or frontier is None:
+        return row
+    grid = timeframes.grid(tf, calendar)
+    end = grid.frontier_end(windows.utc(frontier))
+    status = row.get("cursor_status")
+    if status in ("OK", "AHEAD"):
+        status = "AHEAD" if windows.utc(row["cursor_ts"]) > end else "OK"
+    # (the window ending there: a calendar's windows differ in length)
+    start = max(w.start for w in grid.windows(end - 2 * grid.step, end))
+    return {**row, "frontier_window_end": end, "frontier_window_start": start,
+            "cursor_status": status}
+
+
+def _calendar_lag(row: dict, judged_at: datetime) -> dict:
+    """`due_through` and `lag` of a task on a calendar: the newest window ended by its delay,
+    never past the frontier's window (a complete window that is final early is not seen
+    here: the lag may read up to the delay longer)."""
+    row = on_calendar(row)
+    if not row.get("window_calendar") or row.get("cursor_ts") is None \
+            or row.get("source_frontier_ts") is None or row["cursor_status"] == "BAD_CONFIG":
+        return row
+    grid = timeframes.grid(timeframes.get(row["timeframe"]), row["window_calendar"])
+    delay = timedelta(seconds=row["aggregation_delay_seconds"])
+    due = min(grid.edge(windows.utc(judged_at) - delay), row["frontier_window_end"])
+    return {**row, "due_through": due,
+            "lag": max(due - windows.utc(row["cursor_ts"]), timedelta(0))}
+
+
 def frontier_health(conn: psycopg.Connection, *, now: datetime | None = None) -> list[dict]:
     """One dict per task, by symbol and then in ladder order (5m, 15m, 1h, 4h, 1d); `lag` is
     how far its cursor is behind the end of the newest window final at `now` (default: the
@@ -33,6 +68,7 @@ def frontier_health(conn: psycopg.Connection, *, now: datetime | None = None) ->
     with conn.cursor(row_factory=dict_row) as cur:
         rows = [windows.utc_values(row) for row in cur.execute(
             queries.query("frontier_health"), {**_ladder_minutes(), "now": now})]
+    rows = [_calendar_lag(row, row.pop("judged_at")) for row in rows]
     return sorted(rows, key=lambda r: (r["canonical_symbol"], _ladder_rank(r["timeframe"])))
 
 

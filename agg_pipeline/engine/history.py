@@ -14,7 +14,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from agg_pipeline.db import queries
-from agg_pipeline.engine import timeframes, windows
+from agg_pipeline.engine import calendars, timeframes, windows
 from agg_pipeline.engine.health import text_table, timestamp
 
 WIDTH = 120  # the default table fits a terminal this wide; --wide prints everything
@@ -30,10 +30,24 @@ PRICE_SAMPLE = 500
 PRICES = ("open", "high", "low", "close")
 
 
-def bar_window(timeframe: str, instant: datetime) -> datetime:
-    """The start of the `timeframe` window holding `instant` (a window start is its own)."""
-    tf = timeframes.get(timeframe)
-    return windows.floor(windows.require_utc(instant, "start"), tf.step)
+def window_calendar(conn: psycopg.Connection, symbol: str, timeframe: str) -> str | None:
+    """The calendar the symbol's `timeframe` windows follow (its task's; None: UTC grid)."""
+    row = conn.execute("SELECT window_calendar FROM data_agg_state "
+                       "WHERE canonical_symbol = %s AND timeframe = %s",
+                       (symbol, timeframe)).fetchone()
+    calendar = row[0] if row else None
+    return calendar if calendar in timeframes.CALENDARS else None
+
+
+def bar_window(timeframe: str, instant: datetime,
+               calendar: str | None = None) -> tuple[datetime, datetime]:
+    """The `timeframe` window holding `instant` (a window start is its own; on a calendar,
+    an instant between sessions gives the next window), as (start, end)."""
+    grid = timeframes.grid(timeframes.get(timeframe), calendar)
+    start = grid.edge(windows.require_utc(instant, "start"))
+    if isinstance(grid, calendars.CalendarGrid):
+        return start, grid.windows(start, start + calendars.DAY)[0].end
+    return start, start + grid.step
 
 
 def bar_versions(conn: psycopg.Connection, symbol: str, timeframe: str, start: datetime,
@@ -41,8 +55,8 @@ def bar_versions(conn: psycopg.Connection, symbol: str, timeframe: str, start: d
     """The versions of the bars starting in [window of start, end) (default: the one bar
     whose window holds `start`), oldest first; with `at`, only those current at that instant."""
     tf = timeframes.get(timeframe)
-    start = bar_window(timeframe, start)
-    end = windows.require_utc(end, "end") if end is not None else start + tf.step
+    start, window_end = bar_window(timeframe, start, window_calendar(conn, symbol, tf.name))
+    end = windows.require_utc(end, "end") if end is not None else window_end
     if end <= start:
         raise ValueError(f"END {end.isoformat()} must be after the start of the bar holding "
                          f"START, {start.isoformat()}")
@@ -94,15 +108,18 @@ class BarHistory:
     at: datetime | None  # --as-of
     rows: list[dict]
     decimals: int  # prices print to this many decimals unless wide
+    calendar: str | None = None  # the calendar its windows follow (None: the UTC grid)
 
 
 def read_history(conn: psycopg.Connection, symbol: str, timeframe: str, start: datetime,
                  end: datetime | None = None, *, at: datetime | None = None) -> BarHistory:
     rows = bar_versions(conn, symbol, timeframe, start, end, at=at)
-    window = bar_window(timeframe, start)
-    upper = end if end is not None else window + timeframes.get(timeframe).step
+    calendar = window_calendar(conn, symbol, timeframe)
+    window, upper = bar_window(timeframe, start, calendar)
+    upper = end if end is not None else upper
     return BarHistory(symbol, timeframes.get(timeframe).name, start.astimezone(UTC),
-                      window, end, at, rows, price_decimals(conn, symbol, rows, upper))
+                      window, end, at, rows, price_decimals(conn, symbol, rows, upper),
+                      calendar)
 
 
 def _fixed(decimals: int) -> Callable[[float | None], str]:
@@ -209,6 +226,8 @@ def _what(history: BarHistory) -> str:
                 f"{timestamp(history.end)})")
         if inside:
             what += f" (START {asked} is in bar {history.start:%H:%M})"
+    if history.calendar is not None:
+        what += f" ({history.calendar} calendar)"
     if history.at is not None:
         what += f", as of {timestamp(history.at, seconds=True)}"
     versions, bars = len(history.rows), len({row["ts_utc"] for row in history.rows})

@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 
 from agg_pipeline.db import queries
 from agg_pipeline.engine import aggregate as engine
-from agg_pipeline.engine import timeframes, windows
+from agg_pipeline.engine import health, timeframes, windows
 
 OFFENDER_LIMIT = 50
 
@@ -60,8 +60,9 @@ def _rows(conn: psycopg.Connection, name: str, params: dict) -> list[dict]:
 def cursor_not_ahead(conn: psycopg.Connection, timeframe: str, scope: Scope) -> Outcome:
     """Contract 7 with the corrected bound: cursor <= floor(frontier, interval) + interval;
     a NULL cursor fails."""
-    rows = _rows(conn, "check_cursor_not_ahead",
-                 {"timeframe": timeframe, "symbols": scope.symbols})
+    rows = [health.on_calendar(r) for r in _rows(conn, "check_cursor_not_ahead",
+                                                 {"timeframe": timeframe,
+                                                  "symbols": scope.symbols})]
     bad = [r for r in rows if r["cursor_status"] in ("AHEAD", "NULL", "BAD_CONFIG")]
     return Outcome(not bad, {"tasks_checked": len(rows), "offending_tasks": len(bad)}, bad)
 
@@ -71,13 +72,15 @@ def freshness(conn: psycopg.Connection, timeframe: str, scope: Scope, *,
     """A task is stale when work has waited longer than one window, its delay and one schedule
     period, or when work is pending and the last success is too old. A closed market
     (no new source, nothing pending) is never stale."""
-    rows = _rows(conn, "check_freshness", {"timeframe": timeframe, "symbols": scope.symbols})
+    rows = [_on_calendar_gap(r) for r in _rows(conn, "check_freshness",
+                                                {"timeframe": timeframe,
+                                                 "symbols": scope.symbols})]
     stale = []
     for row in rows:
         if row["gap"] is None:
             continue  # no source at all yet: nothing to be late with
-        allowed = timedelta(minutes=row["run_interval_minutes"] + schedule_period_minutes,
-                            seconds=row["aggregation_delay_seconds"] or 0)
+        allowed = row.get("window", timedelta(minutes=row["run_interval_minutes"])) + timedelta(
+            minutes=schedule_period_minutes, seconds=row["aggregation_delay_seconds"] or 0)
         pending = row["gap"] > timedelta(0)
         since = row["minutes_since_success"]
         reasons = []
@@ -91,6 +94,16 @@ def freshness(conn: psycopg.Connection, timeframe: str, scope: Scope, *,
     worst = max((r["gap"] for r in rows if r["gap"] is not None), default=timedelta(0))
     return Outcome(not stale, {"tasks_checked": len(rows), "stale_tasks": len(stale),
                                "max_lag_minutes": worst.total_seconds() / 60}, stale)
+
+
+def _on_calendar_gap(row: dict) -> dict:
+    """A task on a calendar: its gap to the end of its frontier's window, and that window's
+    own length (a session of 23 hours, a 30-minute last hour) in place of the interval."""
+    row = health.on_calendar(row)
+    if "frontier_window_start" not in row:
+        return row
+    end, start = row.pop("frontier_window_end"), row.pop("frontier_window_start")
+    return {**row, "gap": end - row["cursor_ts"], "window": end - start}
 
 
 def ohlc_sane(conn: psycopg.Connection, timeframe: str, scope: Scope) -> Outcome:

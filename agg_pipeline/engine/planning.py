@@ -189,12 +189,15 @@ def _task_state(row: dict, as_of: datetime) -> TaskState | str:
     delay = row["aggregation_delay_seconds"]
     if delay is None or delay < 0:
         return f"aggregation_delay_seconds is {delay!r}"
+    if (calendar := row["window_calendar"]) and calendar not in timeframes.CALENDARS:
+        return f"follows calendar {calendar!r}, which the config does not define"
+    grid = timeframes.grid(tf, calendar)  # the UTC grid, or its calendar's (contract 15)
     # in UTC: the session's zone would make their days local days (SPEC contract 1)
     cursor = windows.utc(row["last_agg_bar_ts_utc"])
-    final_end = windows.floor(as_of - timedelta(seconds=delay), tf.step)
+    final_end = grid.edge(as_of - timedelta(seconds=delay))
     frontier = windows.utc_or_none(row["frontier_ts"])
     forming_through = windows.utc_or_none(row["forming_through"])
-    frontier_end = None if frontier is None else windows.floor(frontier, tf.step) + tf.step
+    frontier_end = None if frontier is None else grid.frontier_end(frontier)
     target = cursor if frontier_end is None else min(final_end, frontier_end)
     return TaskState(row["canonical_symbol"], name, cursor, max(cursor, target), frontier,
                      _order(row),

@@ -6,6 +6,7 @@ pipeline's own role needs no DDL rights."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from psycopg.rows import dict_row
 
 from agg_pipeline.db import migrations, queries
 from agg_pipeline.engine import aggregate as engine
-from agg_pipeline.engine import timeframes, windows
+from agg_pipeline.engine import health, timeframes, windows
 
 BACKUP_PREFIX = "data_agg_state_backup_"  # sql/008 validates and builds the table names
 # prune_backups' bound: backups are a deployment's safety net, kept days, not decades; a
@@ -126,14 +127,25 @@ def reset_cursors(conn: psycopg.Connection, *, symbols: list[str] | None = None,
     selected or not, is NULL or ahead of its source."""
     with conn.transaction(force_rollback=dry_run):
         check_selection(conn, symbols or [], timeframes_ or [])
+        ends = [{"canonical_symbol": r["canonical_symbol"], "timeframe": r["timeframe"],
+                 "frontier_window_end": r["frontier_window_end"].isoformat()}
+                for r in _calendar_rows(conn) if r["source_frontier_ts"] is not None]
         changed = _rows(conn, queries.query("reset_cursors"),
-                        {"symbols": symbols or None, "timeframes": timeframes_ or None})
-        ahead = _rows(conn, queries.query("cursors_ahead"))
+                        {"symbols": symbols or None, "timeframes": timeframes_ or None,
+                         "calendar_ends": json.dumps(ends)})
+        ahead = [r for r in _rows(conn, queries.query("cursors_ahead"))
+                 if r["cursor_status"] == "NULL" or not r.get("window_calendar")]
+        ahead += [r for r in _calendar_rows(conn) if r["cursor_status"] == "AHEAD"]
         if ahead:
             listed = ", ".join(f"{r['canonical_symbol']}/{r['timeframe']} ({r['cursor_status']})"
                                for r in ahead)
             raise RunbookError(f"post-reset validation failed, nothing committed: {listed}")
     return ResetResult(changed, dry_run)
+
+
+def _calendar_rows(conn: psycopg.Connection) -> list[dict]:
+    """Health rows of the tasks on a calendar, with their exact frontier windows."""
+    return [health.on_calendar(r) for r in _rows(conn, queries.query("calendar_tasks_health"))]
 
 
 def restore_agg_state(conn: psycopg.Connection, backup: str) -> dict[str, int]:

@@ -55,22 +55,25 @@ def utc_values(row: dict) -> dict:
 
 
 def floor(value: datetime, step: timedelta) -> datetime:
-    # in another zone, `value - delta` would be wall-clock arithmetic; and only UTC values
-    # may key the cache: two local times of a repeated hour are equal and hash alike
-    return _floor_utc(utc(value), step)
+    # in another zone, `value - delta` would be wall-clock arithmetic; and the memo's keys
+    # must be UTC: 01:30 EDT and 01:30 EST (fold=1) of New York's repeated hour hash and
+    # compare equal as New York times, so a memo keyed on them mixes them up
+    return _floor(utc(value), step)
+
+
+def ceil(value: datetime, step: timedelta) -> datetime:
+    return _ceil(utc(value), step)
 
 
 # (memoised: a run over thousands of symbols floors the same few instants for each of them)
 @lru_cache(maxsize=4096)
-def _floor_utc(value: datetime, step: timedelta) -> datetime:
+def _floor(value: datetime, step: timedelta) -> datetime:
     return value - (value - ORIGIN) % step
 
 
-def ceil(value: datetime, step: timedelta) -> datetime:
-    # (`==` between zones is False for a time in a repeated hour, e.g. 01:30 on the day New
-    # York leaves daylight time: compare in UTC)
-    value = utc(value)
-    floored = _floor_utc(value, step)
+@lru_cache(maxsize=4096)
+def _ceil(value: datetime, step: timedelta) -> datetime:
+    floored = _floor(value, step)
     return floored if floored == value else floored + step
 
 

@@ -21,12 +21,21 @@
 -- {source_table} is data_bars for the roots and derived_data_bars otherwise ({active_only}
 -- then keeps soft-deleted rows out); the two are never combined. {window_traded} is `false`,
 -- or a window function telling whether the row's window holds a traded bar.
+-- Windows (contract 15): on the UTC grid, the `window` fragment is date_bin from 2000-01-01 and
+-- every window expects %(expected)s source bars. For requests on a calendar the engine binds
+-- the windows themselves (calendars.py, zoneinfo): `starts`, `ends` and `exps` (expected
+-- source bars) of every window starting in [lo, final_to), in order (one set per distinct
+-- calendar and range in the window_sets parameter, named by `wkey`); a row's window is found
+-- by binary search (width_bucket), rows between sessions belong to none and are not read
+-- (`in_window`), a window's score is its count's share of its own expected count (`score`,
+-- agg_ladder_score of migration 021), and `pending` lists the windows in [hi, final_to).
 WITH req AS (
     SELECT *
     FROM json_to_recordset(%(requests)s::json)
         AS r(ord integer, symbol text, lo timestamptz, hi timestamptz, final_to timestamptz,
              read_from timestamptz, record_from timestamptz, record_limit timestamptz,
-             consume_from timestamptz, version integer)
+             consume_from timestamptz, version integer{request_columns})
+    {window_sets}
 ),
 -- Per request, inside its LATERAL subquery: `w`, one row per window with source rows, an
 -- active stored bar, or both, with its roll-up (contract 2), its place on the quality ladder
@@ -57,7 +66,7 @@ diff AS (
                 e.expected_candles AS old_expected_candles,
                 e.quality_score AS old_quality_score, e.derivation_version AS old_version,
                 e.updated_at AS old_since,
-                fin.final,
+                q.expected, fin.final,
                 CASE
                     WHEN e.ts_utc IS NULL THEN
                         CASE WHEN fin.final AND q.quality_score IS NOT NULL THEN 'insert' END
@@ -68,7 +77,7 @@ diff AS (
                              IS NOT DISTINCT FROM
                              (q.open, q.high, q.low, q.close, q.trade_count,
                               %(source_timeframe)s::text, q.source_candles,
-                              %(expected)s::integer, q.quality_score)
+                              q.expected, q.quality_score)
                          -- sums of floats may differ in the last bits with summation order
                          AND agg_same_float(e.vol, q.vol) AND agg_same_float(e.vwap, q.vwap)
                          AND e.raw IS NOT DISTINCT FROM q.raw THEN 'unchanged'
@@ -101,12 +110,13 @@ diff AS (
                             w.trade_count))
                     ELSE '{{}}'::jsonb END                              AS raw,
                     w.n::integer                                        AS source_candles,
-                    (%(score_by_count)s::integer[])[least(w.n, %(expected)s) + 1] AS quality_score,
+                    {expected}                                          AS expected,
+                    {score}                                             AS quality_score,
                     w.n, w.invalid_rows, w.partial_rows, w.rows_read, w.newest_ts,
                     w.ingested_max, w.ingested_sum
                 FROM (
                     SELECT
-                        date_bin(%(step)s::interval, ts_utc, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS ts_utc,
+                        {window} AS ts_utc,
                         count(*) FILTER (WHERE usable)                  AS n,
                         count(*) FILTER (WHERE NOT valid)               AS invalid_rows,
                         count(*) FILTER (WHERE valid AND NOT final)     AS partial_rows,
@@ -139,7 +149,7 @@ diff AS (
                             SELECT b.ts_utc, b.open, b.high, b.low, b.close, b.vol, b.vwap,
                                    b.trade_count, b.ingested_at,
                                    agg_bar_is_valid(b.open, b.high, b.low, b.close, b.vol, b.vwap,
-                                                    b.trade_count, b.ts_utc, %(source_step)s::interval)
+                                                    b.trade_count, b.ts_utc, {source_grid})
                                        AS valid,
                                    NOT b.is_partial AS final,
                                    date_part('epoch', b.ts_utc) AS t
@@ -149,6 +159,7 @@ diff AS (
                               AND b.ts_utc >= r.read_from
                               AND b.ts_utc < r.final_to
                               {active_only}
+                              {in_window}
                             -- a planner fence: without it agg_bar_is_valid() is inlined into
                             -- every FILTER and evaluated once per aggregate, not once per row
                             OFFSET 0
@@ -175,14 +186,14 @@ diff AS (
             -- contract 6: final by the delay, or complete, or already stored as final
             CROSS JOIN LATERAL (
                 SELECT COALESCE(q.ts_utc, e.ts_utc) < r.hi
-                       OR COALESCE(q.n = %(expected)s, false)
+                       OR COALESCE(q.n = q.expected, false)
                        OR (e.ts_utc IS NOT NULL AND NOT e.is_partial) AS final
             ) fin
         ),
         bound AS (
             SELECT COALESCE(min(g.ts) FILTER (WHERE f.window_ts IS NULL), r.final_to)
                        AS final_hi
-            FROM generate_series(r.hi, r.final_to - %(step)s::interval, %(step)s::interval) AS g(ts)
+            FROM {pending} AS g(ts)
             LEFT JOIN w f ON f.window_ts = g.ts AND f.final
         )
         SELECT 'write' AS kind, w.window_ts AS at, w.action, w.open, w.high, w.low, w.close,
@@ -190,7 +201,7 @@ diff AS (
                w.existing_ctid, w.was_partial, w.old_id, w.old_open, w.old_high, w.old_low,
                w.old_close, w.old_vol, w.old_vwap, w.old_trade_count, w.old_source_timeframe,
                w.old_source_candles, w.old_expected_candles, w.old_quality_score,
-               w.old_version, w.old_since,
+               w.old_version, w.old_since, w.expected,
                NULL::bigint[] AS counts, NULL::timestamptz AS newest_source_ts,
                NULL::timestamptz AS fp_max, NULL::numeric AS fp_sum
         FROM w
@@ -200,7 +211,7 @@ diff AS (
                                TIMESTAMPTZ '2000-01-01 00:00:00+00'),
                NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-               NULL,
+               NULL, NULL,
                ARRAY[
                    count(*) FILTER (WHERE w.final AND w.rows_read > 0),
                    count(*) FILTER (WHERE w.final AND w.rows_read > 0
@@ -229,7 +240,7 @@ diff AS (
         UNION ALL
         SELECT 'bound', b.final_hi, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-               NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+               NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
         FROM bound b
     ) x
 ),
@@ -240,7 +251,7 @@ inserted AS (
         quality_score, derivation_version, created_at, updated_at, raw)
     SELECT x.symbol, %(timeframe)s, x.at, x.open, x.high, x.low, x.close, x.vol, x.vwap,
            x.trade_count, false, 'agg', now(), %(source_timeframe)s, x.source_candles,
-           %(expected)s, x.quality_score, x.version, now(), now(), x.raw
+           x.expected, x.quality_score, x.version, now(), now(), x.raw
     FROM diff x
     WHERE x.kind = 'write' AND x.action = 'insert'
 ),
@@ -250,7 +261,7 @@ updated AS (
     UPDATE derived_data_bars d
     SET open = x.open, high = x.high, low = x.low, close = x.close, vol = x.vol,
         vwap = x.vwap, trade_count = x.trade_count, source_timeframe = %(source_timeframe)s,
-        source_candles = x.source_candles, expected_candles = %(expected)s,
+        source_candles = x.source_candles, expected_candles = x.expected,
         quality_score = x.quality_score, derivation_version = x.version, raw = x.raw,
         is_partial = false, ingested_at = now(), updated_at = now()
     FROM diff x

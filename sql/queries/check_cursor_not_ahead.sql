@@ -1,6 +1,8 @@
 -- Tasks of one timeframe whose cursor is NULL or past the end of the window holding the
--- newest source row (SPEC, corrected AHEAD rule), within the check's scope.
-SELECT canonical_symbol, cursor_ts, source_frontier_ts, frontier_window_end, cursor_status
+-- newest source row (SPEC, corrected AHEAD rule), within the check's scope. For a task on a
+-- calendar the caller recomputes the window's end (health.on_calendar).
+SELECT canonical_symbol, timeframe, cursor_ts, source_frontier_ts, frontier_window_end,
+       cursor_status, window_calendar
 FROM v_aggregation_frontier_health
 WHERE timeframe = %(timeframe)s
   AND status <> 'retired'

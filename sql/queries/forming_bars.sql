@@ -6,12 +6,15 @@
 -- Every other partial bar of the request at or after hi is withdrawn (at most one forming
 -- bar; for a symbol that opted out, none). Partial bars are not versions: no revisions.
 -- {source_table}/{source_filter} as in aggregate_windows.sql, except that 1h and above read
--- forming 5m bars too. Returns each forming bar's window and source count.
+-- forming 5m bars too. Returns each forming bar's window and source count. A request on a
+-- calendar carries its windows in [hi, range_end) as aggregate_windows.sql's do (`starts`,
+-- `ends`, `exps`), the fragments find a row's window, its end and expected count in them.
 WITH req AS (
     SELECT *
     FROM json_to_recordset(%(requests)s::json)
         AS r(symbol text, hi timestamptz, range_end timestamptz, forming boolean,
-             version integer)
+             version integer{request_columns})
+    {window_sets}
 ),
 rolled AS (
     SELECT r.symbol, r.version, f.*
@@ -27,7 +30,8 @@ rolled AS (
                END AS vwap,
                CASE WHEN count(s.trade_count) = count(*) THEN sum(s.trade_count)::integer END
                    AS trade_count,
-               count(*)::integer AS source_candles
+               count(*)::integer AS source_candles,
+               {expected} AS expected
         FROM (
             SELECT b.ts_utc, b.open, b.high, b.low, b.close, b.vol, b.vwap, b.trade_count,
                    NOT b.is_partial AS final, date_part('epoch', b.ts_utc) AS t
@@ -40,11 +44,10 @@ rolled AS (
               AND b.ts_utc <= %(as_of)s
               {source_filter}
               AND agg_bar_is_valid(b.open, b.high, b.low, b.close, b.vol, b.vwap,
-                                   b.trade_count, b.ts_utc, %(source_step)s::interval)
+                                   b.trade_count, b.ts_utc, {source_grid})
         ) s
         JOIN (
-            SELECT date_bin(%(step)s::interval, max(b.ts_utc), TIMESTAMPTZ '2000-01-01 00:00:00+00')
-                       AS ts_utc
+            SELECT {newest_window} AS ts_utc
             FROM {source_table} b
             WHERE r.forming
               AND b.canonical_symbol = r.symbol
@@ -54,13 +57,13 @@ rolled AS (
               AND b.ts_utc <= %(as_of)s
               {source_filter}
               AND agg_bar_is_valid(b.open, b.high, b.low, b.close, b.vol, b.vwap,
-                                   b.trade_count, b.ts_utc, %(source_step)s::interval)
+                                   b.trade_count, b.ts_utc, {source_grid})
             HAVING count(*) > 0
-        ) w ON s.ts_utc >= w.ts_utc AND s.ts_utc < w.ts_utc + %(step)s::interval
+        ) w ON s.ts_utc >= w.ts_utc AND s.ts_utc < {window_end}
         GROUP BY w.ts_utc
         -- a complete window is final: aggregate_windows.sql wrote it
-        HAVING count(*) FILTER (WHERE s.final) < %(expected)s
-            OR w.ts_utc + %(step)s::interval > %(as_of)s
+        HAVING count(*) FILTER (WHERE s.final) < {expected}
+            OR {window_end} > %(as_of)s
     ) f
 ),
 partial_bars AS (
@@ -105,7 +108,7 @@ inserted AS (
         quality_score, derivation_version, created_at, updated_at, raw)
     SELECT f.symbol, %(timeframe)s, f.ts_utc, f.open, f.high, f.low, f.close, f.vol, f.vwap,
            f.trade_count, true, 'agg', now(), %(source_timeframe)s, f.source_candles,
-           %(expected)s, NULL, f.version, now(), now(), '{{}}'::jsonb
+           f.expected, NULL, f.version, now(), now(), '{{}}'::jsonb
     FROM rolled f
     WHERE NOT EXISTS (
         SELECT 1 FROM derived_data_bars d

@@ -9,10 +9,13 @@
 --   past the frontier's window. A cursor at or past it has nothing to do: caught up.
 -- %(ladder_names)s / %(ladder_minutes)s: every timeframe's length in minutes (1m included),
 -- from the ladder, for the expected number of source bars of a window. %(now)s: the instant
--- finality is judged at (NULL: now(); the view's own columns always use now()).
+-- finality is judged at (NULL: now(); the view's own columns always use now()). A task on a
+-- calendar (window_calendar) gets its due_through, lag and cursor status from the engine's
+-- calendar arithmetic instead (health.py).
 SELECT h.canonical_symbol, h.timeframe, h.status, h.enabled, h.cursor_ts, h.source_frontier_ts,
        h.gap, h.cursor_status, h.minutes_since_success, h.hard_fail_streak, h.bars_per_run,
-       h.last_error, h.stray_source_rows, d.due_through,
+       h.last_error, h.stray_source_rows, d.due_through, h.window_calendar,
+       h.aggregation_delay_seconds, h.frontier_window_end, n.now AS judged_at,
        CASE WHEN h.cursor_ts IS NOT NULL AND d.due_through IS NOT NULL
             THEN greatest(d.due_through - h.cursor_ts, interval '0') END AS lag
 FROM v_aggregation_frontier_health h

@@ -15,6 +15,7 @@ SELECT
     s.last_successful_at_utc,
     s.status,
     s.hard_fail_streak,
+    s.window_calendar,
     r.agg_forming_bars AS forming,
     s.forming_through,
     agg_source_frontier(s.canonical_symbol, s.source_timeframe, %(as_of)s) AS frontier_ts

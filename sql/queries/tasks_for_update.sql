@@ -5,7 +5,8 @@
 -- without, a read to find which tasks have anything to do). With each: the
 -- symbol's registry settings, its source frontier now (newest usable source row), the end of
 -- the fingerprint recorded for the cursor's UTC day (an incremental read continues it), and
--- the declared retention horizon of its source (contract 16).
+-- the declared retention horizon of its source (contract 16). window_calendar: the calendar
+-- its windows follow (NULL: the UTC grid; migration 021).
 SELECT
     s.canonical_symbol,
     s.source_timeframe,
@@ -15,6 +16,7 @@ SELECT
     s.last_agg_bar_ts_utc,
     s.derivation_version,
     s.forming_through,
+    s.window_calendar,
     r.agg_skip_zero_volume_ohlc,
     r.agg_forming_bars,
     agg_source_frontier(s.canonical_symbol, s.source_timeframe, %(as_of)s) AS frontier,
