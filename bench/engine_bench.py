@@ -41,9 +41,9 @@ import psycopg
 from psycopg import sql
 
 from agg_pipeline import demo, settings
-from agg_pipeline.db import connection, migrations
+from agg_pipeline.db import connection, migrations, queries
 from agg_pipeline.engine import aggregate as engine
-from agg_pipeline.engine import tasks, timeframes
+from agg_pipeline.engine import monitoring, tasks, timeframes
 
 # Targets from the issue.
 # SPEC, "Performance and scale": the engine is judged against the write floor (the same
@@ -1172,12 +1172,25 @@ def first_builds(conn, meter: Meter, symbols: list[str], start: datetime, end: d
 
 
 def recheck(conn, meter: Meter, symbols: list[str], end: datetime,
-            repeat: int) -> list[Sample]:
-    """The last 7 days of every symbol materialised again, nothing changed (a backfill or a
-    late-data run over days that did not change)."""
+            repeat: int) -> dict[str, list[Sample]]:
+    """The reconciliation backstop's re-check of the last 7 unchanged days of every symbol
+    (monitoring.recheck: day fingerprints against the rows present, then the re-aggregation
+    rolled back), its fingerprint half alone beside it, and the same days materialised
+    again for real (a backfill or late-data run over days that did not change)."""
     start = end - timedelta(days=7)
-    return [many_engine(conn, meter, symbols, start, end, end + timedelta(hours=1))[0]
-            for _ in range(repeat)]
+    spans = [engine.Span(s, start, end) for s in symbols]
+    fingerprints = {"timeframe": TF_5M.name, "symbols": symbols,
+                    "starts": [start] * len(symbols), "ends": [end] * len(symbols)}
+    out: dict[str, list[Sample]] = {"recheck": [], "fingerprints": [], "materialised": []}
+    for _ in range(repeat):
+        out["recheck"].append(meter.measure(lambda: monitoring.recheck(
+            conn, TF_5M.name, spans, as_of=end + timedelta(hours=1)))[0])
+        out["fingerprints"].append(meter.measure(lambda: (conn.execute(
+            queries.query("recheck_pending_days"), fingerprints).fetchall(),
+            conn.rollback()))[0])
+        out["materialised"].append(many_engine(conn, meter, symbols, start, end,
+                                               end + timedelta(hours=1))[0])
+    return out
 
 
 def live_ticks(base: str, count: int, repeat: int) -> dict[str, list]:
@@ -1252,7 +1265,7 @@ def _figure(sample: Sample) -> str:
     return f"{sample.wall:.3f} s (wall{cpu})"
 
 
-def report_scale(args, rows: int, built: dict, rechecked: list[Sample],
+def report_scale(args, rows: int, built: dict, rechecked: dict[str, list[Sample]],
                  live: dict[int, dict[str, list]]) -> None:
     p = print
     n, days = args.symbols, args.scale_days
@@ -1274,9 +1287,12 @@ def report_scale(args, rows: int, built: dict, rechecked: list[Sample],
       f"last {tenth} {sum(s.wall for s in each[-tenth:]):.3f} s: last/first "
       f"{built['growth']:.2f}x {verdict(built['growth'] <= TARGET_GROWTH)} (target "
       f"<= {TARGET_GROWTH}x)")
-    re = _best(rechecked)
-    p(f"  re-check, 7 unchanged days of {n} symbols   {_figure(re)} "
-      f"{verdict(re.wall < TARGET_RECHECK_S)} (target < {TARGET_RECHECK_S} s)")
+    re = {key: _best(found) for key, found in rechecked.items()}
+    p(f"  re-check, 7 unchanged days of {n} symbols   {_figure(re['recheck'])} "
+      f"{verdict(re['recheck'].wall < TARGET_RECHECK_S)} (target < {TARGET_RECHECK_S} s; "
+      f"the reconciliation's, 5m)")
+    p(f"    of which day fingerprints alone            {_figure(re['fingerprints'])}")
+    p(f"  the same days materialised again, 5m and 1h {_figure(re['materialised'])}")
     for count, found in live.items():
         new, idle, flo = _best(found["new"]), _best(found["idle"]), _best(found["floor"])
         p(f"live tick, {count} symbols, today built to noon; best of {len(found['new'])}")
