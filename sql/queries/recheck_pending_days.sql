@@ -24,8 +24,14 @@ CROSS JOIN LATERAL agg_source_fingerprint(r.canonical_symbol, r.covered_from,
 WHERE (now_fp.source_rows, now_fp.source_ingested_max, now_fp.source_ingested_sum)
       IS DISTINCT FROM (r.source_rows, r.source_ingested_max, r.source_ingested_sum)
 UNION ALL
-SELECT c.canonical_symbol, c.day, 'captured'
-FROM data_agg_source_changes c
-WHERE c.canonical_symbol = ANY (%(symbols)s::text[])
-  AND c.timeframe = '1m'
-  AND c.seq > c.consumed_seq
+-- (a captured day only where it overlaps a span: a row stamped 'infinity' is captured on
+-- day 'infinity', which no span reaches and Python cannot hold)
+SELECT DISTINCT c.canonical_symbol, c.day, 'captured'
+FROM unnest(%(symbols)s::text[], %(starts)s::timestamptz[], %(ends)s::timestamptz[])
+    AS q(symbol, start_at, end_at)
+JOIN data_agg_source_changes c
+  ON c.canonical_symbol = q.symbol
+ AND c.timeframe = '1m'
+ AND c.seq > c.consumed_seq
+ AND c.day >= (q.start_at AT TIME ZONE 'UTC')::date
+ AND c.day < q.end_at AT TIME ZONE 'UTC'
