@@ -440,7 +440,10 @@ def test_live_writer_while_the_daemon_runs_loses_and_doubles_nothing(
             def context() -> str:
                 runs = Counter((r.dagster_run.tags.get("agg/reason", "?")[:20],
                                 r.dagster_run.status.value) for r in watch.get_run_records())
-                return f"runs {dict(runs)}\n{daemon.log()[-4000:]}"
+                failed = {run_id: (reason, [m[:600] for m in messages]) for run_id, (
+                    reason, messages) in failed_runs(watch).items()}
+                return (f"runs {dict(runs)}\nfailed {failed}\nmismatch {mismatch}\n"
+                        f"{daemon.log()[-4000:]}")
 
             writer.start()
             writer.join(LIVE_WRITER_SECONDS + 120)
@@ -448,13 +451,16 @@ def test_live_writer_while_the_daemon_runs_loses_and_doubles_nothing(
             if writer.error is not None:
                 raise writer.error
 
+            mismatch: list[str] = []  # the oracle's last disagreement, for the failure
+
             def settled():
                 if watch.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT)):
                     return None
                 try:
                     return compare_with_oracle(db, symbols, db_now(db))
-                except AssertionError:
+                except AssertionError as error:
                     db.rollback()
+                    mismatch[:] = [str(error)[:1500]]
                     return None
 
             wait_for(settled, 300, "the pipeline to catch up with the feed", context,
