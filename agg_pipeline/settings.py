@@ -250,6 +250,52 @@ def liveness_check_seconds() -> int:
     return _count(LIVENESS_CHECK_VAR, DEFAULT_LIVENESS_CHECK_S)
 
 
+# Retention of Dagster's own run/event storage (defs/storage_retention.py): finished live-lane
+# runs older than these many days are deleted with their events, unless a run holds the latest
+# materialisation, observation or check evaluation of something. 0 or `off` disables a class.
+DAGSTER_RETENTION_DAYS_VAR = "AGG_DAGSTER_RETENTION_DAYS"
+DEFAULT_DAGSTER_RETENTION_DAYS = 7
+DAGSTER_RETENTION_FAILED_DAYS_VAR = "AGG_DAGSTER_RETENTION_FAILED_DAYS"
+DEFAULT_DAGSTER_RETENTION_FAILED_DAYS = 30
+DAGSTER_RETENTION_RUNS_PER_TICK_VAR = "AGG_DAGSTER_RETENTION_RUNS_PER_TICK"
+DEFAULT_DAGSTER_RETENTION_RUNS_PER_TICK = 50
+
+
+def _days_or_off(var: str, default: int) -> int | None:
+    raw = os.environ.get(var, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("0", "off"):
+        return None
+    if not raw.isdigit():
+        raise ValueError(f"{var}={raw!r} must be a whole number of days, or 0 / 'off' to "
+                         "disable it")
+    return int(raw)
+
+
+def dagster_retention_days() -> int | None:
+    """Age in days after which a successful live run is deleted from Dagster's storage;
+    None: never."""
+    return _days_or_off(DAGSTER_RETENTION_DAYS_VAR, DEFAULT_DAGSTER_RETENTION_DAYS)
+
+
+def dagster_retention_failed_days() -> int | None:
+    """The same for a failed or canceled live run: never shorter than the successful runs'."""
+    failed = _days_or_off(DAGSTER_RETENTION_FAILED_DAYS_VAR,
+                          DEFAULT_DAGSTER_RETENTION_FAILED_DAYS)
+    success = dagster_retention_days()
+    if failed is not None and success is not None and failed < success:
+        raise ValueError(f"{DAGSTER_RETENTION_FAILED_DAYS_VAR}={failed} must be at least "
+                         f"{DAGSTER_RETENTION_DAYS_VAR} ({success}): failed runs are kept "
+                         "longer, for their diagnosis")
+    return failed
+
+
+def dagster_retention_runs_per_tick() -> int:
+    """Runs the retention sensor deletes at most per tick."""
+    return _count(DAGSTER_RETENTION_RUNS_PER_TICK_VAR, DEFAULT_DAGSTER_RETENTION_RUNS_PER_TICK)
+
+
 def validate() -> None:
     """Read every setting once: ValueError naming each bad one (one line). `agg-pipeline dev`
     calls it before starting anything, so a bad value is not found later by each Dagster
@@ -257,7 +303,8 @@ def validate() -> None:
     readers = (environment, default_agg_start, time_partition, freshness_cron,
                max_runs_per_tick, max_partitions_per_run, reconcile_days,
                reconcile_symbols_per_tick, backfill_max_partitions_per_run,
-               heartbeat_timeout_seconds, liveness_check_seconds)
+               heartbeat_timeout_seconds, liveness_check_seconds, dagster_retention_days,
+               dagster_retention_failed_days, dagster_retention_runs_per_tick)
     problems = []
     for read in readers:
         try:

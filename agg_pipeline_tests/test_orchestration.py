@@ -74,8 +74,8 @@ def test_definitions_snapshot():
         "jobs": ["aggregate_bars", "backup_agg_state", "legacy_cleanup", "legacy_cleanup_undo",
                  "preflight_report", "prune_backups", "rebuild_range", "reset_cursors",
                  "restore_agg_state"],
-        "sensors": ["alerts_sensor", "late_data_sensor", "registry_sync_sensor",
-                    "run_liveness_sensor", "source_frontier_sensor"],
+        "sensors": ["alerts_sensor", "dagster_storage_retention_sensor", "late_data_sensor",
+                    "registry_sync_sensor", "run_liveness_sensor", "source_frontier_sensor"],
         "schedules": [("catchup_schedule", "*/5 * * * *")],
         "asset_checks": sorted(
             [f"bars_{tf}:{check}"

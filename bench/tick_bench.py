@@ -28,6 +28,14 @@ grain, on the configured server (AGG_DATABASE_URL, else the embedded one):
   events   what reporting the frontier sensor's bars_1m observations costs the daemon: the
            bound of a tick (25) and one per symbol (N, the sensor before the planner).
 
+--storage-runs K measures Dagster's own storage instead (issue 20) and nothing else: day grain,
+N symbols' last 2 hours, K live runs of bars_5m + bars_1h over every symbol's today (each
+re-reads the 2 hours, cursors set back: a live run's partitions, metadata and checks), the
+storage's size after each; then every run but the last aged 10 days and
+dagster_storage_retention_sensor's pass (apply_retention, 7 / 30 days), and the size after it,
+before and after VACUUM FULL of the scratch storage (in production autovacuum makes the space
+reusable: the files stop growing rather than shrink).
+
 By default both grains run, each in its own interpreter (the grain is read at import).
 Everything lives in uniquely named scratch databases, dropped at the end unless --keep. A
 report: the exit code is 0 whether or not a target is met. Run from the checkout:
@@ -309,6 +317,91 @@ def run_grain(args: argparse.Namespace, scratch: Scratch) -> dict:
     return figures
 
 
+STORAGE_TABLES = ("event_logs", "runs", "run_tags", "asset_event_tags",
+                  "asset_check_executions")
+
+
+def storage_size(storage_url: str) -> dict[str, int]:
+    with connection.connect(storage_url, autocommit=True) as conn:
+        tables = {name: conn.execute("SELECT pg_total_relation_size(%s)", (name,)).fetchone()[0]
+                  for name in STORAGE_TABLES}
+        tables["database"] = conn.execute(
+            "SELECT pg_database_size(current_database())").fetchone()[0]
+        tables["event_rows"] = conn.execute("SELECT count(*) FROM event_logs").fetchone()[0]
+    return tables
+
+
+def storage_figures(args: argparse.Namespace, scratch: Scratch) -> None:
+    """--storage-runs: Dagster's storage per live run, and after the retention sensor's pass."""
+    import dagster as dg
+
+    from agg_pipeline.definitions import defs
+    from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, range_tags
+    from agg_pipeline.defs.resources import MarketDatabase
+    from agg_pipeline.defs.sensors import registry_sync_sensor
+    from agg_pipeline.defs.storage_retention import Policy, apply_retention
+    from agg_pipeline.defs.tags import LANE_TAG, LIVE_LANE
+    from agg_pipeline_tests.processes import storage_instance
+
+    market_url, storage_url = scratch.database("market"), scratch.database("dagster")
+    os.environ[settings.DATABASE_URL_VAR] = market_url
+    symbols = [f"T{i:04d}" for i in range(args.symbols)]
+    now = datetime.now(UTC)
+    seed(market_url, symbols, 0, now)
+    cursor = (now - timedelta(hours=LIVE_HOURS)).replace(second=0, microsecond=0)
+    cursor -= timedelta(minutes=cursor.minute % 5)
+    with storage_instance(storage_url, scratch.directory("home")) as instance:
+        with dg.build_sensor_context(instance=instance,
+                                     resources={"market_db": MarketDatabase()}) as context:
+            [added] = registry_sync_sensor(context).dynamic_partitions_requests
+        instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, list(added.partition_keys))
+        job = defs.resolve_job_def("aggregate_bars")
+        tags = {**range_tags(symbols[0], cursor.date(), cursor.date(), last_symbol=symbols[-1]),
+                LANE_TAG: LIVE_LANE}
+        sizes = [storage_size(storage_url)]
+        run_ids = []
+        for index in range(args.storage_runs):
+            set_cursors(market_url, cursor)
+            seconds, result = timed(lambda: job.execute_in_process(
+                instance=instance, tags=tags, raise_on_error=False,
+                asset_selection=[dg.AssetKey("bars_5m"), dg.AssetKey("bars_1h")]))
+            run_ids.append(result.run_id)
+            sizes.append(storage_size(storage_url))
+            log(f"run {index + 1}: {'ok' if result.success else 'FAILED'} in {seconds:.1f} s, "
+                f"storage tables {sum(sizes[-1][t] for t in STORAGE_TABLES) / 1e6:.2f} MB")
+        # Dagster has no API to date a run: every run but the last is made 10 days old
+        with connection.connect(storage_url, autocommit=True) as conn:
+            conn.execute("UPDATE runs SET create_timestamp = create_timestamp - interval "
+                         "'10 days', update_timestamp = update_timestamp - interval '10 days' "
+                         "WHERE run_id = ANY(%s)", (run_ids[:-1],))
+        seconds, outcome = timed(lambda: apply_retention(
+            instance, Policy(success_days=7, failed_days=30, max_deletes=50, keep_newest=0),
+            datetime.now(UTC)))
+        after = storage_size(storage_url)
+        with connection.connect(storage_url, autocommit=True) as conn:
+            conn.execute("VACUUM FULL")
+        after_full = storage_size(storage_url)
+
+    def tables(size: dict[str, int]) -> float:
+        return sum(size[t] for t in STORAGE_TABLES) / 1e6
+
+    grown = tables(sizes[-1]) - tables(sizes[1])
+    print(f"Dagster storage, {args.symbols} symbols x today, {args.storage_runs} live runs "
+          f"(bars_5m + bars_1h and their checks, {2 * args.symbols} materialisations each)")
+    print(f"  before the runs: tables {tables(sizes[0]):.2f} MB, database "
+          f"{sizes[0]['database'] / 1e6:.1f} MB")
+    print(f"  after the first run: tables {tables(sizes[1]):.2f} MB; after {args.storage_runs}: "
+          f"{tables(sizes[-1]):.2f} MB ({grown / max(args.storage_runs - 1, 1):.2f} MB per "
+          f"further run, {sizes[-1]['event_rows']:,} event rows), database "
+          f"{sizes[-1]['database'] / 1e6:.1f} MB")
+    print(f"  retention pass: {outcome.summary} ({seconds:.2f} s)")
+    print(f"  after it: tables {tables(after):.2f} MB ({after['event_rows']:,} event rows; "
+          f"files not shrunk by DELETE); after VACUUM FULL {tables(after_full):.2f} MB, "
+          f"database {after_full['database'] / 1e6:.1f} MB")
+    for name in STORAGE_TABLES:
+        print(f"    {name}: {sizes[-1][name] / 1e6:.2f} MB -> {after_full[name] / 1e6:.2f} MB")
+
+
 def count_claims(url: str) -> int:
     with connection.connect(url) as conn:
         return conn.execute("SELECT count(*) FROM data_agg_plan_claims").fetchone()[0]
@@ -436,10 +529,22 @@ def main() -> int:
                         help="symbols with 7 days of history (the reconciliation's budget)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--storage-runs", type=int, default=0,
+                        help="measure Dagster's storage over K live runs and the retention")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, terminate_on_sigterm)
     start = (datetime.now(UTC) - timedelta(days=365 * YEARS + 1)).replace(
         hour=0, minute=0, second=0, microsecond=0)
+    if args.storage_runs:
+        os.environ.update({**settings.DAGSTER_PROCESS_ENV, settings.TIME_PARTITION_VAR: "day",
+                           settings.START_VAR: (start + timedelta(days=365 * YEARS - 2))
+                           .isoformat()})
+        scratch = Scratch(server_url(), args.keep, prefix="agg_tick")
+        try:
+            storage_figures(args, scratch)
+            return 0
+        finally:
+            scratch.close()
     if args.child:
         scratch = Scratch(server_url(), args.keep, prefix="agg_tick")
         try:
