@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import textwrap
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ import psycopg
 
 from agg_pipeline import devserver, listing, settings
 from agg_pipeline.db import connection, embedded, migrations
+from agg_pipeline.engine.reasons import Revision
 
 # A login without a right the command needs: the pipeline's runtime login (README, "Least
 # privilege") may run dev, status and history, and migrate when nothing is pending.
@@ -240,14 +242,15 @@ Columns:
   change         what ended the version: restated (values changed), withdrawn (the window no
                  longer qualifies, e.g. its source rows were deleted), rebuilt
                  (rebuild_range); current: not ended
-  reason         why: late_data, correction, deletion, reconciliation, catch_up, backfill,
-                 rebuild, manual
+{REASONS}
   run            the Dagster run that made the change (its first 8 characters)
 
 The default table fits 120 columns: a date shared by every line moves to the header, and if
 it is still too wide ver, vol and run are left out (the header says so). --wide prints
 everything: full timestamps, every digit, full run ids, vwap, trades and expected bars (exp).
-"""
+""".replace("{REASONS}", "\n".join(textwrap.wrap(
+    "why: " + ", ".join(Revision), width=90, initial_indent="  reason         ",
+    subsequent_indent=" " * 17)))
 
 
 @main.command(help=HISTORY_HELP,

@@ -19,6 +19,7 @@ from agg_pipeline.defs.requests import database_now, plan, run_request, summary,
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.defs.synthetic import with_synthetic_step
 from agg_pipeline.engine import planning, synthetic, tasks, timeframes
+from agg_pipeline.engine.reasons import Reason
 
 # Rows whose ingestion transaction committed up to this long after its ingested_at stamp
 # are still seen by the late-data sensor.
@@ -209,8 +210,8 @@ def late_data_sensor(context: dg.SensorEvaluationContext,
     # hold until it is (a day already handled matches its fingerprint again: no repeat)
     held = result.claimed + result.waiting
     new_state = LateState(
-        since if any(w.reason == planning.LATE_DATA for w in held) else as_of,
-        state.reconcile_after if any(planning.RECONCILIATION in w.causes for w in held)
+        since if any(w.reason == Reason.LATE_DATA for w in held) else as_of,
+        state.reconcile_after if any(Reason.RECONCILIATION in w.causes for w in held)
         else (reconciled.checked[-1] if reconciled.checked else state.reconcile_after))
     left = summary(result)
     if not result.runs:
