@@ -149,8 +149,27 @@ def _calendar_rows(conn: psycopg.Connection) -> list[dict]:
     return [health.on_calendar(r) for r in _rows(conn, queries.query("calendar_tasks_health"))]
 
 
+RESTORE_CHOICES_SHOWN = 5  # backups a restore without a name lists
+
+
+def backup_tables(conn: psycopg.Connection) -> list[str]:
+    """The data_agg_state backups (v_agg_state_backups), newest name first."""
+    names = [row[0] for row in conn.execute("SELECT backup_table FROM v_agg_state_backups")]
+    conn.rollback()
+    return names
+
+
 def restore_agg_state(conn: psycopg.Connection, backup: str) -> dict[str, int]:
     """Make data_agg_state equal to the backup table (every column, updated_at included)."""
+    if not backup:
+        shown = backup_tables(conn)
+        raise RunbookError(
+            "name the backup to restore (backup_table): "
+            + (", ".join(shown[:RESTORE_CHOICES_SHOWN])
+               + (f" (and {len(shown) - RESTORE_CHOICES_SHOWN} older)"
+                  if len(shown) > RESTORE_CHOICES_SHOWN else "")
+               if shown else "there is none (backup_agg_state makes one)")
+            + "; nothing changed")
     with _refusals(), conn.transaction():
         restored, removed = conn.execute("SELECT * FROM agg_restore_state(%s)",
                                          (backup,)).fetchone()
