@@ -7,8 +7,8 @@ Every config field has a default, so each launchpad opens prefilled and valid (D
 it from the defaults): an example where one is harmless (legacy_cleanup's dry run of DXY 1m,
 rebuild_range's instants), else an empty value the op refuses, changing nothing, with what to
 fill in (restore_agg_state lists the backups). Launched as it opens, no job changes anything
-but reset_cursors (its defaults: every cursor, validated before commit) and prune_backups
-(backups older than 2 days, seed 000's rule).
+but backup_agg_state (a timestamped backup), reset_cursors (its defaults: every cursor,
+validated before commit) and prune_backups (backups older than 2 days, seed 000's rule).
 """
 
 from datetime import datetime
