@@ -156,7 +156,8 @@ def _seed(url: str, symbols: list[str], days: int) -> None:
         migrations.assert_migrated(conn)
         conn.rollback()
         total = len(symbols) * days * 24 * 60
-        with click.progressbar(length=total, label=f"demo data for {', '.join(symbols)}") as bar:
+        label = f"demo data for {listing.summarise(symbols)}"
+        with click.progressbar(length=total, label=label) as bar:
             inserted = demo.seed_demo(conn, symbols, days, progress=bar.update)
         # fresh statistics, so the first aggregations plan on real row counts
         conn.execute("ANALYZE data_bars")
@@ -467,8 +468,10 @@ def _sync_registry(market_url: str) -> list[str]:
     with connection.connect(market_url) as conn:
         result = tasks.sync_tasks(conn, settings.environment(),
                                   agg_start=settings.default_agg_start())
-    for symbol, problem in sorted(result.rejected.items()):
-        click.echo(f"registry symbol {symbol!r} not synced: {problem}")
+    for line in listing.capped([f"registry symbol {symbol!r} not synced: {problem}"
+                                for symbol, problem in sorted(result.rejected.items())],
+                               "registry symbols not synced"):
+        click.echo(line)
     with dg.DagsterInstance.get() as instance:
         known = set(instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
         missing = [s for s in result.symbols if s not in known]
