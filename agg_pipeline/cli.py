@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import textwrap
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ import psycopg
 
 from agg_pipeline import devserver, listing, settings
 from agg_pipeline.db import connection, embedded, migrations
+from agg_pipeline.engine.reasons import Revision
 
 # A login without a right the command needs: the pipeline's runtime login (README, "Least
 # privilege") may run dev, status and history, and migrate when nothing is pending.
@@ -154,7 +156,8 @@ def _seed(url: str, symbols: list[str], days: int) -> None:
         migrations.assert_migrated(conn)
         conn.rollback()
         total = len(symbols) * days * 24 * 60
-        with click.progressbar(length=total, label=f"demo data for {', '.join(symbols)}") as bar:
+        label = f"demo data for {listing.summarise(symbols)}"
+        with click.progressbar(length=total, label=label) as bar:
             inserted = demo.seed_demo(conn, symbols, days, progress=bar.update)
         # fresh statistics, so the first aggregations plan on real row counts
         conn.execute("ANALYZE data_bars")
@@ -240,14 +243,15 @@ Columns:
   change         what ended the version: restated (values changed), withdrawn (the window no
                  longer qualifies, e.g. its source rows were deleted), rebuilt
                  (rebuild_range); current: not ended
-  reason         why: late_data, correction, deletion, reconciliation, catch_up, backfill,
-                 rebuild, manual
+{REASONS}
   run            the Dagster run that made the change (its first 8 characters)
 
 The default table fits 120 columns: a date shared by every line moves to the header, and if
 it is still too wide ver, vol and run are left out (the header says so). --wide prints
 everything: full timestamps, every digit, full run ids, vwap, trades and expected bars (exp).
-"""
+""".replace("{REASONS}", "\n".join(textwrap.wrap(
+    "why: " + ", ".join(Revision), width=90, initial_indent="  reason         ",
+    subsequent_indent=" " * 17)))
 
 
 @main.command(help=HISTORY_HELP,
@@ -464,8 +468,10 @@ def _sync_registry(market_url: str) -> list[str]:
     with connection.connect(market_url) as conn:
         result = tasks.sync_tasks(conn, settings.environment(),
                                   agg_start=settings.default_agg_start())
-    for symbol, problem in sorted(result.rejected.items()):
-        click.echo(f"registry symbol {symbol!r} not synced: {problem}")
+    for line in listing.capped([f"registry symbol {symbol!r} not synced: {problem}"
+                                for symbol, problem in sorted(result.rejected.items())],
+                               "registry symbols not synced"):
+        click.echo(line)
     with dg.DagsterInstance.get() as instance:
         known = set(instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
         missing = [s for s in result.symbols if s not in known]

@@ -23,3 +23,15 @@ def summarise(names: Sequence[str], noun: str = "symbols") -> str:
             break
         shown.append(name)
     return f"{len(names)} {label}: {', '.join(shown)}, ... (+{len(names) - len(shown)} more)"
+
+
+# A tick's or command's log lists at most this many items of one kind, then a count.
+LOG_LINES = 5
+
+
+def capped(lines: Sequence[str], noun: str, limit: int = LOG_LINES) -> list[str]:
+    """The first `limit` of `lines`, then `... and N more <noun>` when there are more: a
+    sensor tick over 1,000 symbols logs a few lines, not 1,000."""
+    if len(lines) <= limit:
+        return list(lines)
+    return [*lines[:limit], f"... and {len(lines) - limit} more {noun}"]

@@ -210,3 +210,15 @@ def test_the_start_up_summary_names_a_few_symbols_and_counts_the_rest(monkeypatc
     assert cli._symbols_text(["A" * 80, "B"]) == f"2 symbols: {'A' * 80}, ... (+1 more)"
     demo = ["DXY", "EURUSD", "GBPUSD", "USDCAD", "USDCHF", "USDJPY", "USDSEK", "XAUUSD"]
     assert cli._symbols_text(demo) == f"8 symbols: {', '.join(demo)}"
+
+
+def test_per_item_log_lines_are_capped_with_a_count():
+    """Issue 21: a tick or command over 1,000 symbols logs a few lines and a count, not
+    1,000 lines (schedule, late-data sensor, dev's registry sync)."""
+    from agg_pipeline.listing import LOG_LINES, capped
+
+    lines = [f"task {i}" for i in range(1000)]
+    assert capped(lines, "tasks not scheduled") == [
+        *lines[:LOG_LINES], f"... and {1000 - LOG_LINES} more tasks not scheduled"]
+    assert capped(lines[:LOG_LINES], "tasks") == lines[:LOG_LINES]
+    assert capped([], "tasks") == []

@@ -35,6 +35,7 @@ from agg_pipeline.defs.schedules import catchup_schedule
 from agg_pipeline.defs.sensors import late_data_sensor, source_frontier_sensor
 from agg_pipeline.engine import aggregate as engine
 from agg_pipeline.engine import planning
+from agg_pipeline.engine.reasons import Reason
 from agg_pipeline_tests.helpers import (
     AGG_START,
     T0,
@@ -576,7 +577,7 @@ def month_period(day: date) -> tuple[date, date]:
     return first, (first + timedelta(days=32)).replace(day=1) - timedelta(days=1)
 
 
-def work(symbol: str, first: date, days: int, *, order=URGENT, reason=planning.CATCH_UP,
+def work(symbol: str, first: date, days: int, *, order=URGENT, reason=Reason.CATCH_UP,
          changed: frozenset[date] = frozenset()) -> planning.Work:
     return planning.Work(symbol, ("5m", "1h"), first, first + timedelta(days=days - 1), reason,
                          order, frozenset({"correction"}) if changed else frozenset(), changed)
@@ -631,7 +632,7 @@ def test_cutting_along_time_keeps_the_order_and_the_run_bound_per_tick(db):
     late_days = frozenset({FIRST + timedelta(days=d) for d in (0, 1, 2, 3, 4)})
     items = [work("AAA", FIRST, 2500, order=LATER),
              work("BBB", FIRST, 2500, order=LATER),
-             work("CCC", FIRST, 5, reason=planning.LATE_DATA, changed=late_days),
+             work("CCC", FIRST, 5, reason=Reason.LATE_DATA, changed=late_days),
              work("DDD", FIRST, 30, order=LATER)]
     result = plan(db, items, max_runs=3, max_partitions=2, alone={"BBB"})
     assert [(r.symbols, r.first_day, r.last_day) for r in result.runs] == [

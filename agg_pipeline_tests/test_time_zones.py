@@ -34,6 +34,7 @@ from agg_pipeline.defs.schedules import catchup_schedule
 from agg_pipeline.defs.sensors import late_data_sensor
 from agg_pipeline.engine import aggregate as engine
 from agg_pipeline.engine import health, monitoring, planning, windows
+from agg_pipeline.engine.reasons import Reason
 from agg_pipeline_tests.helpers import add_symbol, bar, insert_bars, sync
 
 ZONES = ("UTC", "America/New_York", "Pacific/Auckland")
@@ -123,10 +124,6 @@ def in_session_zone(conn: psycopg.Connection, instant: datetime) -> datetime:
 
 # ----------------------------------------------------------------------------- live loop
 
-REASONS = {planning.CATCH_UP: "catch_up", planning.LATE_DATA: "late_data",
-           planning.RECONCILIATION: "reconciliation"}
-
-
 def planned(work: list[planning.Work]) -> list[tuple]:
     return sorted((w.reason, w.symbol, w.timeframes, w.first_day, w.last_day,
                    tuple(sorted(w.days))) for w in work)
@@ -140,7 +137,7 @@ def run_work(conn: psycopg.Connection, work: list[planning.Work], now: datetime)
         end = datetime.combine(item.last_day, time(), tzinfo=UTC) + DAY
         for name in item.timeframes:
             result = engine.aggregate(conn, item.symbol, name, start, end, now=now,
-                                      reason=REASONS[item.reason])
+                                      reason=item.reason.revision)
             conn.commit()
             done.append(plain([item.symbol, name, result.cursor_before, result.cursor_after,
                                result.final_through, result.windows_seen,
@@ -321,9 +318,9 @@ def test_every_bar_cursor_plan_and_check_is_the_same_in_any_session_time_zone(zo
     days: dict[tuple[str, str], set[date]] = {}
     for reason, symbol, _, _, _, found in expected["tick after the changes"]["planned"]:
         days.setdefault((reason, symbol), set()).update(found)
-    assert days[planning.LATE_DATA, "EURUSD"] == {date(2025, 11, 1), date(2025, 11, 2)}
-    assert days[planning.LATE_DATA, "XAUUSD"] == {date(2025, 11, 3)}
-    assert date(2025, 10, 30) in days[planning.RECONCILIATION, "EURUSD"]
+    assert days[Reason.LATE_DATA, "EURUSD"] == {date(2025, 11, 1), date(2025, 11, 2)}
+    assert days[Reason.LATE_DATA, "XAUUSD"] == {date(2025, 11, 3)}
+    assert date(2025, 10, 30) in days[Reason.RECONCILIATION, "EURUSD"]
     assert [(c[0], c[2], c[4]) for c in expected["captured changes"]] == [
         ("EURUSD", date(2025, 11, 2), ["update"]), ("XAUUSD", date(2025, 11, 3), ["delete"])]
     for zone in ZONES[1:]:

@@ -26,7 +26,7 @@ from agg_pipeline.defs.partitions import (
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.defs.tags import AS_OF_TAG, BACKFILL_TAG, LANE_TAG, LIVE_LANE, REASON_TAG
 from agg_pipeline.engine import aggregate as engine
-from agg_pipeline.engine import tasks, timeframes
+from agg_pipeline.engine import reasons, tasks, timeframes
 from agg_pipeline.engine.timeframes import Timeframe
 from agg_pipeline.listing import summarise
 
@@ -100,14 +100,7 @@ def run_as_of(context: dg.AssetExecutionContext) -> datetime:
 
 def run_reason(tags: dict[str, str]) -> str:
     """Why this run writes bars, in the words of derived_bar_revisions.reason."""
-    reason = tags.get(REASON_TAG, "")
-    for prefix, name in (("late data", "late_data"), ("correction", "correction"),
-                         ("deletion", "deletion"), ("reconciliation", "reconciliation"),
-                         ("catch-up", "catch_up"), ("new complete windows", "catch_up"),
-                         ("forming bar", "catch_up")):
-        if reason.startswith(prefix):
-            return name
-    return "backfill" if BACKFILL_TAG in tags else "manual"
+    return reasons.run_revision(tags.get(REASON_TAG), backfill=BACKFILL_TAG in tags)
 
 
 def _skip_reasons(conn: psycopg.Connection, timeframe: str,
@@ -159,7 +152,7 @@ def reads_incrementally(tags: Mapping[str, str]) -> bool:
     """A live run bringing tasks up to their frontier (catch-up, new windows, forming bar)
     reads each symbol from its cursor; late data, reconciliation, backfills and manual runs
     re-read their whole days."""
-    return tags.get(LANE_TAG) == LIVE_LANE and run_reason(tags) == "catch_up"
+    return tags.get(LANE_TAG) == LIVE_LANE and run_reason(tags) is reasons.Revision.CATCH_UP
 
 
 def _engine_call(context: dg.AssetExecutionContext, conn: psycopg.Connection, tf: Timeframe,
@@ -222,6 +215,7 @@ def materialize_timeframe(
     context: dg.AssetExecutionContext, market_db: MarketDatabase, tf: Timeframe
 ) -> dg.MaterializeResult:
     as_of = run_as_of(context)
+    run_reason(context.run.tags)  # an unknown agg/reason fails here, before any task is booked
     keys = context.partition_keys
     ranges = run_day_spans(keys, context.run.tags)
     try:

@@ -36,14 +36,14 @@ _ensure_dagster_process_env()
 class MarketDatabase(dg.ConfigurableResource):
     """PostgreSQL holding the registry, source bars, derived bars and task state.
 
-    The URL is read from an environment variable at run time (never from resource config),
-    so it appears in no UI page, log line or metadata. Unset: the embedded server.
+    The URL is read from AGG_DATABASE_URL at run time (never from resource config), so it
+    appears in no UI page, log line or metadata. Unset: the embedded server. The resource has
+    no config fields: nothing about it belongs in a launchpad (no field naming a variable
+    that may not be set, no secret).
     """
 
-    url_env_var: str = settings.DATABASE_URL_VAR
-
     def url(self) -> str:
-        configured = os.environ.get(self.url_env_var, "").strip()
+        configured = os.environ.get(settings.DATABASE_URL_VAR, "").strip()
         if configured:
             connection.parse_url(configured)
             return configured

@@ -2,11 +2,19 @@
 
 Each job is one op with typed config, runs its change in one transaction, is safe to run
 again, and reports what it changed as run metadata.
+
+Every config field has a default, so each launchpad opens prefilled and valid (Dagster fills
+it from the defaults): an example where one is harmless (legacy_cleanup's dry run of DXY 1m,
+rebuild_range's instants), else an empty value the op refuses, changing nothing, with what to
+fill in (restore_agg_state lists the backups). Launched as it opens, no job changes anything
+but backup_agg_state (a timestamped backup), reset_cursors (its defaults: every cursor,
+validated before commit) and prune_backups (backups older than 2 days, seed 000's rule).
 """
 
 from datetime import datetime
 
 import dagster as dg
+from pydantic import Field
 
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.defs.tags import RUNBOOK_TAG
@@ -54,7 +62,9 @@ def preflight_report_op(context: dg.OpExecutionContext, market_db: MarketDatabas
 
 
 class BackupConfig(dg.Config):
-    name: str | None = None  # default: data_agg_state_backup_<UTC timestamp>
+    name: str | None = Field(
+        default=None, description="The backup table's name, data_agg_state_backup_<suffix>; "
+        "default: data_agg_state_backup_<UTC timestamp>.")
 
 
 @dg.op(description="CREATE TABLE data_agg_state_backup_<name> AS SELECT * FROM data_agg_state.")
@@ -71,9 +81,11 @@ def backup_agg_state_op(context: dg.OpExecutionContext, market_db: MarketDatabas
 
 
 class ResetCursorsConfig(dg.Config):
-    symbols: list[str] = []  # empty: every symbol
-    timeframes: list[str] = []  # empty: every timeframe
-    dry_run: bool = False
+    symbols: list[str] = Field(default=[], description="Symbols, e.g. [EURUSD]; empty: every "
+                               "symbol.")
+    timeframes: list[str] = Field(default=[], description="Timeframes, e.g. [5m, 1h]; empty: "
+                                  "every timeframe.")
+    dry_run: bool = Field(default=False, description="true: report the changes, commit none.")
 
 
 @dg.op(description="Reset cursors of every task or a selection in one transaction; refuses to "
@@ -91,7 +103,9 @@ def reset_cursors_op(context: dg.OpExecutionContext, market_db: MarketDatabase,
 
 
 class RestoreConfig(dg.Config):
-    backup_table: str
+    backup_table: str = Field(
+        default="", description="A backup_agg_state table, e.g. data_agg_state_backup_pre; "
+        "empty: refused, listing the backups.")
 
 
 @dg.op(description="Roll data_agg_state back to a backup table, exactly (updated_at included).")
@@ -106,10 +120,15 @@ def restore_agg_state_op(context: dg.OpExecutionContext, market_db: MarketDataba
 
 
 class RebuildConfig(dg.Config):
-    symbols: list[str]
-    start: str  # ISO 8601, e.g. 2026-01-05T00:00:00Z
-    end: str
-    timeframes: list[str] = []  # empty: every timeframe the symbol has, in ladder order
+    symbols: list[str] = Field(default=[], description="Symbols to rebuild, e.g. [EURUSD]; "
+                               "empty: refused.")
+    # (no seconds in the examples: a YAML 1.1 reader takes 00:00:00Z for a timestamp)
+    start: str = Field(default="2026-01-05T00:00Z",
+                       description="First instant, ISO 8601 with a time zone (an example).")
+    end: str = Field(default="2026-01-06T00:00Z",
+                     description="End instant, exclusive, ISO 8601 with a time zone (an example).")
+    timeframes: list[str] = Field(default=[], description="e.g. [5m, 1h]; empty: every "
+                                  "timeframe the symbol has, in ladder order.")
 
 
 def _instant(value: str, name: str) -> datetime:
@@ -145,7 +164,9 @@ def rebuild_range_op(context: dg.OpExecutionContext, market_db: MarketDatabase,
 
 class PruneConfig(dg.Config):
     # seed 000: drop backups 48 hours after a good deployment; 0 to MAX_PRUNE_DAYS
-    older_than_days: float = 2.0
+    older_than_days: float = Field(
+        default=2.0, description=f"Drop backups older than this many days (0 to "
+        f"{runbook.MAX_PRUNE_DAYS}); seed 000: 2 days after a good deployment.")
 
 
 @dg.op(description="Drop timestamped data_agg_state backups older than N days "
@@ -163,9 +184,12 @@ def prune_backups_op(context: dg.OpExecutionContext, market_db: MarketDatabase,
 
 
 class LegacyCleanupConfig(dg.Config):
-    symbol: str
-    timeframe: str = "1m"  # refused when a rung of the ladder produces it
-    dry_run: bool = True  # count first; run again with false to withdraw
+    symbol: str = Field(default="DXY", description="The symbol with legacy bars (seed 004: "
+                        "DXY).")
+    timeframe: str = Field(default="1m", description="A timeframe no rung of the ladder "
+                           "produces (refused otherwise).")
+    dry_run: bool = Field(default=True, description="Count first; run again with false to "
+                          "withdraw.")
 
 
 @dg.op(description="Soft-delete a symbol's legacy bars of a timeframe no rung of the ladder "
@@ -196,8 +220,11 @@ REFUSED_SHOWN = 50  # slots listed in the undo's metadata (all are counted)
 
 
 class LegacyRestoreConfig(dg.Config):
-    cleanup_run_id: str  # the legacy_cleanup run to undo
-    dry_run: bool = True
+    cleanup_run_id: str = Field(
+        default="", description="The run id of the legacy_cleanup run to undo (its metadata's "
+        "undo_with_cleanup_run_id); empty: refused.")
+    dry_run: bool = Field(default=True, description="Count first; run again with false to "
+                          "restore.")
 
 
 @dg.op(description="Undo a legacy_cleanup run: restore the bars it withdrew, refusing each "

@@ -10,6 +10,7 @@ from agg_pipeline.defs.requests import database_now, plan, run_request, summary,
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.defs.synthetic import with_synthetic_step
 from agg_pipeline.engine import planning, synthetic
+from agg_pipeline.listing import capped
 
 
 @dg.schedule(
@@ -38,8 +39,10 @@ def catchup_schedule(context: dg.ScheduleEvaluationContext,
         tasks, found = plan(context.instance, conn, "catchup", synced_symbols(context.instance),
                             find_work)
         synthetics = synthetic.synthetic_symbols(conn)
-    for (symbol, timeframe), problem in sorted(tasks.problems.items()):
-        context.log.warning(f"task {symbol!r} / {timeframe!r} not scheduled: {problem}")
+    for line in capped([f"task {symbol!r} / {timeframe!r} not scheduled: {problem}"
+                        for (symbol, timeframe), problem in sorted(tasks.problems.items())],
+                       "tasks not scheduled"):
+        context.log.warning(line)
     left = summary(found)
     if not found.runs:
         return dg.SkipReason("all tasks at their frontier" + (f" ({left})" if left else ""))

@@ -19,6 +19,8 @@ from agg_pipeline.defs.requests import database_now, plan, run_request, summary,
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.defs.synthetic import with_synthetic_step
 from agg_pipeline.engine import planning, synthetic, tasks, timeframes
+from agg_pipeline.engine.reasons import Reason
+from agg_pipeline.listing import capped
 
 # Rows whose ingestion transaction committed up to this long after its ingested_at stamp
 # are still seen by the late-data sensor.
@@ -193,14 +195,17 @@ def late_data_sensor(context: dg.SensorEvaluationContext,
         synthetics = synthetic.synthetic_symbols(conn)
         pruned = planning.prune_consumed_changes(conn, CONSUMED_CHANGES_KEPT)
     [reconciled] = checked
-    for symbol, day in too_early:
-        context.log.warning(f"late rows for {symbol} on {day} cannot be requested: before "
-                            f"the first partition ({FIRST_DAY})")
-    for work in result.unsynced:
-        context.log.warning(f"late rows for {work.symbol} on {work.first_day}..{work.last_day} "
-                            "cannot be requested (no such partition)")
-    for symbol, error in sorted(reconciled.errors.items()):
-        context.log.warning(f"reconciliation of {symbol} failed: {error}")
+    warnings = capped([f"late rows for {symbol} on {day} cannot be requested: before the "
+                       f"first partition ({FIRST_DAY})" for symbol, day in too_early],
+                      "days before the first partition")
+    warnings += capped([f"late rows for {work.symbol} on {work.first_day}..{work.last_day} "
+                        "cannot be requested (no such partition)" for work in result.unsynced],
+                       "symbols without a partition")
+    warnings += capped([f"reconciliation of {symbol} failed: {error}"
+                        for symbol, error in sorted(reconciled.errors.items())],
+                       "failed reconciliations")
+    for line in warnings:
+        context.log.warning(line)
     shown = ", ".join(reconciled.checked[:5]) + (" ..." if len(reconciled.checked) > 5 else "")
     context.log.info(f"reconciliation: {len(reconciled.checked)} symbols re-checked ({shown}), "
                      f"{reconciled.windows_checked} windows, {len(reconciled.work)} changed "
@@ -209,8 +214,8 @@ def late_data_sensor(context: dg.SensorEvaluationContext,
     # hold until it is (a day already handled matches its fingerprint again: no repeat)
     held = result.claimed + result.waiting
     new_state = LateState(
-        since if any(w.reason == planning.LATE_DATA for w in held) else as_of,
-        state.reconcile_after if any(planning.RECONCILIATION in w.causes for w in held)
+        since if any(w.reason == Reason.LATE_DATA for w in held) else as_of,
+        state.reconcile_after if any(Reason.RECONCILIATION in w.causes for w in held)
         else (reconciled.checked[-1] if reconciled.checked else state.reconcile_after))
     left = summary(result)
     if not result.runs:

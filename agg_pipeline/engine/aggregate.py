@@ -40,14 +40,11 @@ from agg_pipeline.engine.errors import (
     TaskConfigError,
     UnknownSymbolError,
 )
+from agg_pipeline.engine.reasons import Revision
 from agg_pipeline.engine.timeframes import Timeframe
 
 log = logging.getLogger(__name__)
 
-# Why bars were (re)written, recorded with every version a restatement replaces
-# (derived_bar_revisions.reason).
-REASONS = ("catch_up", "late_data", "correction", "deletion", "reconciliation", "backfill",
-           "rebuild", "manual")
 # Sorts and hashes of a year-long range fit in memory with this, not in temp files.
 WORK_MEM = "64MB"
 
@@ -233,11 +230,12 @@ def _validate_version(derivation_version: object) -> None:
                          "integer (or None for the task's own)")
 
 
-def _validate_reason(reason: object, run_id: object) -> None:
-    if reason not in REASONS:
-        raise ValueError(f"reason={reason!r} is not one of {', '.join(REASONS)}")
+def _validate_reason(reason: object, run_id: object) -> str:
+    """The revision label (reasons.Revision) as plain text for SQL; ValueError if unknown."""
+    label = str(Revision.parse(reason))
     if run_id is not None and (not isinstance(run_id, str) or not 0 < len(run_id) <= 64):
         raise ValueError(f"run_id={run_id!r} must be a run id string (1-64 characters) or None")
+    return label
 
 
 def _resolve_as_of(conn: psycopg.Connection, now: datetime | None) -> datetime:
@@ -604,7 +602,7 @@ def aggregate_many(
     *,
     now: datetime | None = None,
     derivation_version: int | None = None,
-    reason: str = "manual",
+    reason: str = Revision.MANUAL,
     run_id: str | None = None,
     incremental: bool = False,
 ) -> Batch:
@@ -617,11 +615,11 @@ def aggregate_many(
     cannot run (missing, misconfigured, NULL cursor) is in `failed` and the others run.
     `incremental` (live runs) reads each symbol from its cursor when the days before it are
     fingerprinted (bounds.request_bounds). Every bar restated or withdrawn keeps its previous
-    version in derived_bar_revisions, labelled with `reason` (one of REASONS) and `run_id`.
+    version in derived_bar_revisions, labelled with `reason` (a reasons.Revision) and `run_id`.
     """
     tf, checked = _validate_spans(conn, timeframe, spans)
     _validate_version(derivation_version)
-    _validate_reason(reason, run_id)
+    reason = _validate_reason(reason, run_id)
     with conn.transaction():
         as_of = _resolve_as_of(conn, now)
         if not checked:
@@ -646,7 +644,7 @@ def aggregate(
     *,
     now: datetime | None = None,
     derivation_version: int | None = None,
-    reason: str = "manual",
+    reason: str = Revision.MANUAL,
     run_id: str | None = None,
 ) -> AggregationResult:
     """One symbol's [start, end): `aggregate_many` with one span, raising its failure."""
@@ -667,7 +665,7 @@ def rebuild_many(conn: psycopg.Connection, timeframe: str, spans: Iterable[Span]
     was removed by retention are kept (contract 16).
     """
     tf, checked = _validate_spans(conn, timeframe, spans)
-    _validate_reason("rebuild", run_id)
+    _validate_reason(Revision.REBUILD, run_id)
     with conn.transaction():
         as_of = _resolve_as_of(conn, now)
         symbols = sorted({s.symbol for s in checked})
@@ -685,8 +683,9 @@ def rebuild_many(conn: psycopg.Connection, timeframe: str, spans: Iterable[Span]
             "symbols": [s.symbol for s in runnable], "lo": [b.lo for b in bounds],
             "hi": [b.hi for b in bounds], "timeframe": tf.name,
             "retention_applies": tf.reads_data_bars, "run_id": run_id,
+            "reason": str(Revision.REBUILD),
         }, prepare=False).fetchall())
-        batch = aggregate_many(conn, tf.name, runnable, now=as_of, reason="rebuild",
+        batch = aggregate_many(conn, tf.name, runnable, now=as_of, reason=Revision.REBUILD,
                                run_id=run_id)
     results = []
     for result in batch.results:  # the soft-deleted bars, once per symbol

@@ -33,6 +33,7 @@ from psycopg.rows import dict_row
 from agg_pipeline.db import queries
 from agg_pipeline.engine import aggregate as engine
 from agg_pipeline.engine import monitoring, synthetic, timeframes, windows
+from agg_pipeline.engine.reasons import Reason
 
 PLAN_LOCK_KEY = "agg_pipeline/plan"
 # A claim whose run Dagster does not know (yet) stays live this long: the daemon creates a
@@ -45,14 +46,12 @@ CLAIM_GRACE = timedelta(minutes=2)
 RIDE_ALONG_DAYS = 3
 RIDE_ALONG_GAP_PARTITIONS = 200
 
-CATCH_UP = "catch-up"
-NEW_WINDOWS = "new complete windows"
-LATE_DATA = "late data"
-RECONCILIATION = "reconciliation"
-FORMING = "forming bar"
+# A run's reason (engine/reasons.py): catch-up (the schedule), new complete windows and
+# forming bar (the frontier sensor), late data and reconciliation (the late-data sensor).
 
-# what a pending change of migration 012 is, for the run's reason
-CHANGE_CAUSES = {"update": "correction", "delete": "deletion", "truncate": "deletion"}
+# what a pending change of migration 012 is, for the late-data run's reason
+CHANGE_CAUSES = {"update": Reason.CORRECTION, "delete": Reason.DELETION,
+                 "truncate": Reason.DELETION}
 LATE_ROWS = "late rows"
 
 
@@ -108,7 +107,7 @@ class Work:
     timeframes: tuple[str, ...]  # ladder order
     first_day: date
     last_day: date
-    reason: str  # CATCH_UP, NEW_WINDOWS, LATE_DATA or RECONCILIATION
+    reason: Reason  # one of reasons.PLANNER_REASONS
     order: tuple = field(compare=False)  # contract 12 key of its most urgent task
     causes: frozenset[str] = frozenset()  # late data: late rows, correction, deletion
     days: frozenset[date] = frozenset()  # late data: the days that changed
@@ -131,7 +130,7 @@ class PlannedRun:
     first_day: date
     last_day: date
     timeframes: tuple[str, ...]
-    reason: str
+    reason: str  # its run tag's text: a Reason, late data's with its days and causes
     work: tuple[Work, ...]  # what it was planned for; the other symbols ride along
     order: tuple = field(compare=False)
 
@@ -246,10 +245,10 @@ def catchup_work(tasks: Tasks, *, roots_only: bool, first_day: date) -> list[Wor
     """Per symbol, the timeframes behind their frontier and the days bringing them up to it.
 
     `roots_only` considers only timeframes read from data_bars as triggers (the frontier
-    sensor, reason NEW_WINDOWS); otherwise every timeframe (the schedule, CATCH_UP). Days
-    before `first_day` (the first partition) are never requested.
+    sensor, Reason.NEW_WINDOWS); otherwise every timeframe (the schedule, Reason.CATCH_UP).
+    Days before `first_day` (the first partition) are never requested.
     """
-    reason = NEW_WINDOWS if roots_only else CATCH_UP
+    reason = Reason.NEW_WINDOWS if roots_only else Reason.CATCH_UP
     work: list[Work] = []
     for symbol, states in tasks.by_symbol().items():
         triggers = [t for t in states.values() if t.behind and (
@@ -270,7 +269,7 @@ def forming_work(tasks: Tasks, *, first_day: date) -> list[Work]:
     """Symbols keeping a forming bar (registry agg_forming_bars) whose newest source row is
     past what their forming bar reflects: the frontier's day, for the roots and what derives
     from them (the engine refreshes the forming bars of every rung it runs). The frontier
-    sensor, FORMING."""
+    sensor, Reason.FORMING."""
     work: list[Work] = []
     for symbol, states in tasks.by_symbol().items():
         stale = [t for t in states.values() if t.forming_behind]
@@ -278,7 +277,7 @@ def forming_work(tasks: Tasks, *, first_day: date) -> list[Work]:
             continue
         day = max(_day(max(t.frontier for t in stale)), first_day)
         chosen = _with_downstream([t.timeframe for t in stale], states)
-        work.append(Work(symbol, chosen, day, day, FORMING, min(t.order for t in stale)))
+        work.append(Work(symbol, chosen, day, day, Reason.FORMING, min(t.order for t in stale)))
     return work
 
 
@@ -293,7 +292,7 @@ def _spans(days: Iterable[date], gap: int) -> list[tuple[date, date]]:
     return spans
 
 
-def _day_work(found: dict[str, dict[date, set[str]]], tasks: Tasks, reason: str,
+def _day_work(found: dict[str, dict[date, set[str]]], tasks: Tasks, reason: Reason,
               first_day: date) -> list[Work]:
     """Work re-materialising each symbol's `found` days (day -> causes) for its roots and
     everything derived from them."""
@@ -330,7 +329,7 @@ def late_work(conn: psycopg.Connection, tasks: Tasks, since: datetime, as_of: da
             found.setdefault(symbol, {}).setdefault(day, set()).update(map(_cause, kinds))
     conn.rollback()
     too_early = sorted((s, d) for s, days in found.items() for d in days if d < first_day)
-    return _day_work(found, tasks, LATE_DATA, first_day), too_early
+    return _day_work(found, tasks, Reason.LATE_DATA, first_day), too_early
 
 
 def _cause(kind: str) -> str:
@@ -342,9 +341,9 @@ def synthetic_work(conn: psycopg.Connection, tasks: Tasks, as_of: datetime, firs
                    *, since: datetime | None = None) -> list[Work]:
     """Synthetic symbols (engine/synthetic.py) whose components moved past what their index
     was built from: without `since`, new final component minutes (the frontier sensor,
-    NEW_WINDOWS); with it, component rows landed since then or changes recorded in days
-    already built (the late-data sensor, LATE_DATA). Work for 5m and what derives from it;
-    the run's synthetic step rebuilds the index's 1m rows first. Read-only."""
+    Reason.NEW_WINDOWS); with it, component rows landed since then or changes recorded in
+    days already built (the late-data sensor, Reason.LATE_DATA). Work for 5m and what derives
+    from it; the run's synthetic step rebuilds the index's 1m rows first. Read-only."""
     if since is None:
         found = {symbol: {day: set() for day in days}
                  for symbol, days in synthetic.frontier_days(conn, as_of).items()}
@@ -352,7 +351,8 @@ def synthetic_work(conn: psycopg.Connection, tasks: Tasks, as_of: datetime, firs
         found = {symbol: {day: set(map(_cause, kinds)) for day, kinds in days.items()}
                  for symbol, days in synthetic.late_days(conn, since, as_of).items()}
     conn.rollback()
-    return _day_work(found, tasks, NEW_WINDOWS if since is None else LATE_DATA, first_day)
+    return _day_work(found, tasks, Reason.NEW_WINDOWS if since is None else Reason.LATE_DATA,
+                     first_day)
 
 
 def prune_consumed_changes(conn: psycopg.Connection, older_than: timedelta) -> int:
@@ -410,18 +410,18 @@ def reconciliation_work(conn: psycopg.Connection, tasks: Tasks, *, after: str | 
         windows_checked += rechecked.windows_checked
         for symbol, days in rechecked.pending_days.items():
             for day in days:
-                found.setdefault(symbol, {}).setdefault(day, set()).add(RECONCILIATION)
+                found.setdefault(symbol, {}).setdefault(day, set()).add(Reason.RECONCILIATION)
         for symbol, rows in rechecked.changed.items():
             for row in rows:
                 found.setdefault(symbol, {}).setdefault(_day(row["ts_utc"]), set()).add(
-                    RECONCILIATION)
+                    Reason.RECONCILIATION)
     # a synthetic index read those component days: its days are rebuilt too (its own
     # recorded inputs, unlike the late-data path's, cannot see a change the capture missed)
     for symbol, days in synthetic.reading_days(conn, found).items():
         for day in days:
-            found.setdefault(symbol, {}).setdefault(day, set()).add(RECONCILIATION)
+            found.setdefault(symbol, {}).setdefault(day, set()).add(Reason.RECONCILIATION)
     conn.rollback()
-    return Reconciliation(_day_work(found, tasks, RECONCILIATION, first_day), checked,
+    return Reconciliation(_day_work(found, tasks, Reason.RECONCILIATION, first_day), checked,
                           tuple(dict.fromkeys(busy)), errors, windows_checked)
 
 
@@ -456,7 +456,7 @@ def _merge(work: Sequence[Work]) -> list[Work]:
                 tuple(tf.name for tf in timeframes.ORDERED
                       if tf.name in set(current.timeframes) | set(item.timeframes)),
                 current.first_day, max(current.last_day, item.last_day),
-                LATE_DATA if LATE_DATA in reasons else current.reason,
+                Reason.LATE_DATA if Reason.LATE_DATA in reasons else current.reason,
                 min(current.order, item.order), current.causes | item.causes,
                 current.days | item.days, min(current.lead_day, item.lead_day))
         merged.append(current)
@@ -471,7 +471,7 @@ def _overlaps(item: Work, first: date, last: date,
 
 @dataclass
 class _Cluster:
-    reason: str
+    reason: Reason
     first_day: date
     last_day: date
     items: list[Work]
@@ -486,7 +486,7 @@ def _clusters(items: list[Work], period: Callable[[date], tuple[date, date]]) ->
     what a run reads) forms one cluster; short ranges (RIDE_ALONG_DAYS at most) are merged
     into short hulls, so yesterday+today and today-only symbols share runs."""
     clusters: list[_Cluster] = []
-    by_reason: dict[str, list[tuple[date, date, Work]]] = {}
+    by_reason: dict[Reason, list[tuple[date, date, Work]]] = {}
     for item in items:
         by_reason.setdefault(item.reason, []).append(
             (period(item.first_day)[0], period(item.last_day)[1], item))
@@ -619,15 +619,16 @@ def _candidates(clusters: list[_Cluster], position: dict[str, int], symbols: Seq
     return candidates
 
 
-def _reason(cluster_reason: str, work: Sequence[Work], first: date, last: date) -> str:
-    if cluster_reason != LATE_DATA:
-        return cluster_reason
+def _reason(cluster_reason: Reason, work: Sequence[Work], first: date, last: date) -> str:
+    """The run's reason tag: the reason, and for late data the days and what changed."""
+    if cluster_reason != Reason.LATE_DATA:
+        return cluster_reason.tag()
     days = sorted(set().union(*(w.days for w in work)))
     shown = (", ".join(d.isoformat() for d in days) if len(days) <= 3
              else f"{days[0].isoformat()} .. {days[-1].isoformat()} ({len(days)} days)")
     # (what the reconciliation also found is not news beside the late data itself)
-    causes = sorted(set().union(*(w.causes for w in work)) - {LATE_ROWS, RECONCILIATION})
-    return f"late data on {shown}" + (f": {', '.join(causes)}" if causes else "")
+    causes = sorted(set().union(*(w.causes for w in work)) - {LATE_ROWS, Reason.RECONCILIATION})
+    return Reason.LATE_DATA.tag(f"on {shown}" + (f": {', '.join(causes)}" if causes else ""))
 
 
 def plan_runs(

@@ -19,6 +19,7 @@ from psycopg.rows import dict_row
 from agg_pipeline.db import migrations, queries
 from agg_pipeline.engine import aggregate as engine
 from agg_pipeline.engine import health, timeframes, windows
+from agg_pipeline.engine.reasons import Revision
 
 BACKUP_PREFIX = "data_agg_state_backup_"  # sql/008 validates and builds the table names
 # prune_backups' bound: backups are a deployment's safety net, kept days, not decades; a
@@ -148,8 +149,27 @@ def _calendar_rows(conn: psycopg.Connection) -> list[dict]:
     return [health.on_calendar(r) for r in _rows(conn, queries.query("calendar_tasks_health"))]
 
 
+RESTORE_CHOICES_SHOWN = 5  # backups a restore without a name lists
+
+
+def backup_tables(conn: psycopg.Connection) -> list[str]:
+    """The data_agg_state backups (v_agg_state_backups), newest name first."""
+    names = [row[0] for row in conn.execute("SELECT backup_table FROM v_agg_state_backups")]
+    conn.rollback()
+    return names
+
+
 def restore_agg_state(conn: psycopg.Connection, backup: str) -> dict[str, int]:
     """Make data_agg_state equal to the backup table (every column, updated_at included)."""
+    if not backup:
+        shown = backup_tables(conn)
+        raise RunbookError(
+            "name the backup to restore (backup_table): "
+            + (", ".join(shown[:RESTORE_CHOICES_SHOWN])
+               + (f" (and {len(shown) - RESTORE_CHOICES_SHOWN} older)"
+                  if len(shown) > RESTORE_CHOICES_SHOWN else "")
+               if shown else "there is none (backup_agg_state makes one)")
+            + "; nothing changed")
     with _refusals(), conn.transaction():
         restored, removed = conn.execute("SELECT * FROM agg_restore_state(%s)",
                                          (backup,)).fetchone()
@@ -226,7 +246,8 @@ def prune_backups(conn: psycopg.Connection, older_than: timedelta,
     return [r[0] for r in rows]
 
 
-LEGACY_REASON = "legacy_cleanup"  # derived_bar_revisions.reason of a withdrawn legacy bar
+# derived_bar_revisions.reason of a withdrawn legacy bar (plain text: a query parameter)
+LEGACY_REASON = str(Revision.LEGACY_CLEANUP)
 
 
 @dataclass(frozen=True)
@@ -266,7 +287,8 @@ def withdraw_legacy_bars(conn: psycopg.Connection, symbol: str, timeframe: str, 
             raise RunbookError(f"{symbol} has no {timeframe!r} bars in derived_data_bars, active "
                                "or withdrawn: unknown timeframe for it; nothing changed")
         rows = _rows(conn, queries.query("legacy_withdraw"),
-                     {"symbol": symbol, "timeframe": timeframe, "run_id": run_id})
+                     {"symbol": symbol, "timeframe": timeframe, "run_id": run_id,
+                      "reason": LEGACY_REASON})
     return LegacyCleanup(symbol, timeframe, dry_run, rows)
 
 
@@ -287,10 +309,12 @@ def restore_legacy_bars(conn: psycopg.Connection, run_id: str, *,
     if not run_id:
         raise RunbookError("run_id of the clean-up run to undo is required")
     with conn.transaction(force_rollback=dry_run):
-        rows = _rows(conn, queries.query("legacy_restore"), {"run_id": run_id})
+        rows = _rows(conn, queries.query("legacy_restore"),
+                     {"run_id": run_id, "reason": LEGACY_REASON})
         # nothing to restore: an undo done already, or a run id that withdrew nothing
         if not rows and not conn.execute(queries.query("legacy_run_known"),
-                                         {"run_id": run_id}).fetchone()[0]:
+                                         {"run_id": run_id, "reason": LEGACY_REASON}
+                                         ).fetchone()[0]:
             raise RunbookError(f"run {run_id!r} withdrew no legacy bars (not a legacy_cleanup "
                                "run, a dry run, or one that found nothing); nothing changed")
     refused = [{k: r[k] for k in ("canonical_symbol", "timeframe", "ts_utc")}

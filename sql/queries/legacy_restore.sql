@@ -11,7 +11,7 @@ WITH candidates AS (
                      AND a.deleted_at IS NULL) AS occupied
     FROM derived_bar_revisions r
     JOIN derived_data_bars d ON d.id = r.bar_id AND d.deleted_at = r.valid_to
-    WHERE r.reason = 'legacy_cleanup'
+    WHERE r.reason = %(reason)s
       AND r.run_id = %(run_id)s
     FOR UPDATE OF d
 ),

@@ -32,7 +32,7 @@ revised AS (
     SELECT o.id, o.canonical_symbol, o.timeframe, o.ts_utc, o.open, o.high, o.low, o.close,
            o.vol, o.vwap, o.trade_count, o.source_timeframe, o.source_candles,
            o.expected_candles, o.quality_score, o.derivation_version, o.updated_at, now(),
-           'rebuilt', 'rebuild', %(run_id)s
+           'rebuilt', %(reason)s, %(run_id)s
     FROM old o
     WHERE NOT o.is_partial
 ),

@@ -1,0 +1,58 @@
+"""Snapshot of the Definitions (issue 22): the asset, check, job, sensor and schedule keys,
+their partitions, the runbook launchpads' configs, the executor and the resources, compared
+with agg_pipeline_tests/snapshots/definitions.json.
+
+A change to the definitions shows here as a diff to review. When it is intended, regenerate
+the snapshot and commit it with the change:
+
+    AGG_UPDATE_SNAPSHOTS=1 ./run test agg_pipeline_tests/test_definitions_snapshot.py
+
+(the test rewrites the file and fails once, saying so; the next run passes). The description
+is made in a fresh process without AGG_* or DAGSTER_* variables: the defaults are pinned,
+not this machine's settings. No database needed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "definitions.json"
+UPDATE_VAR = "AGG_UPDATE_SNAPSHOTS"
+
+
+def current_description(tmp_path: Path) -> str:
+    out = tmp_path / "definitions.json"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AGG_", "DAGSTER_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "agg_pipeline_tests.definitions_snapshot", str(out)],
+        capture_output=True, text=True, timeout=300, env=env,
+        cwd=Path(__file__).parent.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out.read_text()
+
+
+def test_definitions_match_the_snapshot(tmp_path):
+    current = current_description(tmp_path)
+    json.loads(current)  # well-formed
+    stored = SNAPSHOT.read_text() if SNAPSHOT.exists() else ""
+    if current == stored:
+        return
+    diff = "".join(difflib.unified_diff(
+        stored.splitlines(keepends=True), current.splitlines(keepends=True),
+        fromfile=str(SNAPSHOT.relative_to(Path.cwd()) if SNAPSHOT.is_relative_to(Path.cwd())
+                     else SNAPSHOT), tofile="the definitions now"))
+    if os.environ.get(UPDATE_VAR) == "1":
+        SNAPSHOT.parent.mkdir(parents=True, exist_ok=True)
+        SNAPSHOT.write_text(current)
+        raise AssertionError(f"{SNAPSHOT} rewritten ({UPDATE_VAR}=1): review the diff below, "
+                             f"commit it, and run again without {UPDATE_VAR}\n{diff}")
+    raise AssertionError(
+        f"the definitions differ from {SNAPSHOT.name}; if the change is intended, regenerate "
+        f"it: {UPDATE_VAR}=1 ./run test agg_pipeline_tests/test_definitions_snapshot.py\n"
+        + (diff or "(no snapshot stored yet)"))
