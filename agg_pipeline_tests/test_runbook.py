@@ -59,7 +59,7 @@ def test_backup_reset_restore_returns_state_exactly(built, instance):
     built.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s WHERE "
                   "canonical_symbol = 'EURUSD'", (T0 + timedelta(days=5),))
     built.commit()
-    result, meta = launch(instance, "reset_cursors", {})
+    result, meta = launch(instance, "reset_cursors", {"dry_run": False})
     assert result.success and meta["cursors_changed"] == 3
     cursors = dict(built.execute(
         "SELECT canonical_symbol || '/' || timeframe, last_agg_bar_ts_utc FROM data_agg_state"
@@ -81,7 +81,8 @@ def test_reset_refuses_to_commit_when_a_cursor_stays_ahead(built, instance):
                   "canonical_symbol = 'EURUSD' AND timeframe = '5m'")
     built.commit()
     before = state(built)
-    result, _ = launch(instance, "reset_cursors", {"symbols": ["EURUSD"]})
+    result, _ = launch(instance, "reset_cursors", {"symbols": ["EURUSD"],
+                                            "dry_run": False})
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data.error.message
     assert "post-reset validation failed" in failure and "DXY/5m (AHEAD)" in failure
@@ -196,7 +197,7 @@ def test_reset_cursors_refuses_what_does_not_exist_before_changing_anything(
     assert expected in message and "nothing changed" in message
     assert everything(built) == before
     result, meta = launch(instance, "reset_cursors", {"symbols": ["EURUSD"],
-                                                      "timeframes": ["5m"]})
+                                                      "timeframes": ["5m"], "dry_run": False})
     assert result.success and meta["cursors_changed"] == 1  # the same, named rightly
 
 
@@ -301,6 +302,7 @@ def test_each_runbook_launchpad_opens_with_a_valid_config(name):
 
 @pytest.mark.parametrize(("name", "expected"), [
     ("preflight_report", None),
+    ("reset_cursors", None),  # a dry run of every cursor
     ("restore_agg_state", "name the backup to restore (backup_table): "
                           "data_agg_state_backup_pre; nothing changed"),
     ("rebuild_range", "name at least one symbol to rebuild; nothing changed"),

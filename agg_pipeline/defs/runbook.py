@@ -85,7 +85,9 @@ class ResetCursorsConfig(dg.Config):
                                "symbol.")
     timeframes: list[str] = Field(default=[], description="Timeframes, e.g. [5m, 1h]; empty: "
                                   "every timeframe.")
-    dry_run: bool = Field(default=False, description="true: report the changes, commit none.")
+    # a launchpad opens prefilled: launched as it opens, it only reports (every cursor!)
+    dry_run: bool = Field(default=True, description="true (default): report the changes, "
+                          "commit none; false to reset.")
 
 
 @dg.op(description="Reset cursors of every task or a selection in one transaction; refuses to "
