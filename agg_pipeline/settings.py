@@ -119,11 +119,11 @@ def default_agg_start() -> datetime:
 
 
 TIME_PARTITION_VAR = "AGG_TIME_PARTITION"
-TIME_PARTITION_GRAINS = ("day", "month")
+TIME_PARTITION_GRAINS = ("day", "month", "year")
 
 
 def time_partition() -> str:
-    """The time dimension of the bars assets' partitions: `day` (default) or `month`."""
+    """The time dimension of the bars assets' partitions: `day` (default), `month` or `year`."""
     raw = os.environ.get(TIME_PARTITION_VAR, "").strip().lower() or "day"
     if raw not in TIME_PARTITION_GRAINS:
         raise ValueError(f"{TIME_PARTITION_VAR}={raw!r} is not one of "

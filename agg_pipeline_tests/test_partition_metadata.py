@@ -141,7 +141,7 @@ def test_a_failing_symbol_leaves_the_others_partitions_materialised(two_days_and
     assert partition_events(instance, "bars_1h", "EURUSD", DAYS) == {}
 
 
-MONTH_RUN = textwrap.dedent("""
+GRAIN_RUN = textwrap.dedent("""
     import json, os, sys, tempfile
     from datetime import datetime
     from pathlib import Path
@@ -152,7 +152,7 @@ MONTH_RUN = textwrap.dedent("""
     from agg_pipeline.defs.assets import AS_OF_TAG
     from agg_pipeline_tests.processes import storage_instance
 
-    assert TIME_GRAIN == "month", TIME_GRAIN
+    assert TIME_GRAIN == os.environ["AGG_TIME_PARTITION"], TIME_GRAIN
     first, last, as_of = (datetime.fromisoformat(v) for v in sys.argv[2:5])
     days = sys.argv[5:]  # first and last day a live run needs (agg/days), or none
     with storage_instance(sys.argv[1], Path(tempfile.mkdtemp())) as instance:
@@ -170,14 +170,14 @@ MONTH_RUN = textwrap.dedent("""
 """)
 
 
-def month_run(dagster_storage_url: str, *days: date) -> dict:
-    """One run of July's EURUSD partition with AGG_TIME_PARTITION=month (read at import: a
+def month_run(dagster_storage_url: str, *days: date, grain: str = "month") -> dict:
+    """One run of July's EURUSD partition with AGG_TIME_PARTITION=`grain` (read at import: a
     fresh interpreter); `days`: the first and last day a live run needs. Returns the
     bars_5m materialisation's metadata by partition."""
     out = subprocess.run(
-        [sys.executable, "-c", MONTH_RUN, dagster_storage_url, DAYS[0].isoformat(),
+        [sys.executable, "-c", GRAIN_RUN, dagster_storage_url, DAYS[0].isoformat(),
          DAYS[-1].isoformat(), AS_OF.isoformat(), *(d.isoformat() for d in days)],
-        env={**os.environ, "AGG_TIME_PARTITION": "month"}, capture_output=True, text=True,
+        env={**os.environ, "AGG_TIME_PARTITION": grain}, capture_output=True, text=True,
         timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -244,3 +244,24 @@ def test_month_partitions_build_the_same_bars_as_day_partitions(two_days_and_a_g
     assert by_day["cursors"] == by_month["cursors"]
     for tf, frame in by_month["bars"].items():
         pd.testing.assert_frame_equal(by_day["bars"][tf], frame, obj=f"{tf} bars by day")
+
+
+def test_a_year_partition_carries_its_days_and_a_live_run_reads_only_today(
+        two_days_and_a_gap, instance, dagster_storage_url):
+    """Issue 20: 10,000 symbols x 5 years fit Dagster's ceiling only in year partitions
+    (50,000 per asset). A year's key is its first day; its materialisation carries the sum of
+    its days, and a live run needing one day (agg/days) re-reads that day, not the year."""
+    db = two_days_and_a_gap
+    metadata = month_run(dagster_storage_url, grain="year")
+    # (a multi-partition key orders its dimensions by name: "symbol" before "year")
+    assert list(metadata) == ["EURUSD|2025-01-01"]
+    year = metadata["EURUSD|2025-01-01"]
+    source = source_per_day(db, "EURUSD")
+    assert year["bars_inserted"] == sum(stored_per_day(db, "EURUSD", "5m").values()) == 720
+    assert year["source_rows_read"] == sum(rows for rows, _ in source.values())
+    insert_bars(db, "EURUSD", [bar(T0 + timedelta(days=1, hours=3, minutes=7), 1.5,
+                                   ingested_at=AS_OF)], upsert=True)
+    db.commit()
+    live = month_run(dagster_storage_url, DAYS[1], DAYS[1], grain="year")["EURUSD|2025-01-01"]
+    assert live["days_read"] == DAYS[1].isoformat()
+    assert (live["bars_updated"], live["bars_unchanged"]) == (1, 143)

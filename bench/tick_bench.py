@@ -165,6 +165,7 @@ def run_grain(args: argparse.Namespace, scratch: Scratch) -> dict:
         RANGE_START_TAG,
         SYMBOLS_PARTITIONS_NAME,
         TIME_GRAIN,
+        split_key,
     )
     from agg_pipeline.defs.resources import MarketDatabase
     from agg_pipeline.defs.schedules import catchup_schedule
@@ -237,8 +238,8 @@ def run_grain(args: argparse.Namespace, scratch: Scratch) -> dict:
             return result
 
         def rectangle_symbols(request, order):
-            first = request.tags[RANGE_START_TAG].split("|")[-1]
-            last = request.tags[RANGE_END_TAG].split("|")[-1]
+            first = split_key(request.tags[RANGE_START_TAG])[0]
+            last = split_key(request.tags[RANGE_END_TAG])[0]
             return order[order.index(first):order.index(last) + 1]
 
         first = tick("frontier sensor, work for every symbol",
@@ -523,7 +524,8 @@ def report(results: list[dict], load_before: tuple[float, float, float]) -> None
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--symbols", type=int, default=1000)
-    parser.add_argument("--grain", choices=("day", "month", "both"), default="both")
+    parser.add_argument("--grain", choices=("day", "month", "year", "both"),
+                        default="both")
     parser.add_argument("--repeat", type=int, default=3, help="evaluations per tick (median)")
     parser.add_argument("--reconcile", type=int, default=settings.DEFAULT_RECONCILE_SYMBOLS,
                         help="symbols with 7 days of history (the reconciliation's budget)")
