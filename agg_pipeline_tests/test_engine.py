@@ -436,3 +436,49 @@ def test_every_argument_is_checked_and_named(eurusd, arguments, error, message):
         with pytest.raises(error, match=re.escape(message)):
             function(*positional, **call)
         eurusd.rollback()
+
+
+def restated_from(conn, timeframe="1h"):
+    return conn.execute(
+        "SELECT source_restated_from FROM data_agg_state WHERE canonical_symbol = 'EURUSD' "
+        "AND timeframe = %s", (timeframe,)).fetchone()[0]
+
+
+def test_a_5m_bar_restated_behind_the_1h_cursor_is_read_again_by_a_live_1h_read(eurusd):
+    """Protects contract 10 downstream (migration 022): a live run reads 1h from its cursor;
+    a 5m bar restated behind that cursor (a live 5m read of its whole day that consumed a
+    correction; here a late-data read of 5m alone) must still reach 1h. The writer marks the
+    1h task, the next incremental 1h read starts at its range's start and restates the hour,
+    the mark goes, and with nothing restated the next read is incremental again. Without the
+    mark the live 1h read found nothing to do and kept the stale hour (the live-writer test's
+    intermittent mismatch)."""
+    db = eurusd
+    insert_bars(db, "EURUSD", minute_bars(T0, 180))
+    db.commit()
+    spans = [engine.Span("EURUSD", AGG_START, T0 + 24 * HOUR)]
+
+    def live(timeframe):
+        batch = engine.aggregate_many(db, timeframe, spans, now=LATER, reason="catch_up",
+                                      incremental=True)
+        db.commit()
+        return batch
+
+    live("5m"), live("1h")
+    assert cursor_of(db, "1h") == T0 + 3 * HOUR and restated_from(db) is None
+    corrected = T0 + HOUR + timedelta(minutes=7)
+    db.execute("UPDATE data_bars SET high = high + 0.5 WHERE canonical_symbol = 'EURUSD' "
+               "AND timeframe = '1m' AND ts_utc = %s", (corrected,))
+    db.commit()
+    engine.aggregate_many(db, "5m", spans, now=LATER, reason="late_data")
+    db.commit()
+    assert restated_from(db) == T0 + HOUR + timedelta(minutes=5)
+    assert restated_from(db, "5m") is None  # 5m reads data_bars: its own changes are captured
+
+    [result] = live("1h").results
+    assert result.read_from == AGG_START and result.bars_updated == 1
+    five, one = active_bars(db, "EURUSD", "5m"), active_bars(db, "EURUSD", "1h")
+    in_hour = five[(five.ts_utc >= T0 + HOUR) & (five.ts_utc < T0 + 2 * HOUR)]
+    assert one[one.ts_utc == T0 + HOUR].high.item() == in_hour.high.max()
+    assert restated_from(db) is None
+    again = live("1h")
+    assert again.results == [] and again.idle == {"EURUSD": T0 + 3 * HOUR}

@@ -275,7 +275,7 @@ def _task_view(row: dict, tf: Timeframe) -> TaskView | AggregationError:
         skip_zero_volume=row["agg_skip_zero_volume_ohlc"], forming=row["agg_forming_bars"],
         frontier=utc(row["frontier"]), fingerprint_through=utc(row["fingerprint_through"]),
         retained_from=utc(row["retained_from"]), forming_through=utc(row["forming_through"]),
-        calendar=calendar)
+        calendar=calendar, source_restated_from=utc(row["source_restated_from"]))
 
 
 def _missing(conn: psycopg.Connection, tf: Timeframe,
@@ -486,6 +486,11 @@ def _result(tf: Timeframe, task: TaskView, bounds: Bounds, final_hi: datetime,
         read_from=bounds.read_from, forming_ts=forming[0] if forming else None, days=mine)
 
 
+def _restated_read(task: TaskView, results: list[AggregationResult]) -> bool:
+    mark = task.source_restated_from
+    return mark is not None and min(r.read_from for r in results) <= mark
+
+
 def _record_success(conn: psycopg.Connection, tf: Timeframe,
                     results: list[AggregationResult], tasks: dict[str, TaskView]) -> None:
     by_symbol: dict[str, list[AggregationResult]] = {}
@@ -499,7 +504,9 @@ def _record_success(conn: psycopg.Connection, tf: Timeframe,
              "bars_inserted": sum(r.bars_inserted for r in mine),
              "bars_poor_quality": sum(r.bars_poor_quality for r in mine),
              "forming_through": (tasks[symbol].frontier.isoformat()
-                                 if tasks[symbol].forming and tasks[symbol].frontier else None)}
+                                 if tasks[symbol].forming and tasks[symbol].frontier else None),
+             # the source bars written behind its cursor were read again (migration 022)
+             "restated_read": _restated_read(tasks[symbol], mine)}
             for symbol, mine in sorted(by_symbol.items())]),
     }, prepare=False)
 

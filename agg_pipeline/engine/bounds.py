@@ -37,6 +37,8 @@ class TaskView:
     retained_from: datetime | None  # the source's declared retention horizon (contract 16)
     forming_through: datetime | None = None  # the frontier its forming bar reflects
     calendar: str | None = None  # the calendar its windows follow (None: the UTC grid)
+    # a source bar written behind its cursor since it last read (derived timeframes only)
+    source_restated_from: datetime | None = None
 
     @property
     def forming_work(self) -> bool:
@@ -73,8 +75,9 @@ def request_bounds(task: TaskView, tf: Timeframe, start: datetime, end: datetime
     `incremental` (live runs) reads from the cursor instead of the range's start when what
     lies before it was read and fingerprinted by earlier runs: for a timeframe read from
     data_bars, when the cursor's day's fingerprint ends at the cursor (or the cursor is the
-    day's start); for one read from derived bars, always (a run that changes older source
-    bars re-reads its days in full, downstream included). Source rows a late-data run
+    day's start); for one read from derived bars, unless a source bar was written behind its
+    cursor since (source_restated_from, migration 022: a live 5m read of a whole day that
+    consumed a correction). Source rows a late-data run
     re-reads are then never missed: late rows before the cursor change the fingerprint.
     """
     grid = task_grid(task, tf)
@@ -88,7 +91,8 @@ def request_bounds(task: TaskView, tf: Timeframe, start: datetime, end: datetime
     final_to = max(min(range_end, grid.edge(as_of)), hi)
     read_from = max(lo, grid.ceil(task.agg_start))
     cursor = grid.ceil(task.cursor)
-    chained = incremental and read_from < cursor <= final_to and (
+    restated = task.source_restated_from is not None and task.source_restated_from < cursor
+    chained = incremental and read_from < cursor <= final_to and not restated and (
         not tf.reads_data_bars or cursor == windows.day_start(cursor)
         or (task.fingerprint_through is not None and task.fingerprint_through == cursor))
     if chained:

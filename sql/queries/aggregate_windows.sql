@@ -275,6 +275,16 @@ soft_deleted AS (
     WHERE d.ctid = ANY (ARRAY(SELECT existing_ctid FROM diff
                               WHERE kind = 'write' AND action = 'delete'))
 ),
+-- a bar written behind the cursor of a task that reads this timeframe's bars (1h from 5m):
+-- that task's incremental read would start at its cursor and miss it (migration 022)
+restated_downstream AS (
+    UPDATE data_agg_state s
+    SET source_restated_from = least(s.source_restated_from, w.first_at)
+    FROM (SELECT symbol, min(at) AS first_at FROM diff WHERE kind = 'write' GROUP BY symbol) w
+    WHERE s.canonical_symbol = w.symbol
+      AND s.source_timeframe = %(timeframe)s
+      AND w.first_at < s.last_agg_bar_ts_utc
+),
 -- per request, its first window not final and the fingerprinted days [record_from, record_to)
 final_bound AS (
     SELECT x.ord, x.symbol, x.read_from, x.record_from, x.consume_from, x.at AS final_hi,

@@ -9,7 +9,8 @@ SELECT
     s.source_timeframe,
     s.run_interval_minutes,
     s.aggregation_delay_seconds,
-    s.last_agg_bar_ts_utc,
+    -- behind from a source bar written behind its cursor (migration 022), if any
+    least(s.last_agg_bar_ts_utc, s.source_restated_from) AS last_agg_bar_ts_utc,
     s.is_mandatory,
     s.task_priority,
     s.last_successful_at_utc,

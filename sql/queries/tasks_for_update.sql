@@ -6,7 +6,8 @@
 -- symbol's registry settings, its source frontier now (newest usable source row), the end of
 -- the fingerprint recorded for the cursor's UTC day (an incremental read continues it), and
 -- the declared retention horizon of its source (contract 16). window_calendar: the calendar
--- its windows follow (NULL: the UTC grid; migration 021).
+-- its windows follow (NULL: the UTC grid; migration 021); source_restated_from: a source bar
+-- written behind its cursor (migration 022).
 SELECT
     s.canonical_symbol,
     s.source_timeframe,
@@ -17,6 +18,7 @@ SELECT
     s.derivation_version,
     s.forming_through,
     s.window_calendar,
+    s.source_restated_from,
     r.agg_skip_zero_volume_ohlc,
     r.agg_forming_bars,
     agg_source_frontier(s.canonical_symbol, s.source_timeframe, %(as_of)s) AS frontier,

@@ -14,8 +14,11 @@ SET last_agg_bar_ts_utc     = greatest(s.last_agg_bar_ts_utc, u.cursor),
     total_bars_quality_poor = s.total_bars_quality_poor + u.bars_poor_quality,
     next_run_at             = now() + make_interval(mins => s.run_interval_minutes),
     -- the frontier its forming bar reflects (NULL when the symbol has none)
-    forming_through         = u.forming_through
+    forming_through         = u.forming_through,
+    -- read again from before the source bar written behind its cursor (migration 022)
+    source_restated_from    = CASE WHEN u.restated_read THEN NULL
+                                   ELSE s.source_restated_from END
 FROM json_to_recordset(%(tasks)s::json)
     AS u(symbol text, cursor timestamptz, bars_inserted bigint, bars_poor_quality bigint,
-         forming_through timestamptz)
+         forming_through timestamptz, restated_read boolean)
 WHERE s.canonical_symbol = u.symbol AND s.timeframe = %(timeframe)s

@@ -13,6 +13,8 @@ SELECT s.canonical_symbol,
        OR s.run_interval_minutes IS DISTINCT FROM %(interval_minutes)s
        OR s.aggregation_delay_seconds IS NULL OR s.aggregation_delay_seconds < 0
        OR (NOT g.agg_forming_bars AND s.forming_through IS NOT NULL)
+       -- a source bar written behind its cursor (migration 022)
+       OR s.source_restated_from < s.last_agg_bar_ts_utc
        OR (g.agg_forming_bars AND s.forming_through IS DISTINCT FROM
            agg_source_frontier(s.canonical_symbol, s.source_timeframe, %(as_of)s))
        OR (n.next_ts IS NOT NULL AND (
