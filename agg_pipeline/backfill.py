@@ -1,6 +1,7 @@
 """`agg-pipeline backfill`: materialise a rectangle of symbols x days from a terminal, in this
 process, with Dagster's own Python API on the project's Dagster instance, so the runs appear
-in the UI like the UI's "Single run".
+in the UI like the runs of the `backfill_bars` launchpad job (defs/backfill_job.py), which
+calls `run_block` too.
 
 It sets up what a raw `dagster asset materialize` leaves to the reader: DAGSTER_HOME (dev's,
 $AGG_HOME/dagster_home), DAGSTER_POSTGRES_URL (the embedded server's Dagster database when
