@@ -399,12 +399,11 @@ def test_backfill_every_symbol_from_the_launchpad_in_chromium(chromium: str,
         page = browser.new_page(viewport=VIEWPORT)
         page.set_default_timeout(UI_TIMEOUT_MS)
         try:
-            page.goto(f"{dev_server.url}/jobs")
+            # the job's page (the README's Jobs > backfill_bars), then its Launchpad tab
+            page.goto(f"{dev_server.url}/locations/agg_pipeline/jobs/backfill_bars")
             if community_dialog:
                 page.get_by_role("button", name="Skip").click()
                 expect(page.get_by_text("Join the Dagster community")).to_be_hidden()
-            page.get_by_role("link", name="backfill_bars", exact=True).first.click()
-            page.wait_for_url(re.compile(r"/jobs/backfill_bars"))
             page.get_by_role("tab", name="Launchpad").click()
             editor = page.locator(".CodeMirror").first
             expect(editor).to_be_visible()
