@@ -1,6 +1,7 @@
 """`agg-pipeline backfill`: materialise a rectangle of symbols x days from a terminal, in this
 process, with Dagster's own Python API on the project's Dagster instance, so the runs appear
-in the UI like the UI's "Single run".
+in the UI like the runs of the `backfill_bars` launchpad job (defs/backfill_job.py), which
+calls `run_block` too.
 
 It sets up what a raw `dagster asset materialize` leaves to the reader: DAGSTER_HOME (dev's,
 $AGG_HOME/dagster_home), DAGSTER_POSTGRES_URL (the embedded server's Dagster database when
@@ -126,13 +127,15 @@ def asset_keys(timeframe_names: Sequence[str]) -> list:
 
 
 def run_block(instance, symbols: list[str], first: date, last: date,
-              keys: list) -> RunSummary:
-    """One in-process run of the project's aggregate_bars job over symbols x [first, last]."""
+              keys: list, extra_tags: dict[str, str] | None = None) -> RunSummary:
+    """One in-process run of the project's aggregate_bars job over symbols x [first, last]
+    (tagged NO_RETRY_TAGS, or `extra_tags` when given)."""
     from agg_pipeline.definitions import defs
     from agg_pipeline.defs.partitions import range_tags
 
     job = defs.resolve_job_def("aggregate_bars")
-    tags = {**range_tags(symbols[0], first, last, last_symbol=symbols[-1]), **NO_RETRY_TAGS}
+    tags = {**range_tags(symbols[0], first, last, last_symbol=symbols[-1]),
+            **(NO_RETRY_TAGS if extra_tags is None else extra_tags)}
     result = job.execute_in_process(
         instance=instance, tags=tags, asset_selection=keys, raise_on_error=False,
         # the events are stored and shown in the UI; the terminal gets the summary

@@ -279,8 +279,8 @@ def history(symbol: str, timeframe: str, start: datetime, end: datetime | None,
 
 BACKFILL_HELP = """Materialise SYMBOLS x [FIRST_DAY, LAST_DAY] (UTC days, inclusive) now, in
 this process: Dagster's own execution of the aggregate_bars job on the project's Dagster
-instance, one run per block of consecutive symbols (the UI's "Single run"), shown in the UI's
-Runs like any other. Prints one line: the runs, how they ended, and per timeframe the bars
+instance, one run per block of consecutive symbols (as the UI's backfill_bars job), shown in
+the UI's Runs like any other. Prints one line: the runs, how they ended, and per timeframe the bars
 written new, restated, withdrawn and left unchanged.
 
 \b

@@ -4,6 +4,7 @@ import dagster as dg
 
 from agg_pipeline.defs.alerts import alerts_sensor
 from agg_pipeline.defs.assets import bars_1m, derived_bars_assets
+from agg_pipeline.defs.backfill_job import backfill_bars_job
 from agg_pipeline.defs.checks import all_checks
 from agg_pipeline.defs.jobs import aggregate_bars_job
 from agg_pipeline.defs.liveness import heartbeat_executor, run_liveness_sensor
@@ -17,7 +18,7 @@ from agg_pipeline.defs.synthetic import synthetic_bars_1m
 defs = dg.Definitions(
     assets=[bars_1m, synthetic_bars_1m, *derived_bars_assets],
     asset_checks=all_checks,
-    jobs=[aggregate_bars_job, *runbook_jobs],
+    jobs=[aggregate_bars_job, backfill_bars_job, *runbook_jobs],
     schedules=[catchup_schedule],
     sensors=[registry_sync_sensor, source_frontier_sensor, late_data_sensor, alerts_sensor,
              run_liveness_sensor, dagster_storage_retention_sensor],

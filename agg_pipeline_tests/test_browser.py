@@ -4,6 +4,8 @@ Debian's Chromium, driven by Playwright, does what an operator does on a fresh m
 opens the catalog, finds bars_5m, opens "Materialize…", picks one demo symbol and a range of
 two days, launches the backfill, follows the toast to the backfill's page and waits there
 until it has succeeded. GraphQL and the market database then confirm what the UI showed.
+A second test drives the README's backfill path: Jobs > backfill_bars > Launchpad, its config,
+Launch run (one run over every demo symbol x two days).
 Screenshots land in the test's tmp_path and in test-output/browser/ (CI artifacts).
 """
 
@@ -357,3 +359,79 @@ def test_backfill_bars_5m_from_the_ui_in_chromium(chromium: str, dev_server: Dev
         per_day[first_day]), (shown, per_day)
     print(f"backfill {backfill_id}: {found['status']}, 5m bars per day {per_day}; "
           f"{len(shots.saved)} screenshots; {time.monotonic() - started:.0f}s in all")
+
+
+LAUNCHPAD_CONFIG = """ops:
+  backfill_bars_op:
+    config:
+      first_day: "{first}"
+      last_day: "{last}"
+      symbols: []
+      timeframes: ["5m", "1h"]
+"""
+
+
+def job_runs(server: DevServer, job: str) -> list[dict]:
+    data = server.graphql("""query ($job: String!) {
+        runsOrError(filter: {pipelineName: $job}) { ... on Runs { results {
+            runId status tags { key value } } } } }""", {"job": job})
+    return data["runsOrError"]["results"]
+
+
+def test_backfill_every_symbol_from_the_launchpad_in_chromium(chromium: str,
+                                                              dev_server: DevServer,
+                                                              tmp_path: Path):
+    """The README's backfill: Jobs > backfill_bars > Launchpad, the config, Launch run: one
+    backfill_bars run and one aggregate_bars run over every demo symbol x two days, every
+    partition materialised by it. (Written without a browser at hand: the config is set on
+    the launchpad's CodeMirror editor through its own API, not typed key by key.)"""
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    dev_server.wait_until_loaded()
+    market_url = embedded.ensure_server(dev_server.home).database_url(embedded.MARKET_DATABASE)
+    first_day, last_day = latest_two_days(market_url, SYMBOL)
+    symbols = wait_for_symbol_partitions(dev_server)[SYMBOL_DIMENSION]
+    community_dialog = dev_server.graphql("{ shouldShowNux }")["shouldShowNux"]
+    shots = Screenshots(tmp_path / "screenshots")
+    with sync_playwright() as playwright:
+        browser = launch(playwright, chromium)
+        page = browser.new_page(viewport=VIEWPORT)
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        try:
+            # the job's page (the README's Jobs > backfill_bars), then its Launchpad tab
+            page.goto(f"{dev_server.url}/locations/agg_pipeline/jobs/backfill_bars")
+            if community_dialog:
+                page.get_by_role("button", name="Skip").click()
+                expect(page.get_by_text("Join the Dagster community")).to_be_hidden()
+            page.get_by_role("tab", name="Launchpad").click()
+            editor = page.locator(".CodeMirror").first
+            expect(editor).to_be_visible()
+            editor.evaluate("(node, text) => node.CodeMirror.setValue(text)",
+                            LAUNCHPAD_CONFIG.format(first=first_day, last=last_day))
+            shots.take(page, "launchpad config")
+            page.get_by_role("button", name="Launch run").click()
+            runs = wait_for(lambda: [r for r in job_runs(dev_server, "backfill_bars")
+                                     if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")],
+                            BACKFILL_TIMEOUT, "the backfill_bars run to end",
+                            lambda: dev_server.log()[-3000:], interval=2)
+            shots.take(page, "launched run")
+        except Exception:
+            shots.keep(dev_server.log_path, "dev.log")
+            try:
+                shots.take(page, "failure", full_page=True)
+            except Exception as shot_error:
+                print(f"no failure screenshot: {shot_error}")
+            raise
+        finally:
+            browser.close()
+    [launched] = runs
+    assert launched["status"] == "SUCCESS", run_failure_messages(dev_server, launched["runId"])
+    assert {t["key"]: t["value"] for t in launched["tags"]}.get("dagster/from_ui") == "true"
+    built = [r for r in job_runs(dev_server, "aggregate_bars")
+             if {t["key"]: t["value"] for t in r["tags"]}.get("agg/launched_by")
+             == launched["runId"]]
+    assert [r["status"] for r in built] == ["SUCCESS"], built  # one run, every symbol
+    keys = [partition_key(s, d) for s in symbols for d in (first_day, last_day)]
+    by_partition = materializing_runs(dev_server, keys)
+    assert all(built[0]["runId"] in by_partition.get(k, set()) for k in keys), by_partition

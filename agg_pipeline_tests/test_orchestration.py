@@ -71,7 +71,8 @@ def test_definitions_snapshot():
     assert snapshot == {
         "assets": ["bars_15m", "bars_1d", "bars_1h", "bars_1m", "bars_4h", "bars_5m",
                    "synthetic_bars_1m"],
-        "jobs": ["aggregate_bars", "backup_agg_state", "legacy_cleanup", "legacy_cleanup_undo",
+        "jobs": ["aggregate_bars", "backfill_bars", "backup_agg_state", "legacy_cleanup",
+                 "legacy_cleanup_undo",
                  "preflight_report", "prune_backups", "rebuild_range", "reset_cursors",
                  "restore_agg_state"],
         "sensors": ["alerts_sensor", "dagster_storage_retention_sensor", "late_data_sensor",

@@ -20,6 +20,11 @@ daemon) starts with that configuration, and the backfill is launched exactly as 
 active bars compared per symbol with a direct count of qualifying windows (SPEC contract 4:
 5m windows with >= 3 source minutes, 1h windows with >= 7 such 5m windows).
 
+"UI launchpad" is the README's UI path: Jobs > backfill_bars > Launchpad > Launch run
+(`launchPipelineExecution` of the `backfill_bars` job with its launchpad config), through the
+run queue; its one op runs one aggregate_bars run over the rectangle in process. Its clock runs
+until the launchpad's run reports SUCCESS; both runs are counted.
+
 Two more rows put the backfill figures in context: "one run", the same dialog's "Launch as:
 Single run" option (`launchPipelineExecution` of the asset job with the range tags
 first..last key: one run over the whole symbol x day rectangle, through the run queue, not a
@@ -47,6 +52,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -63,12 +69,15 @@ from dagster._core.events import DagsterEventType
 
 from agg_pipeline import settings
 from agg_pipeline.db import connection, migrations
+from agg_pipeline.defs.backfill_job import JOB_NAME as BACKFILL_JOB
+from agg_pipeline.defs.backfill_job import OP_NAME
 from agg_pipeline.defs.partitions import (
     RANGE_END_TAG,
     RANGE_START_TAG,
     SYMBOLS_PARTITIONS_NAME,
     partition_key,
 )
+from agg_pipeline.defs.tags import LAUNCHED_BY_TAG
 from agg_pipeline.engine import aggregate as engine
 from agg_pipeline.engine import tasks
 from agg_pipeline.settings import BACKFILL_BATCH_VAR
@@ -256,9 +265,9 @@ def inspect_runs(instance: dg.DagsterInstance, records, outcome: Outcome,
         run_id = record.dagster_run.run_id
         for entry in instance.all_logs(run_id):
             # each asset step logs its run totals once: "... (N engine calls): ..."
-            if entry.user_message.startswith("run totals"):
-                outcome.engine_calls += int(
-                    entry.user_message.split(" engine calls)")[0].rsplit("(", 1)[1])
+            calls = ENGINE_CALLS.search(entry.user_message)
+            if entry.user_message.startswith("run totals") and calls:
+                outcome.engine_calls += int(calls.group(1))
             event = entry.dagster_event
             if event is None or event.event_type not in (
                     DagsterEventType.ASSET_CHECK_EVALUATION, DagsterEventType.STEP_FAILURE):
@@ -332,6 +341,9 @@ def step_summary(instance: dg.DagsterInstance, records) -> list[str]:
 
 
 ONE_RUN = "one-run"  # the UI dialog's "Launch as: Single run" (range tags), not a backfill
+LAUNCHPAD = "launchpad"  # Jobs > backfill_bars > Launchpad (the README's UI path)
+# a step's "run totals, bars_5m, N partitions of M symbols (K ranges): ...": its engine spans
+ENGINE_CALLS = re.compile(r"\((\d+) (?:engine calls|ranges?)\)")
 
 LAUNCH_RUN = """
 mutation LaunchRun($executionParams: ExecutionParams!) {
@@ -416,21 +428,44 @@ def _launch_one_run(dev, data: Dataset) -> str:
     return result["run"]["runId"]
 
 
+def _launch_launchpad(dev, data: Dataset) -> str:
+    """Jobs > backfill_bars > Launchpad > Launch run: the job with its launchpad config, as the
+    UI's launchpad sends it (launchPipelineExecution, runConfigData as YAML/JSON text)."""
+    config = {"ops": {OP_NAME: {"config": {
+        "first_day": data.first_day.isoformat(), "last_day": data.last_day.isoformat(),
+        "symbols": list(data.symbols), "timeframes": [a.removeprefix("bars_") for a in ASSETS],
+    }}}}
+    params = {
+        "mode": "default",
+        "executionMetadata": {"tags": [{"key": "dagster/from_ui", "value": "true"}]},
+        "runConfigData": json.dumps(config),
+        "selector": {"repositoryLocationName": "agg_pipeline",
+                     "repositoryName": "__repository__", "pipelineName": BACKFILL_JOB},
+    }
+    result = graphql(dev, LAUNCH_RUN, {"executionParams": params}, 600)[
+        "launchPipelineExecution"]
+    if result["__typename"] != "LaunchRunSuccess":
+        raise RuntimeError(f"launchPipelineExecution: {result}")
+    return result["run"]["runId"]
+
+
 def run_dagster(scratch: Scratch, data: Dataset, batch: int | str | None, timeout: float,
                 logs_dir: Path | None) -> Outcome:
     """One configuration through `agg-pipeline dev` (webserver + daemon): a backfill under the
     single-run (batch None) or multi-run(batch) policy, or (batch ONE_RUN) one range run."""
     from agg_pipeline_tests.processes import start_dev, storage_instance
 
-    one_run = batch == ONE_RUN
-    if one_run:
-        label = "one run (UI 'Single run')"
+    one_run = batch in (ONE_RUN, LAUNCHPAD)  # followed as one run
+    if batch == LAUNCHPAD:
+        label = "UI launchpad backfill_bars (one run + its aggregate_bars run)"
+    elif one_run:
+        label = "one run, range tags (the 1.13 UI no longer offers it)"
     else:
         label = "single-run" if batch is None else f"multi-run({batch})"
     outcome = Outcome(label)
     log(f"{label}: resetting derived bars, fresh Dagster storage")
     reset_derived(data)
-    suffix = "onerun" if one_run else "single" if batch is None else f"multi{batch}"
+    suffix = (batch if one_run else "single" if batch is None else f"multi{batch}")
     storage_url = scratch.database(f"dagster_{suffix}")
     home = scratch.directory(suffix)
     with storage_instance(storage_url, home / "instance") as instance:
@@ -452,7 +487,8 @@ def run_dagster(scratch: Scratch, data: Dataset, batch: int | str | None, timeou
         launched_at = time.time()
         load_before = os.getloadavg()
         t0 = time.perf_counter()
-        launched_id = (_launch_one_run if one_run else _launch_backfill)(dev, data)
+        launched_id = (_launch_launchpad if batch == LAUNCHPAD else
+                       _launch_one_run if one_run else _launch_backfill)(dev, data)
         status, last_print, backfill = None, 0.0, {}
         while True:
             if one_run:
@@ -494,6 +530,8 @@ def run_dagster(scratch: Scratch, data: Dataset, batch: int | str | None, timeou
     with storage_instance(storage_url, home / "check") as instance:
         if one_run:
             records = instance.get_run_records(dg.RunsFilter(run_ids=[launched_id]))
+            records += instance.get_run_records(
+                dg.RunsFilter(tags={LAUNCHED_BY_TAG: launched_id}))
         else:
             records = instance.get_run_records(dg.RunsFilter(tags={BACKFILL_TAG: launched_id}))
         inspect_runs(instance, records, outcome, launched_at)
@@ -659,6 +697,8 @@ def main() -> int:
     parser.add_argument("--no-single", action="store_true", help="skip the single-run case")
     parser.add_argument("--no-one-run", action="store_true",
                         help="skip the one-run case (the UI's 'Launch as: Single run')")
+    parser.add_argument("--no-launchpad", action="store_true",
+                        help="skip the launchpad case (Jobs > backfill_bars, the README's path)")
     parser.add_argument("--no-cli", action="store_true", help="skip the CLI case")
     parser.add_argument("--no-direct", action="store_true",
                         help="skip the engine-only reference (no Dagster)")
@@ -695,6 +735,8 @@ def main() -> int:
         configurations: list[int | str | None] = ([] if args.no_single else [None]) + batches
         if not args.no_one_run:
             configurations.append(ONE_RUN)
+        if not args.no_launchpad:
+            configurations.insert(0, LAUNCHPAD)
         for batch in configurations:
             outcomes.append(guarded(f"configuration {batch or 'single-run'}", lambda b=batch:
                                     run_dagster(scratch, data, b, args.timeout, args.logs)))

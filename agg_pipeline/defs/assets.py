@@ -38,10 +38,12 @@ RUN_LOG_SYMBOLS = 10  # a run's log names at most this many symbols per kind of 
 def backfill_policy() -> dg.BackfillPolicy:
     """Single-run (default), or runs of at most N symbol-day partitions.
 
-    Dagster cuts a symbol x day backfill along its smaller dimension, so a single-run
-    backfill is one run per symbol, each calling the engine once per timeframe over the whole
-    day range (the launch dialog's "Single run" makes it one run for everything). Batches
-    only cut those runs smaller; measured in bench/backfill_bench.py and the README.
+    Dagster 1.13 cuts a symbol x day asset backfill along its dimension with fewer distinct
+    keys, so a single-run backfill is one run per symbol (or per day, when it has fewer days
+    than symbols), each calling the engine once per timeframe over its range; the 1.13 dialog
+    offers no "Single run" for the whole rectangle. Batches only cut those runs smaller. One
+    run for the whole rectangle is the `backfill_bars` launchpad job (defs/backfill_job.py);
+    measured in bench/backfill_bench.py and the README.
     """
     batch = settings.backfill_max_partitions_per_run()
     if batch is None:

@@ -24,3 +24,5 @@ BACKFILL_TAG = "dagster/backfill"
 # Dagster's run retries: a failed run it will retry, and a retry's parent.
 WILL_RETRY_TAG = "dagster/will_retry"
 PARENT_RUN_ID_TAG = "dagster/parent_run_id"
+# The backfill_bars run (the UI's launchpad backfill) that ran an aggregate_bars run.
+LAUNCHED_BY_TAG = "agg/launched_by"
