@@ -23,13 +23,15 @@ from pathlib import Path
 
 from agg_pipeline import devserver, settings
 from agg_pipeline.db import connection, embedded, migrations
+from agg_pipeline.defs.tags import REASON_TAG
+from agg_pipeline.engine.reasons import Reason
 
 # Summed per asset from each partition's materialisation metadata (the engine's counts)
 COUNTS = (("bars_inserted", "new"), ("bars_updated", "restated"),
           ("bars_soft_deleted", "withdrawn"), ("bars_unchanged", "unchanged"))
 # A CLI backfill's run is not re-launched by the daemon's run retries (dagster.yaml): its
 # operator is watching it and runs it again when needed.
-NO_RETRY_TAGS = {"dagster/max_retries": "0", "agg/reason": "cli backfill"}
+NO_RETRY_TAGS = {"dagster/max_retries": "0", REASON_TAG: Reason.CLI_BACKFILL.tag()}
 
 
 class BackfillError(ValueError):

@@ -26,10 +26,11 @@ from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
 )
 
 from agg_pipeline.definitions import defs
-from agg_pipeline.defs.backfill_job import JOB_NAME, OP_NAME, UI_BACKFILL_REASON
+from agg_pipeline.defs.backfill_job import JOB_NAME, OP_NAME
 from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, partition_key
 from agg_pipeline.defs.requests import IN_FLIGHT
 from agg_pipeline.defs.tags import LAUNCHED_BY_TAG, RANGE_END_TAG, RANGE_START_TAG, REASON_TAG
+from agg_pipeline.engine.reasons import Reason
 from agg_pipeline_tests.helpers import T0, add_symbol, insert_bars, minute_bars, sync, wait_for
 
 SYMBOLS = ("EURUSD", "GBPUSD", "USDJPY")
@@ -87,7 +88,7 @@ def test_launchpad_backfill_is_one_run_over_every_symbol_and_day(three_symbols, 
     assert [(r.job_name, r.status) for r in runs] == [("aggregate_bars",
                                                        dg.DagsterRunStatus.SUCCESS)]
     [run] = runs
-    assert run.tags[REASON_TAG] == UI_BACKFILL_REASON
+    assert Reason.from_tag(run.tags[REASON_TAG]) is Reason.UI_BACKFILL
     assert run.tags[RANGE_START_TAG] == str(partition_key(SYMBOLS[0], DAYS[0]))
     assert run.tags[RANGE_END_TAG] == str(partition_key(SYMBOLS[-1], DAYS[1]))
     assert len(instance.get_runs()) == 2  # the launchpad's run and that one
@@ -116,13 +117,14 @@ def test_launchpad_backfill_refuses_what_it_cannot_do(three_symbols, instance):
         ({"first_day": str(DAYS[0]), "symbols": ["NOPE"]}, "not in the `symbols` partitions"),
         ({"first_day": "2025-07-08", "last_day": "2025-07-07"}, "is before FIRST_DAY"),
         ({"first_day": "07/07/2025"}, "YYYY-MM-DD expected"),
+        ({}, "YYYY-MM-DD expected, e.g. first_day"),  # the launchpad as it opens
         ({"first_day": str(DAYS[0]), "timeframes": ["7m"]}, "unknown target timeframe '7m'"),
     ):
         result = launchpad(instance, **config)
         assert not result.success
         [failure] = [e for e in result.all_node_events if e.is_step_failure]
         assert words in failure.step_failure_data.user_failure_data.description, config
-    assert [r.job_name for r in instance.get_runs()] == [JOB_NAME] * 4  # no aggregate_bars run
+    assert [r.job_name for r in instance.get_runs()] == [JOB_NAME] * 5  # no aggregate_bars run
 
 
 def test_asset_backfill_through_the_daemon_runs_per_key_range(three_symbols, instance):

@@ -30,14 +30,15 @@ from agg_pipeline import backfill
 from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
 from agg_pipeline.defs.tags import LAUNCHED_BY_TAG, REASON_TAG
 from agg_pipeline.engine import timeframes
+from agg_pipeline.engine.reasons import Reason
 
 JOB_NAME = "backfill_bars"
 OP_NAME = "backfill_bars_op"  # the launchpad's `ops: backfill_bars_op: config:`
-UI_BACKFILL_REASON = "ui backfill"
 
 
 class BackfillBarsConfig(dg.Config):
-    first_day: str  # YYYY-MM-DD, a UTC day
+    # empty by default: the launchpad opens valid, and the job refuses saying what to fill in
+    first_day: str = ""  # YYYY-MM-DD, a UTC day
     last_day: str = ""  # YYYY-MM-DD, inclusive; empty: first_day
     symbols: list[str] = []  # empty: every symbol of the `symbols` partitions
     timeframes: list[str] = ["5m", "1h"]  # and synthetic_bars_1m with 5m
@@ -52,7 +53,8 @@ def _days(config: BackfillBarsConfig) -> tuple[date, date]:
         first = date.fromisoformat(config.first_day.strip())
         last = date.fromisoformat(config.last_day.strip()) if config.last_day.strip() else first
     except ValueError as exc:
-        raise _refused(f"first_day / last_day: YYYY-MM-DD expected ({exc})") from None
+        raise _refused(f"first_day / last_day: YYYY-MM-DD expected, e.g. first_day: "
+                       f"'2026-01-05' ({exc})") from None
     try:
         backfill.check_days(first, last)
     except backfill.BackfillError as exc:
@@ -75,7 +77,7 @@ def backfill_bars_op(context: dg.OpExecutionContext, config: BackfillBarsConfig)
     if unknown or not symbols:
         raise _refused(f"not in the `symbols` partitions: {', '.join(unknown) or '(none synced)'}"
                        " (registry_sync_sensor adds the registry's symbols within a minute)")
-    tags = {"dagster/max_retries": "0", REASON_TAG: UI_BACKFILL_REASON,
+    tags = {"dagster/max_retries": "0", REASON_TAG: Reason.UI_BACKFILL.tag(),
             LAUNCHED_BY_TAG: context.run_id}
     blocks = backfill.blocks(symbols, order)
     assets = ", ".join(k.to_user_string() for k in keys)

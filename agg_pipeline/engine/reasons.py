@@ -78,6 +78,8 @@ class Reason(StrEnum):
     DELETION = ("deletion", Revision.DELETION,
                 "tagged by hand: a run re-reading days whose source rows were deleted")
     CLI_BACKFILL = ("cli backfill", Revision.BACKFILL, "agg-pipeline backfill")
+    UI_BACKFILL = ("ui backfill", Revision.BACKFILL,
+                   "the backfill_bars job, launched from its launchpad")
 
     @property
     def live(self) -> bool:
