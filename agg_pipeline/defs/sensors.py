@@ -20,7 +20,7 @@ from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.defs.synthetic import with_synthetic_step
 from agg_pipeline.engine import planning, synthetic, tasks, timeframes
 from agg_pipeline.engine.reasons import Reason
-from agg_pipeline.listing import capped
+from agg_pipeline.listing import capped, summarise
 
 # Rows whose ingestion transaction committed up to this long after its ingested_at stamp
 # are still seen by the late-data sensor.
@@ -60,7 +60,8 @@ def registry_sync_sensor(context: dg.SensorEvaluationContext,
         requests.append(dg.DeleteDynamicPartitionsRequest(SYMBOLS_PARTITIONS_NAME, removed))
     summary_line = (f"env={environment}: {len(wanted)} symbols; tasks created={result.created} "
                     f"updated={result.updated} retired={result.retired}; partitions "
-                    f"added={added} removed={removed}; rejected={len(result.rejected)}")
+                    f"added {summarise(added)}, removed {summarise(removed)}; "
+                    f"rejected={len(result.rejected)}")
     context.log.info(summary_line)
     if not requests:
         return dg.SkipReason(summary_line)
