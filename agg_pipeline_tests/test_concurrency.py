@@ -241,18 +241,24 @@ def test_schedule_sensors_and_backfill_on_the_same_days_at_once(db, database_url
     gate.execute("LOCK TABLE data_agg_state IN ACCESS EXCLUSIVE MODE")
     with ProcessPoolExecutor(len(launches), mp_context=multiprocessing.get_context("spawn")) \
             as pool:
-        futures = start_runs(pool, dagster_storage_url, tmp_path, launches)
-        wait_for(lambda: lock_waiters(watcher, relation="data_agg_state") >= len(launches),
-                 300, "every run to reach the start gate", interval=0.1)
-        peak_lock_waiters = 0
-        started = time.monotonic()
-        gate.commit()
-        while not all(f.done() for f in futures.values()):
-            peak_lock_waiters = max(peak_lock_waiters, lock_waiters(watcher))
-            time.sleep(0.02)
-        elapsed = time.monotonic() - started
-        results = {name: f.result() for name, f in futures.items()}  # run ids
-    gate.close()
+        try:
+            futures = start_runs(pool, dagster_storage_url, tmp_path, launches)
+            wait_for(lambda: lock_waiters(watcher, relation="data_agg_state") >= len(launches),
+                     300, "every run to reach the start gate", interval=0.1,
+                     context=lambda: "done before the gate: "
+                     + ", ".join(n for n, f in futures.items() if f.done()))
+            peak_lock_waiters = 0
+            started = time.monotonic()
+            gate.commit()
+            while not all(f.done() for f in futures.values()):
+                peak_lock_waiters = max(peak_lock_waiters, lock_waiters(watcher))
+                time.sleep(0.02)
+            elapsed = time.monotonic() - started
+            results = {name: f.result() for name, f in futures.items()}  # run ids
+        finally:
+            # a failure before the gate opens must not leave the runs, and so the pool's exit,
+            # waiting on it for ever
+            gate.close()
     watcher.close()
 
     failed = failed_runs(instance)  # the instance holds this test's runs only

@@ -77,6 +77,7 @@ class Reason(StrEnum):
                   "tagged by hand: a run re-reading corrected source rows")
     DELETION = ("deletion", Revision.DELETION,
                 "tagged by hand: a run re-reading days whose source rows were deleted")
+    BACKFILL = ("backfill", Revision.BACKFILL, "tagged by hand: a run re-building a range")
     CLI_BACKFILL = ("cli backfill", Revision.BACKFILL, "agg-pipeline backfill")
     UI_BACKFILL = ("ui backfill", Revision.BACKFILL,
                    "the backfill_bars job, launched from its launchpad")
