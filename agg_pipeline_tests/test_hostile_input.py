@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+import pandas as pd
 import psycopg
 import pytest
 
@@ -399,7 +400,9 @@ def test_invalid_source_rows_are_counted_in_the_run_and_distort_no_bar(db, insta
     for timeframe in ("5m", "1h"):
         engine.aggregate(db, "CLEAN", timeframe, T0, AS_OF, now=AS_OF)
         db.commit()
-        assert active_bars(db, "DIRTY", timeframe).equals(active_bars(db, "CLEAN", timeframe))
+        pd.testing.assert_frame_equal(active_bars(db, "DIRTY", timeframe),
+                                      active_bars(db, "CLEAN", timeframe), check_exact=True,
+                                      obj=f"{timeframe} bars, DIRTY against CLEAN")
     assert len(active_bars(db, "DIRTY", "1h")) == 2
 
 
