@@ -400,8 +400,11 @@ def test_invalid_source_rows_are_counted_in_the_run_and_distort_no_bar(db, insta
     for timeframe in ("5m", "1h"):
         engine.aggregate(db, "CLEAN", timeframe, T0, AS_OF, now=AS_OF)
         db.commit()
+        # to the last bits of a float8 sum: PostgreSQL adds a window's rows in the order
+        # its plan reads them, which the table's statistics (autovacuum's analyze) may change
         pd.testing.assert_frame_equal(active_bars(db, "DIRTY", timeframe),
-                                      active_bars(db, "CLEAN", timeframe), check_exact=True,
+                                      active_bars(db, "CLEAN", timeframe), check_exact=False,
+                                      rtol=1e-12, atol=0.0,
                                       obj=f"{timeframe} bars, DIRTY against CLEAN")
     assert len(active_bars(db, "DIRTY", "1h")) == 2
 
