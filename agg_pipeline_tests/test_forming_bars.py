@@ -11,7 +11,7 @@ import pytest
 from agg_pipeline.engine import aggregate as engine
 from agg_pipeline.engine import monitoring
 from agg_pipeline.engine.monitoring import Scope
-from agg_pipeline_tests.helpers import T0, add_symbol, insert_bars, minute_bars, sync
+from agg_pipeline_tests.helpers import T0, add_symbol, cursors_at, insert_bars, minute_bars, sync
 from agg_pipeline_tests.oracle import SPECS, bar_difference, derive, source_frame
 
 MINUTE = timedelta(minutes=1)
@@ -173,7 +173,7 @@ def test_the_frontier_sensor_refreshes_forming_bars_as_minutes_land(db, instance
     db.execute("UPDATE core_asset_registry_all SET agg_forming_bars = true "
                "WHERE canonical_symbol = 'EURUSD'")
     sync(db)
-    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s", (window,))
+    cursors_at(db, window)
     db.commit()
     instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["EURUSD", "USDJPY"])
     resources = {"market_db": MarketDatabase()}

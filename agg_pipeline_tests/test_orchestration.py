@@ -24,6 +24,7 @@ from agg_pipeline_tests.helpers import (
     active_bars,
     add_symbol,
     bar,
+    cursors_at,
     insert_bars,
     minute_bars,
     sync,
@@ -247,7 +248,7 @@ def test_schedule_orders_bounds_and_never_duplicates(db, instance, monkeypatch):
         add_symbol(db, symbol)
         insert_bars(db, symbol, minute_bars(start, 60))
     sync(db)
-    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s", (start,))
+    cursors_at(db, start)
     for symbol, priority in priorities.items():
         db.execute("UPDATE data_agg_state SET task_priority = %s WHERE canonical_symbol = %s",
                    (priority, symbol))
@@ -281,7 +282,7 @@ def test_disabled_task_is_not_scheduled_and_resumes_from_its_cursor(eurusd, inst
     start = now - timedelta(hours=1)
     start = start - timedelta(minutes=start.minute % 5)
     insert_bars(eurusd, "EURUSD", minute_bars(start, 40))
-    eurusd.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s", (start,))
+    cursors_at(eurusd, start)
     eurusd.execute("UPDATE data_agg_state SET enabled = false")
     eurusd.commit()
     context = dg.build_schedule_context(instance=instance, resources=RESOURCES,

@@ -41,6 +41,7 @@ from agg_pipeline_tests.helpers import (
     T0,
     add_symbol,
     bar,
+    cursors_at,
     insert_bars,
     minute_bars,
     sync,
@@ -125,10 +126,7 @@ def live_setup(db, instance, symbols=SYMBOLS, *, minutes: int = 60) -> datetime:
         add_symbol(db, symbol)
         insert_bars(db, symbol, minute_bars(start, minutes))
     sync(db)
-    # each cursor on its own grid, as the engine leaves them: an off-grid 1h cursor would skip
-    # the hour it falls in, which a check re-reading that hour finds missing
-    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = CASE timeframe "
-               "WHEN '1h' THEN %s ELSE %s END", (floor_time(start, HOUR), start))
+    cursors_at(db, start)
     db.commit()
     instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, list(symbols))
     return start

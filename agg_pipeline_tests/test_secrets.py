@@ -171,6 +171,15 @@ def test_no_password_fragment_reaches_any_message(password, caplog):
         assert connection.parse_url(typed_urls(password)[form])["password"] == password
 
 
+def test_a_percent_escape_that_is_no_utf8_is_a_clear_error_naming_no_part_of_it():
+    """Found by the property test below: `%80` in a password made psycopg's decoding raise
+    UnicodeDecodeError, a traceback instead of the one-line configuration error."""
+    url = "postgresql://agg:s3cr%80t@127.0.0.1:5432/db"
+    with pytest.raises(connection.DatabaseConfigError) as raised:
+        connection.parse_url(url)
+    assert str(raised.value) == connection.INVALID_URL and "s3cr" not in str(raised.value)
+
+
 @pytest.mark.parametrize(("url", "encoded", "password"), [
     # issue 18's: libpq reads host "ss", port "w", database "rd%x@127.0.0.1:5432/db"
     ("postgresql://u:p@ss:w/rd%25x@127.0.0.1:5432/db",

@@ -36,6 +36,7 @@ from agg_pipeline_tests.helpers import (
     T0,
     active_bars,
     add_symbol,
+    cursors_at,
     define_dxy,
     sync,
 )
@@ -422,7 +423,7 @@ def test_the_frontier_sensor_builds_dxy_live_before_its_5m(db, instance):
         add_symbol(db, symbol)
     define_dxy(db)
     sync(db)
-    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s", (start,))
+    cursors_at(db, start)
     end = now.replace(second=0, microsecond=0) - MINUTE  # the last minute has not landed yet
     write(db, leg_frames(start, end, missing=0))
     db.commit()
@@ -538,7 +539,7 @@ def test_the_schedule_builds_dxy_too(db, instance):
         add_symbol(db, symbol)
     define_dxy(db)
     sync(db)
-    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s", (start,))
+    cursors_at(db, start)
     write(db, leg_frames(start, now.replace(second=0, microsecond=0) - MINUTE, missing=0))
     db.commit()
     instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, list(ALL))

@@ -82,8 +82,9 @@ def parse_url(url: str) -> dict[str, str]:
         raise DatabaseConfigError(MALFORMED_URL)
     try:
         params = conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        # psycopg's message can quote the string, password included: do not chain it.
+    except (psycopg.ProgrammingError, UnicodeDecodeError):
+        # psycopg's message can quote the string, password included: do not chain it. (A
+        # percent-escape that decodes to no UTF-8, `%80`, fails in psycopg's decoding.)
         raise DatabaseConfigError(INVALID_URL) from None
     return {k: str(v) for k, v in params.items() if v is not None}
 
