@@ -176,8 +176,7 @@ def test_registry_sync_sensor_adds_and_removes_partitions(db, instance):
 def test_frontier_sensor_requests_new_complete_windows_and_skips_when_idle(eurusd, instance):
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     start = now - timedelta(minutes=30)
-    eurusd.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s",
-                   (start.replace(minute=start.minute - start.minute % 5),))
+    cursors_at(eurusd, start)
     first_bar = start - timedelta(minutes=start.minute % 5)
     insert_bars(eurusd, "EURUSD", minute_bars(first_bar, 25))
     eurusd.commit()
