@@ -186,6 +186,20 @@ def run_created_at(server: DevServer, run_id: str) -> datetime:
     return datetime.fromtimestamp(data["runOrError"]["creationTime"], UTC)
 
 
+def open_ui(browser, url: str, community_dialog: bool):
+    """A page of `url`, with Dagster's one-time "Join the Dagster community" dialog skipped
+    when the server said it would show it."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport=VIEWPORT)
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    page.goto(url)
+    if community_dialog:
+        page.get_by_role("button", name="Skip").click()
+        expect(page.get_by_text("Join the Dagster community")).to_be_hidden()
+    return page
+
+
 def test_backfill_bars_5m_from_the_ui_in_chromium(chromium: str, dev_server: DevServer,
                                                    tmp_path: Path):
     from playwright.sync_api import expect, sync_playwright
@@ -208,14 +222,9 @@ def test_backfill_bars_5m_from_the_ui_in_chromium(chromium: str, dev_server: Dev
     shots = Screenshots(tmp_path / "screenshots")
     with sync_playwright() as playwright:
         browser = launch(playwright, chromium)
-        page = browser.new_page(viewport=VIEWPORT)
-        page.set_default_timeout(UI_TIMEOUT_MS)
         try:
             # -- the catalog lists bars_5m: open it
-            page.goto(f"{dev_server.url}/assets")
-            if community_dialog:
-                page.get_by_role("button", name="Skip").click()
-                expect(page.get_by_text("Join the Dagster community")).to_be_hidden()
+            page = open_ui(browser, f"{dev_server.url}/assets", community_dialog)
             asset_link = page.get_by_role("link").filter(
                 has=page.get_by_text("bars_5m", exact=True))
             expect(asset_link).to_be_visible()
@@ -396,14 +405,11 @@ def test_backfill_every_symbol_from_the_launchpad_in_chromium(chromium: str,
     shots = Screenshots(tmp_path / "screenshots")
     with sync_playwright() as playwright:
         browser = launch(playwright, chromium)
-        page = browser.new_page(viewport=VIEWPORT)
-        page.set_default_timeout(UI_TIMEOUT_MS)
         try:
             # the job's page (the README's Jobs > backfill_bars), then its Launchpad tab
-            page.goto(f"{dev_server.url}/locations/agg_pipeline/jobs/backfill_bars")
-            if community_dialog:
-                page.get_by_role("button", name="Skip").click()
-                expect(page.get_by_text("Join the Dagster community")).to_be_hidden()
+            page = open_ui(browser,
+                           f"{dev_server.url}/locations/agg_pipeline/jobs/backfill_bars",
+                           community_dialog)
             page.get_by_role("tab", name="Launchpad").click()
             editor = page.locator(".CodeMirror").first
             expect(editor).to_be_visible()
