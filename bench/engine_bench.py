@@ -495,7 +495,7 @@ def floor_params(symbol, tf, start, end) -> dict:
 def run_floor(conn, meter: Meter, symbol, tf, start, end) -> Sample:
     """The bare GROUP BY, fetched into Python, no write; the engine's work_mem."""
     with conn.transaction():
-        conn.execute(sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(engine.WORK_MEM)))
+        conn.execute(engine.ENGINE_SESSION)
         sample, _ = meter.measure(lambda: conn.execute(
             floor_select(tf.source), floor_params(symbol, tf, start, end)).fetchall())
     return sample
@@ -508,8 +508,7 @@ def run_write_floor(conn, meter: Meter, symbol, tf, start, end) -> tuple[Sample,
 
     def write() -> int:
         with conn.transaction():
-            conn.execute(
-                sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(engine.WORK_MEM)))
+            conn.execute(engine.ENGINE_SESSION)
             return conn.execute(statement, floor_params(symbol, tf, start, end)).rowcount
 
     return meter.measure(write)
@@ -800,7 +799,7 @@ def run(args, url: str, dbname: str, end: datetime) -> int:
         log("EXPLAIN ANALYZE of the engine's 1m->5m first-build statement")
         statement, params = RecordingCursor.captured["5m"]
         reset_engine()
-        conn.execute(sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(engine.WORK_MEM)))
+        conn.execute(engine.ENGINE_SESSION)
         plan = [row[0] for row in conn.execute(
             sql.SQL("EXPLAIN (ANALYZE, BUFFERS) ") + statement, params)]
         conn.rollback()
@@ -938,7 +937,7 @@ def report(*, args, url, server, symbol, start, end, source_rows, load_s, cases,
       f"run {args.repeat}x, best kept; first builds start from an empty derived_data_bars "
       f"(TRUNCATE, cursor reset);")
     p(f"        engine timed around aggregate() + commit; floors fetch every row, no write; "
-      f"work_mem {engine.WORK_MEM} for engine and floors; serial plans; autovacuum off on "
+      f"work_mem {engine.WORK_MEM} and no JIT for engine and floors; serial plans; autovacuum off on "
       f"the scratch tables")
     if meter.path:
         p("        cpu = CPU seconds of the benchmark's server backend (/proc schedstat) + "
@@ -1107,7 +1106,7 @@ def many_floor(conn, meter: Meter, symbols: list[str], start: datetime,
     def write() -> None:
         for tf, table, extra in ((TF_5M, "data_bars", ""),
                                  (TF_1H, "bench.floor_bars", "AND b.timeframe = '5m'")):
-            conn.execute(sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(engine.WORK_MEM)))
+            conn.execute(engine.ENGINE_SESSION)
             conn.execute(sql.SQL(MANY_FLOOR).format(table=sql.SQL(table), extra=sql.SQL(extra)),
                          {"timeframe": tf.name, "step": tf.step, "source": tf.source,
                           "symbols": symbols, "lo": start, "hi": end})

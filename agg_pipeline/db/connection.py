@@ -163,8 +163,11 @@ def describe_error(exc: psycopg.Error) -> str:
 # then 6 probes 10 s apart; unacknowledged data 60 s) instead of the kernel's 2 h 11 min: a
 # run worker's backend, idle in its transaction, would hold the task rows' locks that long and
 # its retry would wait on them. These only detect dead TCP peers, and only for our sessions.
-SESSION_OPTIONS = ("-c TimeZone=UTC -c tcp_keepalives_idle=60 -c tcp_keepalives_interval=10 "
-                   "-c tcp_keepalives_count=6 -c tcp_user_timeout=60000")
+# No JIT: the pipeline's statements are short and many, and compiling one costs ~100 ms
+# (measured on Debian's PostgreSQL 15: more than the statement itself; aggregate.py).
+SESSION_OPTIONS = ("-c TimeZone=UTC -c jit=off -c tcp_keepalives_idle=60 "
+                   "-c tcp_keepalives_interval=10 -c tcp_keepalives_count=6 "
+                   "-c tcp_user_timeout=60000")
 
 
 def connect(url: str, *, autocommit: bool = False, connect_timeout: int = 10) -> psycopg.Connection:

@@ -47,6 +47,12 @@ log = logging.getLogger(__name__)
 
 # Sorts and hashes of a year-long range fit in memory with this, not in temp files.
 WORK_MEM = "64MB"
+# PostgreSQL's JIT (on by default where the server has LLVM, e.g. Debian's 15) compiles the
+# engine's statements whenever their estimated cost passes jit_above_cost, which a year or a
+# batch of symbols always does: ~105 ms of compilation (173 functions) per statement,
+# measured, more than a live tick's whole statement and half a symbol-year's first build.
+ENGINE_SESSION = sql.SQL("SET LOCAL work_mem = {}; SET LOCAL jit = off").format(
+    sql.Literal(WORK_MEM))
 
 # {window_traded} of aggregate_windows.sql: the per-window "has a bar with volume" test costs
 # a sort, so only symbols that skip zero-volume fillers pay for it (a statement of their own).
@@ -521,7 +527,7 @@ def _materialize(conn: psycopg.Connection, tf: Timeframe,
     """Both statements for the requests, the cursors, the task rows."""
     if not requests:
         return []
-    conn.execute(sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(WORK_MEM)))
+    conn.execute(ENGINE_SESSION)
     rows: list[tuple] = []
     for skip, calendar in ((False, False), (True, False), (False, True), (True, True)):
         group = [r for r in requests
