@@ -1,5 +1,5 @@
 """connection.connect: every session it opens runs in UTC (SPEC contract 1), whatever the
-database's default TimeZone, and keeps the options the URL already has."""
+database's default TimeZone, and keeps the options the URL already has; it never JIT-compiles."""
 
 from __future__ import annotations
 
@@ -52,3 +52,13 @@ def test_the_urls_own_options_are_kept(new_york_url, form):
     with connection.connect(url) as conn:
         assert show(conn, "statement_timeout") == "4321ms"
         assert show(conn, "TimeZone") == "UTC"  # contract 1 wins over the URL's own zone
+
+
+def test_sessions_do_not_compile_statements(new_york_url):
+    # JIT would compile each of the pipeline's statements (~100 ms on a server with LLVM,
+    # more than most of them take): the pipeline's sessions turn it off
+    with psycopg.connect(new_york_url) as plain:
+        plain.execute("SET jit = on")
+        assert show(plain, "jit") == "on"
+    with connection.connect(new_york_url) as conn:
+        assert show(conn, "jit") == "off"

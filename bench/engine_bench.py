@@ -937,8 +937,8 @@ def report(*, args, url, server, symbol, start, end, source_rows, load_s, cases,
       f"run {args.repeat}x, best kept; first builds start from an empty derived_data_bars "
       f"(TRUNCATE, cursor reset);")
     p(f"        engine timed around aggregate() + commit; floors fetch every row, no write; "
-      f"work_mem {engine.WORK_MEM} and no JIT for engine and floors; serial plans; autovacuum off on "
-      f"the scratch tables")
+      f"work_mem {engine.WORK_MEM} and no JIT for engine and floors; serial plans; "
+      f"autovacuum off on the scratch tables")
     if meter.path:
         p("        cpu = CPU seconds of the benchmark's server backend (/proc schedstat) + "
           "this Python process")
