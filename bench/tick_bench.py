@@ -544,10 +544,11 @@ def main() -> int:
     # the registry sync reads AGG_START_UTC at each tick; the Definitions take theirs from it
     os.environ.update({**settings.DAGSTER_PROCESS_ENV, settings.START_VAR: start.isoformat()})
     results = []
+    server = server_url()  # (each grain points AGG_DATABASE_URL at its own scratch market)
     for grain in (("day", "month") if args.grain == "both" else (args.grain,)):
         log(f"{grain}: --symbols {args.symbols} --repeat {args.repeat} "
             f"--reconcile {args.reconcile}")
-        scratch = Scratch(server_url(), args.keep, prefix="agg_tick")
+        scratch = Scratch(server, args.keep, prefix="agg_tick")
         try:
             results.append(run_grain(args, scratch, grain))
         except Exception as exc:
