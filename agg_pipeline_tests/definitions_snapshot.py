@@ -3,9 +3,9 @@
 check keys with blocking and severity; jobs with their selection and the config their
 launchpad opens with; sensors, schedules, the executor and the resources.
 
-`python -m agg_pipeline_tests.definitions_snapshot OUT.json` writes it (the test runs it in a
-process whose environment has no AGG_* or DAGSTER_* variables, so the defaults are what is
-described, not this machine's settings).
+`python -m agg_pipeline_tests.definitions_snapshot OUT.json` writes it. What is described is
+build_definitions(PipelineConfig()): the defaults, not this machine's settings, built in the
+test's own process.
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ def describe(defs: dg.Definitions) -> dict:
     for check_key in sorted(graph.asset_check_keys, key=lambda k: (_key(k.asset_key), k.name)):
         spec = graph.get_check_spec(check_key)
         checks[f"{_key(check_key.asset_key)}:{check_key.name}"] = {
-            "blocking": spec.blocking, "severity": severity.get(check_key.name)}
+            "blocking": spec.blocking, "severity": severity.get(check_key.name),
+            "partitions": _partitions(getattr(spec, "partitions_def", None))}
     jobs = {}
     for job in sorted(defs.resolve_all_job_defs(), key=lambda j: j.name):
         if job.name.startswith("__"):  # Dagster's implicit asset job
@@ -111,6 +112,8 @@ def describe(defs: dg.Definitions) -> dict:
             "default_status": sensor.default_status.value,
             "jobs": sorted(t.job_name for t in sensor.targets) if sensor.targets else [],
             "type": sensor.sensor_type.value,
+            "partitions": sorted({str(_partitions(defs.resolve_job_def(t.job_name).partitions_def))
+                                  for t in sensor.targets}) if sensor.targets else [],
         }
         for sensor in sorted(defs.sensors or [], key=lambda s: s.name)
     }
@@ -120,6 +123,7 @@ def describe(defs: dg.Definitions) -> dict:
             "timezone": schedule.execution_timezone,
             "default_status": schedule.default_status.value,
             "job": schedule.job_name,
+            "partitions": _partitions(defs.resolve_job_def(schedule.job_name).partitions_def),
         }
         for schedule in sorted(defs.schedules or [], key=lambda s: s.name)
     }
@@ -142,12 +146,34 @@ def describe(defs: dg.Definitions) -> dict:
     }
 
 
-def main(out: str) -> None:
-    from agg_pipeline.definitions import defs
+def time_grains() -> dict[str, str | None]:
+    """The bars assets' partitions under each time grain (PipelineConfig.time_grain)."""
+    import dataclasses
 
+    from agg_pipeline.defs.config import PipelineConfig
+    from agg_pipeline.defs.factory import build_definitions
+
+    return {grain: _partitions(build_definitions(
+                dataclasses.replace(PipelineConfig(), time_grain=grain))
+                .resolve_job_def("aggregate_bars").partitions_def)
+            for grain in ("day", "month", "year")}
+
+
+def snapshot() -> str:
+    """The description of the default configuration's Definitions (PipelineConfig(): the
+    shipped ladder and defaults, whatever this machine's AGG_* variables), and of the
+    partitions of every time grain, as JSON."""
+    from agg_pipeline.defs.config import PipelineConfig
+    from agg_pipeline.defs.factory import build_definitions
+
+    described = describe(build_definitions(PipelineConfig()))
+    described["partitions_by_time_grain"] = time_grains()
+    return json.dumps(described, indent=2, sort_keys=False) + "\n"
+
+
+def main(out: str) -> None:
     with open(out, "w") as file:
-        json.dump(describe(defs), file, indent=2, sort_keys=False)
-        file.write("\n")
+        file.write(snapshot())
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ the snapshot and commit it with the change:
     AGG_UPDATE_SNAPSHOTS=1 ./run test agg_pipeline_tests/test_definitions_snapshot.py
 
 (the test rewrites the file and fails once, saying so; the next run passes). The description
-is made in a fresh process without AGG_* or DAGSTER_* variables: the defaults are pinned,
-not this machine's settings. No database needed.
+is of build_definitions(PipelineConfig()), made in this process: the defaults are pinned, not
+this machine's settings. No database needed.
 """
 
 from __future__ import annotations
@@ -17,28 +17,16 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
+
+from agg_pipeline_tests.definitions_snapshot import snapshot
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "definitions.json"
 UPDATE_VAR = "AGG_UPDATE_SNAPSHOTS"
 
 
-def current_description(tmp_path: Path) -> str:
-    out = tmp_path / "definitions.json"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AGG_", "DAGSTER_"))}
-    result = subprocess.run(
-        [sys.executable, "-m", "agg_pipeline_tests.definitions_snapshot", str(out)],
-        capture_output=True, text=True, timeout=300, env=env,
-        cwd=Path(__file__).parent.parent)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return out.read_text()
-
-
-def test_definitions_match_the_snapshot(tmp_path):
-    current = current_description(tmp_path)
+def test_definitions_match_the_snapshot():
+    current = snapshot()
     json.loads(current)  # well-formed
     stored = SNAPSHOT.read_text() if SNAPSHOT.exists() else ""
     if current == stored:

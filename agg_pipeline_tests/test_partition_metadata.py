@@ -6,19 +6,18 @@ from the tables, not from the engine.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
+import dataclasses
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import pandas as pd
 import pytest
 
+from agg_pipeline.defs.assets import AS_OF_TAG
+from agg_pipeline.defs.config import default_config
+from agg_pipeline.defs.factory import build_definitions
 from agg_pipeline.defs.metadata import NO_SOURCE
-from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, partition_key
+from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, days_tag, partition_key
 from agg_pipeline_tests.conftest import empty_tables
 from agg_pipeline_tests.helpers import (
     T0,
@@ -141,53 +140,28 @@ def test_a_failing_symbol_leaves_the_others_partitions_materialised(two_days_and
     assert partition_events(instance, "bars_1h", "EURUSD", DAYS) == {}
 
 
-GRAIN_RUN = textwrap.dedent("""
-    import json, os, sys, tempfile
-    from datetime import datetime
-    from pathlib import Path
-    import dagster as dg
-    from agg_pipeline.definitions import defs
-    from agg_pipeline.defs.partitions import (
-        SYMBOLS_PARTITIONS_NAME, TIME_GRAIN, days_tag, range_tags)
-    from agg_pipeline.defs.assets import AS_OF_TAG
-    from agg_pipeline_tests.processes import storage_instance
-
-    assert TIME_GRAIN == os.environ["AGG_TIME_PARTITION"], TIME_GRAIN
-    first, last, as_of = (datetime.fromisoformat(v) for v in sys.argv[2:5])
-    days = sys.argv[5:]  # first and last day a live run needs (agg/days), or none
-    with storage_instance(sys.argv[1], Path(tempfile.mkdtemp())) as instance:
-        instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["EURUSD"])
-        tags = {**range_tags("EURUSD", first.date(), last.date()), AS_OF_TAG: as_of.isoformat()}
-        if days:
-            tags.update(days_tag(*(datetime.fromisoformat(d).date() for d in days)))
-        result = defs.resolve_job_def("aggregate_bars").execute_in_process(
-            instance=instance, tags=tags,
-            asset_selection=[dg.AssetKey("bars_5m"), dg.AssetKey("bars_1h")])
-        assert result.success
-        events = instance.fetch_materializations(dg.AssetKey("bars_5m"), limit=1).records
-        print(json.dumps({r.asset_materialization.partition: {
-            k: v.value for k, v in r.asset_materialization.metadata.items()} for r in events}))
-""")
+def month_run(instance, *days: date, grain: str = "month") -> dict:
+    """One run of July's EURUSD partition in Definitions built with the time grain `grain`
+    (in this process, beside the default day grain's); `days`: the first and last day a live
+    run needs. Returns the bars_5m materialisation's metadata by partition."""
+    config = dataclasses.replace(default_config(), time_grain=grain)
+    tags = {**config.partitions.range_tags("EURUSD", DAYS[0], DAYS[-1]),
+            AS_OF_TAG: AS_OF.isoformat()}
+    if days:
+        tags.update(days_tag(*days))
+    result = build_definitions(config).resolve_job_def("aggregate_bars").execute_in_process(
+        instance=instance, tags=tags,
+        asset_selection=[dg.AssetKey("bars_5m"), dg.AssetKey("bars_1h")])
+    assert result.success
+    events = instance.fetch_materializations(dg.AssetKey("bars_5m"), limit=1).records
+    return {r.asset_materialization.partition: {
+        k: v.value for k, v in r.asset_materialization.metadata.items()} for r in events}
 
 
-def month_run(dagster_storage_url: str, *days: date, grain: str = "month") -> dict:
-    """One run of July's EURUSD partition with AGG_TIME_PARTITION=`grain` (read at import: a
-    fresh interpreter); `days`: the first and last day a live run needs. Returns the
-    bars_5m materialisation's metadata by partition."""
-    out = subprocess.run(
-        [sys.executable, "-c", GRAIN_RUN, dagster_storage_url, DAYS[0].isoformat(),
-         DAYS[-1].isoformat(), AS_OF.isoformat(), *(d.isoformat() for d in days)],
-        env={**os.environ, "AGG_TIME_PARTITION": grain}, capture_output=True, text=True,
-        timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def test_a_month_partition_carries_the_sum_of_its_days(two_days_and_a_gap, instance,
-                                                       dagster_storage_url):
+def test_a_month_partition_carries_the_sum_of_its_days(two_days_and_a_gap, instance):
     db = two_days_and_a_gap
 
-    metadata = month_run(dagster_storage_url)
+    metadata = month_run(instance)
     assert list(metadata) == ["2025-07-01|EURUSD"]
     month = metadata["2025-07-01|EURUSD"]
     bars, source = stored_per_day(db, "EURUSD", "5m"), source_per_day(db, "EURUSD")
@@ -208,19 +182,18 @@ def test_a_month_partition_carries_the_sum_of_its_days(two_days_and_a_gap, insta
     insert_bars(db, "EURUSD", [bar(T0 + timedelta(days=1, hours=3, minutes=7), 1.5,
                                    ingested_at=AS_OF)], upsert=True)
     db.commit()
-    live = month_run(dagster_storage_url, DAYS[1], DAYS[1])["2025-07-01|EURUSD"]
+    live = month_run(instance, DAYS[1], DAYS[1])["2025-07-01|EURUSD"]
     assert live["days_read"] == DAYS[1].isoformat()
     assert (live["bars_updated"], live["bars_unchanged"], live["windows_seen"]) == (1, 143, 288)
     assert live["source_rows_read"] == source[DAYS[1]][0]
 
 
 def test_month_partitions_build_the_same_bars_as_day_partitions(two_days_and_a_gap, instance,
-                                                                dagster_storage_url,
                                                                 database_url):
     """Issue 14: the coarser time grain changes the bookkeeping, never a bar. The same source
     built once through one July partition, once (emptied and seeded again) through its days."""
     db = two_days_and_a_gap
-    month_run(dagster_storage_url)
+    month_run(instance)
 
     def built() -> dict:
         bars = {tf: active_bars(db, "EURUSD", tf) for tf in ("5m", "1h")}
@@ -247,12 +220,12 @@ def test_month_partitions_build_the_same_bars_as_day_partitions(two_days_and_a_g
 
 
 def test_a_year_partition_carries_its_days_and_a_live_run_reads_only_today(
-        two_days_and_a_gap, instance, dagster_storage_url):
+        two_days_and_a_gap, instance):
     """Issue 20: 10,000 symbols x 5 years fit Dagster's ceiling only in year partitions
     (50,000 per asset). A year's key is its first day; its materialisation carries the sum of
     its days, and a live run needing one day (agg/days) re-reads that day, not the year."""
     db = two_days_and_a_gap
-    metadata = month_run(dagster_storage_url, grain="year")
+    metadata = month_run(instance, grain="year")
     # (a multi-partition key orders its dimensions by name: "symbol" before "year")
     assert list(metadata) == ["EURUSD|2025-01-01"]
     year = metadata["EURUSD|2025-01-01"]
@@ -262,6 +235,6 @@ def test_a_year_partition_carries_its_days_and_a_live_run_reads_only_today(
     insert_bars(db, "EURUSD", [bar(T0 + timedelta(days=1, hours=3, minutes=7), 1.5,
                                    ingested_at=AS_OF)], upsert=True)
     db.commit()
-    live = month_run(dagster_storage_url, DAYS[1], DAYS[1], grain="year")["EURUSD|2025-01-01"]
+    live = month_run(instance, DAYS[1], DAYS[1], grain="year")["EURUSD|2025-01-01"]
     assert live["days_read"] == DAYS[1].isoformat()
     assert (live["bars_updated"], live["bars_unchanged"]) == (1, 143)

@@ -36,7 +36,8 @@ dagster_storage_retention_sensor's pass (apply_retention, 7 / 30 days), and the 
 before and after VACUUM FULL of the scratch storage (in production autovacuum makes the space
 reusable: the files stop growing rather than shrink).
 
-By default both grains run, each in its own interpreter (the grain is read at import).
+By default both grains run, one after the other in this process, each with its own
+Definitions (build_definitions of a PipelineConfig with that grain).
 Everything lives in uniquely named scratch databases, dropped at the end unless --keep. A
 report: the exit code is 0 whether or not a target is met. Run from the checkout:
 
@@ -50,12 +51,10 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from agg_pipeline import settings
 from agg_pipeline.db import connection, migrations, queries
@@ -66,7 +65,6 @@ PARTITIONS_CEILING = 100_000
 YEARS = 5
 LIVE_HOURS = 2
 RECONCILE_DAYS = 7
-REPORT_LINE = "TICK_BENCH "  # the child's figures, one JSON line
 
 
 def timed(function: Callable[[], object]) -> tuple[float, object]:
@@ -155,30 +153,26 @@ def land_late_rows(url: str, symbols: list[str], now: datetime) -> int:
 # ----------------------------------------------------------------------------- one grain
 
 
-def run_grain(args: argparse.Namespace, scratch: Scratch) -> dict:
-    """Everything measured on the grain this interpreter imported."""
+def run_grain(args: argparse.Namespace, scratch: Scratch, grain: str) -> dict:
+    """Everything measured on one time grain, with the Definitions built for it."""
+    import dataclasses
+
     import dagster as dg
 
-    from agg_pipeline.definitions import defs
-    from agg_pipeline.defs.partitions import (
-        RANGE_END_TAG,
-        RANGE_START_TAG,
-        SYMBOLS_PARTITIONS_NAME,
-        TIME_GRAIN,
-        split_key,
-    )
+    from agg_pipeline.defs.config import PipelineConfig
+    from agg_pipeline.defs.factory import build_parts
+    from agg_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, SYMBOLS_PARTITIONS_NAME
     from agg_pipeline.defs.resources import MarketDatabase
-    from agg_pipeline.defs.schedules import catchup_schedule
-    from agg_pipeline.defs.sensors import (
-        OBSERVATIONS_PER_TICK,
-        late_data_sensor,
-        registry_sync_sensor,
-        source_frontier_sensor,
-    )
+    from agg_pipeline.defs.sensors import OBSERVATIONS_PER_TICK, registry_sync_sensor
     from agg_pipeline.engine import planning
     from agg_pipeline_tests.processes import storage_instance
 
-    figures: dict = {"grain": TIME_GRAIN, "symbols": args.symbols}
+    parts = build_parts(dataclasses.replace(PipelineConfig.from_env(), time_grain=grain))
+    defs, split_key = parts.definitions(), parts.config.partitions.split_key
+    catchup_schedule = parts.catchup_schedule
+    late_data_sensor, source_frontier_sensor = parts.late_data_sensor, parts.source_frontier_sensor
+
+    figures: dict = {"grain": grain, "symbols": args.symbols}
     market_url = scratch.database("market")
     storage_url = scratch.database("dagster")
     os.environ[settings.DATABASE_URL_VAR] = market_url  # what the sensors' resource reads
@@ -186,7 +180,7 @@ def run_grain(args: argparse.Namespace, scratch: Scratch) -> dict:
     now = datetime.now(UTC)
     seconds, rows = timed(lambda: seed(market_url, symbols, args.reconcile, now))
     figures["seed"] = {"rows": rows, "s": round(seconds, 1)}
-    log(f"{TIME_GRAIN}: seeded {rows:,} 1m bars for {len(symbols)} symbols in {seconds:.0f} s")
+    log(f"{grain}: seeded {rows:,} 1m bars for {len(symbols)} symbols in {seconds:.0f} s")
     resources = {"market_db": MarketDatabase()}
 
     def sensor(function, instance, cursor=None):
@@ -214,7 +208,7 @@ def run_grain(args: argparse.Namespace, scratch: Scratch) -> dict:
         partitions_def = defs.get_assets_def("bars_5m").partitions_def
         keys = partitions_def.get_partition_keys(dynamic_partitions_store=instance)
         figures["partitions_per_asset"] = len(keys)
-        if TIME_GRAIN == "month":
+        if grain == "month":
             figures["status"] = partition_status(instance, keys, partitions_def)
 
         # the steady live state, and the reconciliation's history
@@ -234,7 +228,7 @@ def run_grain(args: argparse.Namespace, scratch: Scratch) -> dict:
             runs = requests(result)
             ticks[name] = {"s": seconds, "runs": len(runs),
                            "symbols": sum(len(rectangle_symbols(r, symbols)) for r in runs)}
-            log(f"{TIME_GRAIN}: {name}: {seconds * 1000:.0f} ms, {len(runs)} runs")
+            log(f"{grain}: {name}: {seconds * 1000:.0f} ms, {len(runs)} runs")
             return result
 
         def rectangle_symbols(request, order):
@@ -529,7 +523,6 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="evaluations per tick (median)")
     parser.add_argument("--reconcile", type=int, default=settings.DEFAULT_RECONCILE_SYMBOLS,
                         help="symbols with 7 days of history (the reconciliation's budget)")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--storage-runs", type=int, default=0,
                         help="measure Dagster's storage over K live runs and the retention")
@@ -547,33 +540,22 @@ def main() -> int:
             return 0
         finally:
             scratch.close()
-    if args.child:
-        scratch = Scratch(server_url(), args.keep, prefix="agg_tick")
+    load_before = os.getloadavg()
+    # the registry sync reads AGG_START_UTC at each tick; the Definitions take theirs from it
+    os.environ.update({**settings.DAGSTER_PROCESS_ENV, settings.START_VAR: start.isoformat()})
+    results = []
+    server = server_url()  # (each grain points AGG_DATABASE_URL at its own scratch market)
+    for grain in (("day", "month") if args.grain == "both" else (args.grain,)):
+        log(f"{grain}: --symbols {args.symbols} --repeat {args.repeat} "
+            f"--reconcile {args.reconcile}")
+        scratch = Scratch(server, args.keep, prefix="agg_tick")
         try:
-            print(REPORT_LINE + json.dumps(run_grain(args, scratch)), flush=True)
-            return 0
+            results.append(run_grain(args, scratch, grain))
+        except Exception as exc:
+            print(f"the {grain} grain failed ({type(exc).__name__}: {exc})", file=sys.stderr)
+            return 1
         finally:
             scratch.close()
-    load_before = os.getloadavg()
-    results = []
-    for grain in (("day", "month") if args.grain == "both" else (args.grain,)):
-        env = {**os.environ, **settings.DAGSTER_PROCESS_ENV, settings.TIME_PARTITION_VAR: grain,
-               settings.START_VAR: start.isoformat()}
-        command = [sys.executable, str(Path(__file__).resolve()), "--child",
-                   "--symbols", str(args.symbols), "--repeat", str(args.repeat),
-                   "--reconcile", str(args.reconcile),
-                   *(["--keep"] if args.keep else [])]
-        log(f"{grain}: {' '.join(command[1:])}")
-        child = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True,
-                               cwd=settings.project_root())
-        lines = [line for line in child.stdout.splitlines() if line.startswith(REPORT_LINE)]
-        if child.returncode != 0 or not lines:
-            print(f"the {grain} grain failed (exit {child.returncode})", file=sys.stderr)
-            return 1
-        result = json.loads(lines[-1][len(REPORT_LINE):])
-        result["observation_events_s"] = {int(k): v for k, v in
-                                          result["observation_events_s"].items()}
-        results.append(result)
     report(results, load_before)
     return 0
 

@@ -1,7 +1,8 @@
 """Dagster wiring: resources, partitions, assets, checks, sensors, schedules and jobs.
 
-Everything here calls the plain-Python engine (`agg_pipeline.engine`); `definitions.py`
-assembles it into one `Definitions`.
+Everything here calls the plain-Python engine (`agg_pipeline.engine`); `factory.py` builds one
+`Definitions` from a `PipelineConfig` (`config.py`), and `agg_pipeline/definitions.py` the
+environment's.
 """
 
 import warnings

@@ -2,13 +2,13 @@
 one per incident until it clears, then a recovery notice."""
 
 import json
+from collections.abc import Sequence
 
 import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from agg_pipeline import settings
-from agg_pipeline.defs.checks import all_checks
-from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, run_symbols
+from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, TimePartitioning
 from agg_pipeline.defs.requests import database_now
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.defs.tags import REASON_TAG
@@ -21,11 +21,11 @@ RECENT_RUNS = 200
 COMPLETED = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
 
 
-def failed_checks(instance: dg.DagsterInstance) -> list[Incident]:
-    """Checks whose latest completed evaluation failed (a planned evaluation that never ran,
-    because its asset failed first, neither opens nor clears anything)."""
-    keys = sorted((key for checks in all_checks for key in checks.check_keys),
-                  key=lambda key: key.to_user_string())
+def failed_checks(instance: dg.DagsterInstance,
+                  check_keys: Sequence[dg.AssetCheckKey]) -> list[Incident]:
+    """Checks (of `check_keys`) whose latest completed evaluation failed (a planned evaluation
+    that never ran, because its asset failed first, neither opens nor clears anything)."""
+    keys = sorted(check_keys, key=lambda key: key.to_user_string())
     incidents = []
     for key in keys:
         history = instance.event_log_storage.get_asset_check_execution_history(
@@ -44,7 +44,7 @@ def failed_checks(instance: dg.DagsterInstance) -> list[Incident]:
     return incidents
 
 
-def failed_runs(instance: dg.DagsterInstance) -> list[Incident]:
+def failed_runs(instance: dg.DagsterInstance, partitions: TimePartitioning) -> list[Incident]:
     """Each symbol whose latest finished run failed (a run covering many symbols counts for
     each of them, so a later run of other symbols does not clear it), and each job whose
     latest finished run without partitions failed."""
@@ -55,7 +55,7 @@ def failed_runs(instance: dg.DagsterInstance) -> list[Incident]:
     latest: dict[str, tuple[dg.DagsterRun, int]] = {}
     for record in records:  # newest first
         run = record.dagster_run
-        subjects = run_symbols(run.tags, symbols_in_order) or [run.job_name]
+        subjects = partitions.run_symbols(run.tags, symbols_in_order) or [run.job_name]
         for subject in subjects:
             latest.setdefault(subject, (run, len(subjects)))
     return [
@@ -91,7 +91,7 @@ def _outcome(open_incidents: int, sent: list[str], failed: list[str]) -> str:
     return f"{open_incidents} open incidents, nothing new"
 
 
-@dg.sensor(
+ALERTS_SENSOR = dict(  # the alerts_sensor's definition (build_alerts_sensor)
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
@@ -102,12 +102,30 @@ def _outcome(open_incidents: int, sent: list[str], failed: list[str]) -> str:
         "on the next tick."
     ),
 )
-def alerts_sensor(context: dg.SensorEvaluationContext,
-                  market_db: MarketDatabase) -> dg.SensorResult:
+
+
+def build_alerts_sensor(check_keys: Sequence[dg.AssetCheckKey],
+                        partitions: TimePartitioning) -> dg.SensorDefinition:
+    """alerts_sensor over the Definitions' checks and partitions."""
+    keys = list(check_keys)
+
+    @dg.sensor(**ALERTS_SENSOR)
+    def alerts_sensor(context: dg.SensorEvaluationContext,
+                      market_db: MarketDatabase) -> dg.SensorResult:
+        return alerts_tick(context, market_db, keys, partitions)
+
+    return alerts_sensor
+
+
+def alerts_tick(context: dg.SensorEvaluationContext, market_db: MarketDatabase,
+                check_keys: Sequence[dg.AssetCheckKey],
+                partitions: TimePartitioning) -> dg.SensorResult:
+    """One alerts_sensor evaluation."""
     with market_db.connect() as conn:
         now = database_now(conn)
         current = alerts.hard_failed_tasks(conn)
-    current += failed_checks(context.instance) + failed_runs(context.instance)
+    current += (failed_checks(context.instance, check_keys)
+                + failed_runs(context.instance, partitions))
     by_key = {incident.key: incident for incident in current}
     notified: dict[str, dict] = json.loads(context.cursor) if context.cursor else {}
 
@@ -133,3 +151,10 @@ def alerts_sensor(context: dg.SensorEvaluationContext,
                           "next tick: " + "; ".join(failed))
     return dg.SensorResult(cursor=json.dumps(notified, sort_keys=True),
                            skip_reason=_outcome(len(by_key), sent, failed))
+
+
+def __getattr__(name: str) -> object:
+    """alerts_sensor: the process's default Definitions' (defs/factory.py)."""
+    from agg_pipeline.defs import factory
+
+    return factory.default_part(__name__, name)

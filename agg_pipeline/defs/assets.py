@@ -1,8 +1,8 @@
 """Assets: the observed 1m source and one derived-bars asset per rung of the timeframe ladder.
 
-Every derived asset is partitioned symbol x time (day or month) with a single-run backfill
-policy: a run over any rectangle of partitions calls the engine once per (symbol, run of
-consecutive days), and each partition's materialisation carries its own days' counts
+Every derived asset is partitioned symbol x time (day, month or year: PipelineConfig) with a
+single-run backfill policy: a run over any rectangle of partitions calls the engine once per
+(symbol, run of consecutive days), and each partition's materialisation carries its own days' counts
 (defs/metadata.py), numeric metadata the UI plots.
 """
 
@@ -16,17 +16,12 @@ import psycopg
 from agg_pipeline import settings
 from agg_pipeline.db import queries
 from agg_pipeline.defs import metadata
-from agg_pipeline.defs.partitions import (
-    day_bounds,
-    run_day_spans,
-    split_key,
-    symbol_time_partitions,
-    symbols_partitions,
-)
+from agg_pipeline.defs.config import PipelineConfig
+from agg_pipeline.defs.partitions import TimePartitioning, day_bounds, symbols_partitions
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.defs.tags import AS_OF_TAG, BACKFILL_TAG, LANE_TAG, LIVE_LANE, REASON_TAG
 from agg_pipeline.engine import aggregate as engine
-from agg_pipeline.engine import reasons, tasks, timeframes
+from agg_pipeline.engine import reasons, tasks
 from agg_pipeline.engine.timeframes import Timeframe
 from agg_pipeline.listing import summarise
 
@@ -35,7 +30,7 @@ TRANSIENT_RETRIES = 3
 RUN_LOG_SYMBOLS = 10  # a run's log names at most this many symbols per kind of line
 
 
-def backfill_policy() -> dg.BackfillPolicy:
+def backfill_policy(config: PipelineConfig) -> dg.BackfillPolicy:
     """Single-run (default), or runs of at most N symbol-day partitions.
 
     Dagster 1.13 cuts a symbol x day asset backfill along its dimension with fewer distinct
@@ -45,7 +40,7 @@ def backfill_policy() -> dg.BackfillPolicy:
     run for the whole rectangle is the `backfill_bars` launchpad job (defs/backfill_job.py);
     measured in bench/backfill_bench.py and the README.
     """
-    batch = settings.backfill_max_partitions_per_run()
+    batch = config.backfill_max_partitions_per_run
     if batch is None:
         return dg.BackfillPolicy.single_run()
     return dg.BackfillPolicy.multi_run(max_partitions_per_run=batch)
@@ -54,7 +49,7 @@ def backfill_policy() -> dg.BackfillPolicy:
 FRESHNESS_LOWER_BOUND = timedelta(minutes=30)
 
 
-def freshness_policy(tf: Timeframe) -> dg.FreshnessPolicy | None:
+def freshness_policy(tf: Timeframe, cron: str | None) -> dg.FreshnessPolicy | None:
     """Dagster's own freshness for the mandatory timeframes, shown on the asset pages and
     evaluated by the daemon: at every AGG_FRESHNESS_CRON tick the asset must have been
     materialised within the previous 30 minutes.
@@ -64,7 +59,6 @@ def freshness_policy(tf: Timeframe) -> dg.FreshnessPolicy | None:
     task, from the tables). Optional timeframes get no policy: a rung no symbol enables
     would never pass.
     """
-    cron = settings.freshness_cron()
     if cron is None or not tf.mandatory:
         return None
     try:
@@ -214,12 +208,13 @@ def _aggregate_spans(
 
 
 def materialize_timeframe(
-    context: dg.AssetExecutionContext, market_db: MarketDatabase, tf: Timeframe
+    context: dg.AssetExecutionContext, market_db: MarketDatabase, tf: Timeframe,
+    partitions: TimePartitioning,
 ) -> dg.MaterializeResult:
     as_of = run_as_of(context)
     run_reason(context.run.tags)  # an unknown agg/reason fails here, before any task is booked
     keys = context.partition_keys
-    ranges = run_day_spans(keys, context.run.tags)
+    ranges = partitions.run_day_spans(keys, context.run.tags)
     try:
         with market_db.connect() as conn:
             skipped = _skip_reasons(conn, tf.name, sorted(ranges))
@@ -237,12 +232,12 @@ def materialize_timeframe(
                             "retrying")
         raise _transient_retry(context) from exc
     context.log.info(metadata.run_totals(tf.name, len(keys), batch, skipped))
-    by_partition = metadata.partition_metadata(keys, batch, skipped, as_of, ranges)
+    by_partition = metadata.partition_metadata(keys, batch, skipped, as_of, ranges, partitions)
     failed = {s: f"{type(e).__name__}: {e}" for s, e in batch.failed.items()}
     if failed:
         # the symbols that succeeded are written: their partitions say so, the others do not
         for key, entry in by_partition.items():
-            if split_key(key)[0] not in failed:
+            if partitions.split_key(key)[0] not in failed:
                 context.log_event(dg.AssetMaterialization(
                     asset_key=context.assets_def.key, partition=key, metadata=entry))
         raise dg.Failure(
@@ -254,8 +249,10 @@ def materialize_timeframe(
     return dg.MaterializeResult()
 
 
-def build_bars_asset(tf: Timeframe) -> dg.AssetsDefinition:
-    """The asset of one ladder rung (one factory for bars_5m ... bars_1d)."""
+def build_bars_asset(tf: Timeframe, config: PipelineConfig) -> dg.AssetsDefinition:
+    """The asset of one ladder rung (one factory for bars_5m ... bars_1d), partitioned as
+    `config` says."""
+    partitions = config.partitions
     if tf.reads_data_bars:
         dep = dg.AssetDep(
             bars_1m,
@@ -269,9 +266,9 @@ def build_bars_asset(tf: Timeframe) -> dg.AssetsDefinition:
     @dg.asset(
         name=tf.asset_name,
         deps=[dep, *([dg.AssetDep("synthetic_bars_1m")] if tf.reads_data_bars else [])],
-        partitions_def=symbol_time_partitions,
-        backfill_policy=backfill_policy(),
-        freshness_policy=freshness_policy(tf),
+        partitions_def=partitions.symbol_time_partitions,
+        backfill_policy=backfill_policy(config),
+        freshness_policy=freshness_policy(tf, config.freshness_cron),
         group_name=GROUP,
         kinds={"postgres"},
         tags={"timeframe": tf.name, "mandatory": str(tf.mandatory).lower()},
@@ -293,12 +290,23 @@ def build_bars_asset(tf: Timeframe) -> dg.AssetsDefinition:
         },
     )
     def bars(context: dg.AssetExecutionContext, market_db: MarketDatabase) -> dg.MaterializeResult:
-        return materialize_timeframe(context, market_db, tf)
+        return materialize_timeframe(context, market_db, tf, partitions)
 
     return bars
 
 
-derived_bars_assets: list[dg.AssetsDefinition] = [build_bars_asset(tf) for tf in timeframes.ORDERED]
-ASSET_KEY_BY_TIMEFRAME: dict[str, dg.AssetKey] = {
-    tf.name: dg.AssetKey(tf.asset_name) for tf in timeframes.ORDERED
-}
+def build_bars_assets(config: PipelineConfig) -> list[dg.AssetsDefinition]:
+    """One asset per rung of the config's ladder, shortest first."""
+    return [build_bars_asset(tf, config) for tf in config.ladder]
+
+
+def asset_keys_by_timeframe(config: PipelineConfig) -> dict[str, dg.AssetKey]:
+    return {tf.name: dg.AssetKey(tf.asset_name) for tf in config.ladder}
+
+
+def __getattr__(name: str) -> object:
+    """derived_bars_assets and ASSET_KEY_BY_TIMEFRAME: the process's default Definitions'
+    (built on first use; defs/factory.py)."""
+    from agg_pipeline.defs import factory
+
+    return factory.default_part(__name__, name)

@@ -15,13 +15,9 @@ from decimal import Decimal
 import dagster as dg
 import psycopg
 
-from agg_pipeline.defs.assets import ASSET_KEY_BY_TIMEFRAME, reads_incrementally
-from agg_pipeline.defs.partitions import (
-    RANGE_END_TAG,
-    RANGE_START_TAG,
-    run_day_spans,
-    symbol_time_partitions,
-)
+from agg_pipeline.defs.assets import reads_incrementally
+from agg_pipeline.defs.config import PipelineConfig
+from agg_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, TimePartitioning
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.engine import monitoring, timeframes
 from agg_pipeline.engine.monitoring import Outcome, Scope
@@ -41,19 +37,20 @@ class CheckSettings(dg.Config):
     max_poor_quality_share: float = 0.2
 
 
-def run_scope(context: dg.AssetCheckExecutionContext, config: "CheckSettings") -> Scope:
+def run_scope(context: dg.AssetCheckExecutionContext, config: "CheckSettings",
+              partitions: TimePartitioning) -> Scope:
     """The run's symbols and days, from its single-run partition-range tags (within its
     DAYS_TAG when it has one); a live run's recent windows."""
     tags = context.run.tags
     if RANGE_START_TAG not in tags or RANGE_END_TAG not in tags:
         return Scope()
-    keys = symbol_time_partitions.get_partition_keys_in_range(
+    keys = partitions.symbol_time_partitions.get_partition_keys_in_range(
         dg.PartitionKeyRange(tags[RANGE_START_TAG], tags[RANGE_END_TAG]),
         dynamic_partitions_store=context.instance,
     )
     live = reads_incrementally(tags)
     recent = timedelta(minutes=config.matches_source_live_sample_minutes) if live else None
-    return Scope(run_day_spans(keys, tags), recent)
+    return Scope(partitions.run_day_spans(keys, tags), recent)
 
 
 def _plain(value: object) -> object:
@@ -144,10 +141,11 @@ def checks_for(tf: timeframes.Timeframe) -> tuple[CheckDef, ...]:
     return tuple(d for d in CHECK_DEFS if tf.reads_data_bars or not d.roots_only)
 
 
-def build_checks(tf: timeframes.Timeframe) -> dg.AssetChecksDefinition:
+def build_checks(tf: timeframes.Timeframe,
+                 partitions: TimePartitioning) -> dg.AssetChecksDefinition:
     """The checks of one timeframe's asset, evaluated in one step on one connection (one
     factory for every rung of the ladder); any subset can be launched on its own."""
-    asset = ASSET_KEY_BY_TIMEFRAME[tf.name]
+    asset = dg.AssetKey(tf.asset_name)
     defs = checks_for(tf)
     specs = [dg.AssetCheckSpec(d.name, asset=asset, blocking=d.blocking,
                                description=d.description) for d in defs]
@@ -155,7 +153,7 @@ def build_checks(tf: timeframes.Timeframe) -> dg.AssetChecksDefinition:
     @dg.multi_asset_check(name=f"{tf.asset_name}_checks", specs=specs, can_subset=True)
     def bars_checks(context: dg.AssetCheckExecutionContext, market_db: MarketDatabase,
                     config: CheckSettings) -> Iterator[dg.AssetCheckResult]:
-        scope = run_scope(context, config)
+        scope = run_scope(context, config, partitions)
         selected = {key.name for key in context.selected_asset_check_keys}
         with market_db.connect() as conn:
             for check in defs:
@@ -168,8 +166,20 @@ def build_checks(tf: timeframes.Timeframe) -> dg.AssetChecksDefinition:
     return bars_checks
 
 
-all_checks: list[dg.AssetChecksDefinition] = [build_checks(tf) for tf in timeframes.ORDERED]
-CHECK_KEYS_BY_TIMEFRAME: dict[str, list[dg.AssetCheckKey]] = {
-    tf.name: list(checks.check_keys) for tf, checks in zip(timeframes.ORDERED, all_checks,
-                                                           strict=True)
-}
+def build_all_checks(config: PipelineConfig) -> list[dg.AssetChecksDefinition]:
+    """The checks of every rung of the config's ladder, in its order."""
+    return [build_checks(tf, config.partitions) for tf in config.ladder]
+
+
+def check_keys_by_timeframe(config: PipelineConfig, checks: list[dg.AssetChecksDefinition]
+                            ) -> dict[str, list[dg.AssetCheckKey]]:
+    return {tf.name: list(defs.check_keys) for tf, defs in zip(config.ladder, checks,
+                                                                strict=True)}
+
+
+def __getattr__(name: str) -> object:
+    """all_checks and CHECK_KEYS_BY_TIMEFRAME: the process's default Definitions'
+    (defs/factory.py)."""
+    from agg_pipeline.defs import factory
+
+    return factory.default_part(__name__, name)

@@ -2,14 +2,30 @@
 
 
 import dagster as dg
-
-from agg_pipeline.defs.assets import derived_bars_assets
-from agg_pipeline.defs.partitions import symbol_time_partitions
-from agg_pipeline.defs.synthetic import synthetic_bars_1m
-
-aggregate_bars_job = dg.define_asset_job(
-    name="aggregate_bars",
-    selection=dg.AssetSelection.assets(synthetic_bars_1m, *derived_bars_assets),
-    partitions_def=symbol_time_partitions,
-    description="Materialise derived bars for a symbol's range of days (schedule and sensors).",
+from dagster._core.definitions.unresolved_asset_job_definition import (  # not re-exported
+    UnresolvedAssetJobDefinition as AssetJob,
 )
+
+from agg_pipeline.defs.config import PipelineConfig
+
+JOB_NAME = "aggregate_bars"
+
+
+def build_aggregate_job(config: PipelineConfig, assets: list[dg.AssetsDefinition]
+                        ) -> AssetJob:
+    """aggregate_bars over `assets` (synthetic_bars_1m and the ladder's bars), partitioned as
+    `config` says."""
+    return dg.define_asset_job(
+        name=JOB_NAME,
+        selection=dg.AssetSelection.assets(*assets),
+        partitions_def=config.partitions.symbol_time_partitions,
+        description="Materialise derived bars for a symbol's range of days (schedule and "
+                    "sensors).",
+    )
+
+
+def __getattr__(name: str) -> object:
+    """aggregate_bars_job: the process's default Definitions' (defs/factory.py)."""
+    from agg_pipeline.defs import factory
+
+    return factory.default_part(__name__, name)

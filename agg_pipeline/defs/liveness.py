@@ -133,8 +133,7 @@ def fail_dead_run(instance: dg.DagsterInstance, run: dg.DagsterRun,
     return True
 
 
-@dg.sensor(
-    minimum_interval_seconds=settings.liveness_check_seconds(),
+RUN_LIVENESS_SENSOR = dict(  # the run_liveness_sensor's definition, but for its interval
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "Fails a STARTED run whose worker stopped recording its heartbeat "
@@ -144,8 +143,11 @@ def fail_dead_run(instance: dg.DagsterInstance, run: dg.DagsterRun,
         "run_retries re-runs it; the planner's claims follow the run."
     ),
 )
-def run_liveness_sensor(context: dg.SensorEvaluationContext,
-                        market_db: MarketDatabase) -> dg.SkipReason:
+
+
+def run_liveness_tick(context: dg.SensorEvaluationContext,
+                      market_db: MarketDatabase) -> dg.SkipReason:
+    """One run_liveness_sensor evaluation."""
     suspects = json.loads(context.cursor) if context.cursor else {}
     with market_db.connect(autocommit=True) as conn:
         beats = heartbeats.recorded(conn)
@@ -165,3 +167,22 @@ def run_liveness_sensor(context: dg.SensorEvaluationContext,
     return dg.SkipReason(
         f"{len(beats)} run worker(s) beating or recorded; failed {failed or 'none'}; "
         f"suspected {sorted(verdict.suspects) or 'none'}; forgot {len(verdict.forget)}")
+
+
+def build_run_liveness_sensor(interval_seconds: int) -> dg.SensorDefinition:
+    """run_liveness_sensor, looking every `interval_seconds` (PipelineConfig's
+    liveness_check_seconds, AGG_LIVENESS_CHECK_SECONDS)."""
+
+    @dg.sensor(minimum_interval_seconds=interval_seconds, **RUN_LIVENESS_SENSOR)
+    def run_liveness_sensor(context: dg.SensorEvaluationContext,
+                            market_db: MarketDatabase) -> dg.SkipReason:
+        return run_liveness_tick(context, market_db)
+
+    return run_liveness_sensor
+
+
+def __getattr__(name: str) -> object:
+    """run_liveness_sensor: the process's default Definitions' (defs/factory.py)."""
+    from agg_pipeline.defs import factory
+
+    return factory.default_part(__name__, name)

@@ -17,7 +17,7 @@ from dagster._core.execution.context.metadata_logging import (
     OutputMetadataAccumulator,
 )
 
-from agg_pipeline.defs.partitions import period_last_day, split_key
+from agg_pipeline.defs.partitions import TimePartitioning
 from agg_pipeline.engine import windows
 from agg_pipeline.engine.aggregate import Batch, DayCounts
 from agg_pipeline.listing import summarise
@@ -28,7 +28,7 @@ RUN_TOTALS_SYMBOL_LINES = 10  # the run-totals log line details at most this man
 
 def partition_metadata(
     partition_keys: Iterable[str], batch: Batch, skipped: Mapping[str, str],
-    as_of: datetime, spans: Mapping[str, list[tuple[date, date]]],
+    as_of: datetime, spans: Mapping[str, list[tuple[date, date]]], partitions: TimePartitioning,
 ) -> dict[str, dict[str, object]]:
     """Each partition key's metadata: the sum of its own days' counts. `spans` are the days
     the run read per symbol: a partition it read only partly (a live run's days of a month)
@@ -47,23 +47,23 @@ def partition_metadata(
             by_day[key] = by_day[key] + counts if key in by_day else counts
     metadata: dict[str, dict[str, object]] = {}
     for key in partition_keys:
-        symbol, period = split_key(key)
+        symbol, period = partitions.split_key(key)
         counts = DayCounts()
         day = period
-        while day <= period_last_day(period):
+        while day <= partitions.period_last_day(period):
             counts = counts + by_day.get((symbol, day), DayCounts())
             day += timedelta(days=1)
         entry: dict[str, object] = dict(counts.counts())
         if counts.newest_source_ts is not None:
             entry["newest_source_ts"] = dg.MetadataValue.timestamp(counts.newest_source_ts)
         entry["as_of"] = dg.MetadataValue.timestamp(as_of)
-        last = period_last_day(period)
+        last = partitions.period_last_day(period)
         read = [(max(a, period), min(b, last)) for a, b in spans.get(symbol, ())
                 if a <= last and period <= b]
         if read and read != [(period, last)]:
             entry["days_read"] = ", ".join(a.isoformat() if a == b else f"{a}..{b}"
                                            for a, b in read)
-        end = windows.day_instant(period_last_day(period) + timedelta(days=1))
+        end = windows.day_instant(partitions.period_last_day(period) + timedelta(days=1))
         began = read_from.get(symbol)
         if began is not None and windows.day_instant(period) < began < end:
             # a live run's incremental read: the windows since the cursor, not the whole day

@@ -4,40 +4,52 @@
 import dagster as dg
 
 from agg_pipeline import settings
-from agg_pipeline.defs.jobs import aggregate_bars_job
-from agg_pipeline.defs.partitions import FIRST_DAY
-from agg_pipeline.defs.requests import database_now, plan, run_request, summary, synced_symbols
+from agg_pipeline.defs.jobs import AssetJob
+from agg_pipeline.defs.requests import LiveRequests, database_now, summary, synced_symbols
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.defs.synthetic import with_synthetic_step
 from agg_pipeline.engine import planning, synthetic
 from agg_pipeline.listing import capped
 
 
-@dg.schedule(
-    job=aggregate_bars_job,
-    cron_schedule="*/5 * * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description=(
-        "Every 5 minutes, brings every enabled task up to its frontier through the live "
-        "planner: runs over blocks of symbols x days, in the order of SPEC contract 12 "
-        "(mandatory, 5m before 1h, task_priority, least recently successful), at most "
-        f"{settings.MAX_RUNS_PER_TICK_VAR} per tick, never for work a run in flight was "
-        "requested for (by this schedule or a sensor)."
-    ),
-)
-def catchup_schedule(context: dg.ScheduleEvaluationContext,
-                     market_db: MarketDatabase) -> list[dg.RunRequest] | dg.SkipReason:
+def build_catchup_schedule(job: AssetJob,
+                           live: LiveRequests) -> dg.ScheduleDefinition:
+    """catchup_schedule, launching `job` with `live`'s run requests."""
+
+    @dg.schedule(
+        job=job,
+        cron_schedule="*/5 * * * *",
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=(
+            "Every 5 minutes, brings every enabled task up to its frontier through the live "
+            "planner: runs over blocks of symbols x days, in the order of SPEC contract 12 "
+            "(mandatory, 5m before 1h, task_priority, least recently successful), at most "
+            f"{settings.MAX_RUNS_PER_TICK_VAR} per tick, never for work a run in flight was "
+            "requested for (by this schedule or a sensor)."
+        ),
+    )
+    def catchup_schedule(context: dg.ScheduleEvaluationContext,
+                         market_db: MarketDatabase) -> list[dg.RunRequest] | dg.SkipReason:
+        return catchup_tick(context, market_db, live)
+
+    return catchup_schedule
+
+
+def catchup_tick(context: dg.ScheduleEvaluationContext, market_db: MarketDatabase,
+                 live: LiveRequests) -> list[dg.RunRequest] | dg.SkipReason:
+    """One catchup_schedule evaluation."""
+    first_day = live.first_day
     with market_db.connect() as conn:
         as_of = database_now(conn)
 
         def find_work():
             tasks = planning.task_states(conn, as_of)
-            return tasks, (planning.catchup_work(tasks, roots_only=False, first_day=FIRST_DAY)
-                           + planning.synthetic_work(conn, tasks, as_of, FIRST_DAY))
+            return tasks, (planning.catchup_work(tasks, roots_only=False, first_day=first_day)
+                           + planning.synthetic_work(conn, tasks, as_of, first_day))
 
-        tasks, found = plan(context.instance, conn, "catchup", synced_symbols(context.instance),
-                            find_work)
+        tasks, found = live.plan(context.instance, conn, "catchup",
+                                 synced_symbols(context.instance), find_work)
         synthetics = synthetic.synthetic_symbols(conn)
     for line in capped([f"task {symbol!r} / {timeframe!r} not scheduled: {problem}"
                         for (symbol, timeframe), problem in sorted(tasks.problems.items())],
@@ -48,4 +60,11 @@ def catchup_schedule(context: dg.ScheduleEvaluationContext,
         return dg.SkipReason("all tasks at their frontier" + (f" ({left})" if left else ""))
     if left:
         context.log.info(left)
-    return [with_synthetic_step(run_request(run), run, synthetics) for run in found.runs]
+    return [with_synthetic_step(live.run_request(run), run, synthetics) for run in found.runs]
+
+
+def __getattr__(name: str) -> object:
+    """catchup_schedule: the process's default Definitions' (defs/factory.py)."""
+    from agg_pipeline.defs import factory
+
+    return factory.default_part(__name__, name)

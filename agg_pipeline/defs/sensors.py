@@ -7,15 +7,15 @@ engine/planning.py), as the schedule does: never work a run in flight was reques
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import dagster as dg
 
 from agg_pipeline import settings
 from agg_pipeline.defs.assets import bars_1m
-from agg_pipeline.defs.jobs import aggregate_bars_job
-from agg_pipeline.defs.partitions import FIRST_DAY, SYMBOLS_PARTITIONS_NAME
-from agg_pipeline.defs.requests import database_now, plan, run_request, summary, synced_symbols
+from agg_pipeline.defs.jobs import AssetJob
+from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
+from agg_pipeline.defs.requests import LiveRequests, database_now, summary, synced_symbols
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.defs.synthetic import with_synthetic_step
 from agg_pipeline.engine import planning, synthetic, tasks, timeframes
@@ -94,8 +94,7 @@ def frontier_observations(found: planning.Tasks, symbols: list[str], state: dict
                           "previous": previous}
 
 
-@dg.sensor(
-    job=aggregate_bars_job,
+SOURCE_FRONTIER_SENSOR = dict(  # the source_frontier_sensor's definition (build_live_sensors)
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
@@ -106,19 +105,23 @@ def frontier_observations(found: planning.Tasks, symbols: list[str], state: dict
         f"frontier on a rotation (at most {OBSERVATIONS_PER_TICK} per tick)."
     ),
 )
-def source_frontier_sensor(context: dg.SensorEvaluationContext,
-                           market_db: MarketDatabase) -> dg.SensorResult | dg.SkipReason:
+
+
+def source_frontier_tick(context: dg.SensorEvaluationContext, market_db: MarketDatabase,
+                         live: LiveRequests) -> dg.SensorResult | dg.SkipReason:
+    """One source_frontier_sensor evaluation."""
+    first_day: date = live.first_day
     symbols = synced_symbols(context.instance)
     with market_db.connect() as conn:
         as_of = database_now(conn)
 
         def find_work():
             found = planning.task_states(conn, as_of)
-            return found, (planning.catchup_work(found, roots_only=True, first_day=FIRST_DAY)
-                           + planning.forming_work(found, first_day=FIRST_DAY)
-                           + planning.synthetic_work(conn, found, as_of, FIRST_DAY))
+            return found, (planning.catchup_work(found, roots_only=True, first_day=first_day)
+                           + planning.forming_work(found, first_day=first_day)
+                           + planning.synthetic_work(conn, found, as_of, first_day))
 
-        found, result = plan(context.instance, conn, "frontier", symbols, find_work)
+        found, result = live.plan(context.instance, conn, "frontier", symbols, find_work)
         synthetics = synthetic.synthetic_symbols(conn)
     observations, state = frontier_observations(
         found, symbols, json.loads(context.cursor) if context.cursor else {}, as_of)
@@ -131,7 +134,8 @@ def source_frontier_sensor(context: dg.SensorEvaluationContext,
                                skip_reason=None if observations else
                                "no new complete windows" + (f" ({left})" if left else ""))
     return dg.SensorResult(
-        run_requests=[with_synthetic_step(run_request(r), r, synthetics) for r in result.runs],
+        run_requests=[with_synthetic_step(live.run_request(r), r, synthetics)
+                      for r in result.runs],
         asset_events=observations, cursor=cursor)
 
 
@@ -155,8 +159,7 @@ class LateState:
                            "reconcile_after": self.reconcile_after}, sort_keys=True)
 
 
-@dg.sensor(
-    job=aggregate_bars_job,
+LATE_DATA_SENSOR = dict(  # the late_data_sensor's definition (build_live_sensors)
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
@@ -169,8 +172,12 @@ class LateState:
         "rolled-back re-aggregation (reason: reconciliation)."
     ),
 )
-def late_data_sensor(context: dg.SensorEvaluationContext,
-                     market_db: MarketDatabase) -> dg.SensorResult | dg.SkipReason:
+
+
+def late_data_tick(context: dg.SensorEvaluationContext, market_db: MarketDatabase,
+                   live: LiveRequests) -> dg.SensorResult | dg.SkipReason:
+    """One late_data_sensor evaluation."""
+    first_day: date = live.first_day
     state = LateState.parse(context.cursor)
     symbols = synced_symbols(context.instance)
     checked: list[planning.Reconciliation] = []
@@ -182,22 +189,22 @@ def late_data_sensor(context: dg.SensorEvaluationContext,
         def find_work():
             found = planning.task_states(conn, as_of)
             late, early = planning.late_work(conn, found, since - LATE_DATA_LOOKBACK, as_of,
-                                             FIRST_DAY)
+                                             first_day)
             reconciled = planning.reconciliation_work(
                 conn, found, after=state.reconcile_after,
                 budget=settings.reconcile_symbols_per_tick(), days=settings.reconcile_days(),
-                as_of=as_of, first_day=FIRST_DAY)
+                as_of=as_of, first_day=first_day)
             checked.append(reconciled)
             too_early.extend(early)
             return found, late + reconciled.work + planning.synthetic_work(
-                conn, found, as_of, FIRST_DAY, since=since - LATE_DATA_LOOKBACK)
+                conn, found, as_of, first_day, since=since - LATE_DATA_LOOKBACK)
 
-        _, result = plan(context.instance, conn, "late", symbols, find_work)
+        _, result = live.plan(context.instance, conn, "late", symbols, find_work)
         synthetics = synthetic.synthetic_symbols(conn)
         pruned = planning.prune_consumed_changes(conn, CONSUMED_CHANGES_KEPT)
     [reconciled] = checked
     warnings = capped([f"late rows for {symbol} on {day} cannot be requested: before the "
-                       f"first partition ({FIRST_DAY})" for symbol, day in too_early],
+                       f"first partition ({first_day})" for symbol, day in too_early],
                       "days before the first partition")
     warnings += capped([f"late rows for {work.symbol} on {work.first_day}..{work.last_day} "
                         "cannot be requested (no such partition)" for work in result.unsynced],
@@ -225,5 +232,31 @@ def late_data_sensor(context: dg.SensorEvaluationContext,
     if left:
         context.log.info(left)
     return dg.SensorResult(
-        run_requests=[with_synthetic_step(run_request(r), r, synthetics) for r in result.runs],
+        run_requests=[with_synthetic_step(live.run_request(r), r, synthetics)
+                      for r in result.runs],
         cursor=new_state.dump())
+
+
+def build_live_sensors(job: AssetJob,
+                       live: LiveRequests) -> list[dg.SensorDefinition]:
+    """source_frontier_sensor and late_data_sensor, launching `job` with `live`'s requests."""
+
+    @dg.sensor(job=job, **SOURCE_FRONTIER_SENSOR)
+    def source_frontier_sensor(context: dg.SensorEvaluationContext,
+                               market_db: MarketDatabase) -> dg.SensorResult | dg.SkipReason:
+        return source_frontier_tick(context, market_db, live)
+
+    @dg.sensor(job=job, **LATE_DATA_SENSOR)
+    def late_data_sensor(context: dg.SensorEvaluationContext,
+                         market_db: MarketDatabase) -> dg.SensorResult | dg.SkipReason:
+        return late_data_tick(context, market_db, live)
+
+    return [source_frontier_sensor, late_data_sensor]
+
+
+def __getattr__(name: str) -> object:
+    """source_frontier_sensor and late_data_sensor: the process's default Definitions'
+    (defs/factory.py)."""
+    from agg_pipeline.defs import factory
+
+    return factory.default_part(__name__, name)

@@ -44,7 +44,6 @@ from dagster._core.events import DagsterEventType
 
 from agg_pipeline import settings
 from agg_pipeline.defs.alerts import RECENT_RUNS
-from agg_pipeline.defs.checks import all_checks
 from agg_pipeline.defs.tags import LANE_TAG, LIVE_LANE
 
 INTERVAL_SECONDS = 300
@@ -245,8 +244,14 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def check_keys() -> list[dg.AssetCheckKey]:
-    return sorted({key for checks in all_checks for key in checks.check_keys},
+def check_keys(checks: Sequence[dg.AssetChecksDefinition] | None = None
+               ) -> list[dg.AssetCheckKey]:
+    """The keys of `checks` (default: the process's default Definitions' checks), sorted."""
+    if checks is None:
+        from agg_pipeline.defs import factory
+
+        checks = factory.default_part("agg_pipeline.defs.checks", "all_checks")
+    return sorted({key for defs in checks for key in defs.check_keys},
                   key=lambda k: (k.asset_key.path, k.name))
 
 
@@ -285,13 +290,16 @@ def _days(days: int | None) -> str:
 
 def apply_retention(instance: dg.DagsterInstance, policy: Policy, now: datetime,
                     cursor: dict[str, str | None] | None = None, *,
-                    clock: Callable[[], float] = time.monotonic) -> Outcome:
-    """One pass: decide, then delete. `now` is the instant ages are measured from."""
+                    clock: Callable[[], float] = time.monotonic,
+                    checks: Sequence[dg.AssetCheckKey] | None = None) -> Outcome:
+    """One pass: decide, then delete. `now` is the instant ages are measured from; `checks`
+    are the Definitions' check keys (default: check_keys())."""
     began = clock()
     cursor = dict(cursor or {})
     if policy.off:
         return Outcome([], {}, cursor, [], policy)
-    holders = LatestHolders(instance, check_keys(), policy.keep_newest)
+    holders = LatestHolders(instance, check_keys() if checks is None else list(checks),
+                            policy.keep_newest)
     runs: dict[str, dg.DagsterRun] = {}
     deleted_plan: list[str] = []
     kept: dict[str, str] = {}
@@ -346,7 +354,7 @@ def delete_run(instance: dg.DagsterInstance, run_id: str) -> None:
                 AssetCheckExecutionsTable.c.run_id == run_id))
 
 
-@dg.sensor(
+STORAGE_RETENTION_SENSOR = dict(  # its definition (build_storage_retention_sensor)
     minimum_interval_seconds=INTERVAL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
@@ -361,14 +369,40 @@ def delete_run(instance: dg.DagsterInstance, run_id: str) -> None:
         f"{settings.DEFAULT_DAGSTER_RETENTION_RUNS_PER_TICK}) per tick. 0 or 'off' disables."
     ),
 )
-def dagster_storage_retention_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+
+
+def build_storage_retention_sensor(checks: Sequence[dg.AssetChecksDefinition]
+                                   ) -> dg.SensorDefinition:
+    """dagster_storage_retention_sensor, keeping the runs holding the latest evaluation of
+    any of `checks`."""
+    keys = check_keys(checks)
+
+    @dg.sensor(**STORAGE_RETENTION_SENSOR)
+    def dagster_storage_retention_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        return retention_tick(context, keys)
+
+    return dagster_storage_retention_sensor
+
+
+def retention_tick(context: dg.SensorEvaluationContext,
+                   keys: Sequence[dg.AssetCheckKey]) -> dg.SkipReason:
+    """One dagster_storage_retention_sensor evaluation."""
     policy = Policy.from_settings()
     if policy.off:
         return dg.SkipReason("Dagster storage retention is off "
                              f"({settings.DAGSTER_RETENTION_DAYS_VAR} and "
                              f"{settings.DAGSTER_RETENTION_FAILED_DAYS_VAR})")
     outcome = apply_retention(context.instance, policy, datetime.now(UTC),
-                              json.loads(context.cursor) if context.cursor else None)
+                              json.loads(context.cursor) if context.cursor else None,
+                              checks=keys)
     context.update_cursor(json.dumps(outcome.cursor, sort_keys=True))
     context.log.info(outcome.summary)
     return dg.SkipReason(outcome.summary)
+
+
+def __getattr__(name: str) -> object:
+    """dagster_storage_retention_sensor: the process's default Definitions'
+    (defs/factory.py)."""
+    from agg_pipeline.defs import factory
+
+    return factory.default_part(__name__, name)

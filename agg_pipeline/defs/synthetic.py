@@ -19,13 +19,8 @@ from agg_pipeline.defs.assets import (
     bars_1m,
     run_as_of,
 )
-from agg_pipeline.defs.partitions import (
-    day_bounds,
-    period_last_day,
-    run_day_spans,
-    split_key,
-    symbol_time_partitions,
-)
+from agg_pipeline.defs.config import PipelineConfig
+from agg_pipeline.defs.partitions import TimePartitioning, day_bounds
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.engine import planning, synthetic, tasks
 from agg_pipeline.engine.synthetic import SyntheticDay
@@ -35,46 +30,58 @@ NOT_SYNTHETIC = "nothing to build: not a synthetic series the pipeline builds"
 
 
 def partition_metadata(keys: list[str], results: list[synthetic.SyntheticResult],
-                       defined: set[str]) -> dict[str, dict[str, object]]:
+                       defined: set[str], partitions: TimePartitioning
+                       ) -> dict[str, dict[str, object]]:
     """Each partition's own days' counts (SPEC contract 14)."""
     by_day = {(r.symbol, day): counts for r in results for day, counts in r.days.items()}
     entries: dict[str, dict[str, object]] = {}
     for key in keys:
-        symbol, period = split_key(key)
+        symbol, period = partitions.split_key(key)
         if symbol not in defined:
             entries[str(key)] = {"partition_note": NOT_SYNTHETIC}
             continue
         counts, day = SyntheticDay(), period
-        while day <= period_last_day(period):
+        while day <= partitions.period_last_day(period):
             counts = counts + by_day.get((symbol, day), SyntheticDay())
             day += timedelta(days=1)
         entries[str(key)] = dict(counts.counts())
     return entries
 
 
-@dg.asset(
-    name=ASSET_NAME,
-    deps=[dg.AssetDep(bars_1m, partition_mapping=dg.AllPartitionMapping())],
-    partitions_def=symbol_time_partitions,
-    backfill_policy=backfill_policy(),
-    group_name=GROUP,
-    kinds={"postgres"},
-    tags={"timeframe": "1m"},
-    description=(
-        "1m bars of synthetic series (data_agg_synthetic_series, e.g. DXY) in data_bars "
-        "(source synthetic:<symbol>), computed from their components' aligned 1m bars: a "
-        "missing component minute takes the leg's last close for at most max_fill_minutes "
-        "(2); high/low are max/min(open, close), the envelope is in raw. Other symbols: "
-        "nothing to build."
-    ),
-    metadata={"table": "data_bars", "timeframe": "1m",
-              "formula": "constant x product(component ^ exponent)"},
-)
-def synthetic_bars_1m(context: dg.AssetExecutionContext,
-                      market_db: MarketDatabase) -> dg.MaterializeResult:
+def build_synthetic_asset(config: PipelineConfig) -> dg.AssetsDefinition:
+    """synthetic_bars_1m, partitioned as `config` says."""
+    partitions = config.partitions
+
+    @dg.asset(
+        name=ASSET_NAME,
+        deps=[dg.AssetDep(bars_1m, partition_mapping=dg.AllPartitionMapping())],
+        partitions_def=partitions.symbol_time_partitions,
+        backfill_policy=backfill_policy(config),
+        group_name=GROUP,
+        kinds={"postgres"},
+        tags={"timeframe": "1m"},
+        description=(
+            "1m bars of synthetic series (data_agg_synthetic_series, e.g. DXY) in data_bars "
+            "(source synthetic:<symbol>), computed from their components' aligned 1m bars: a "
+            "missing component minute takes the leg's last close for at most max_fill_minutes "
+            "(2); high/low are max/min(open, close), the envelope is in raw. Other symbols: "
+            "nothing to build."
+        ),
+        metadata={"table": "data_bars", "timeframe": "1m",
+                  "formula": "constant x product(component ^ exponent)"},
+    )
+    def synthetic_bars_1m(context: dg.AssetExecutionContext,
+                          market_db: MarketDatabase) -> dg.MaterializeResult:
+        return materialize_synthetic(context, market_db, partitions)
+
+    return synthetic_bars_1m
+
+
+def materialize_synthetic(context: dg.AssetExecutionContext, market_db: MarketDatabase,
+                          partitions: TimePartitioning) -> dg.MaterializeResult:
     as_of = run_as_of(context)
     keys = context.partition_keys
-    ranges = run_day_spans(keys, context.run.tags)
+    ranges = partitions.run_day_spans(keys, context.run.tags)
     results: list[synthetic.SyntheticResult] = []
     failed: dict[str, str] = {}
     try:
@@ -112,7 +119,8 @@ def synthetic_bars_1m(context: dg.AssetExecutionContext,
     if failed:
         raise dg.Failure(description=f"synthetic bars failed for {', '.join(sorted(failed))}",
                          metadata={"failures": dg.MetadataValue.json(failed)})
-    metadata.attach_partition_metadata(context, partition_metadata(keys, results, defined))
+    metadata.attach_partition_metadata(context,
+                                       partition_metadata(keys, results, defined, partitions))
     return dg.MaterializeResult()
 
 
@@ -124,3 +132,10 @@ def with_synthetic_step(request: dg.RunRequest, run: planning.PlannedRun,
         return request
     return request.with_replaced_attrs(
         asset_selection=[dg.AssetKey(ASSET_NAME), *request.asset_selection])
+
+
+def __getattr__(name: str) -> object:
+    """synthetic_bars_1m: the process's default Definitions' (defs/factory.py)."""
+    from agg_pipeline.defs import factory
+
+    return factory.default_part(__name__, name)
