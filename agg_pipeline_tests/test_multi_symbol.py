@@ -1,7 +1,8 @@
 """One statement for many symbols (aggregate_many) gives, symbol by symbol, what the engine
 gives each symbol on its own: the same bars, soft deletes, revisions (change and reason),
 cursors, day fingerprints and per-day counts (SPEC contract 14), through first builds, late
-rows, corrections and deletions, full and incremental reads. Each symbol exists twice, as
+rows, corrections and deletions, full and incremental reads, full reads in one statement or
+one per day. Each symbol exists twice, as
 "<name>.M" built with its fellows in one call and "<name>.S" built alone, from the same rows;
 the comparison is between the twins."""
 
@@ -95,8 +96,13 @@ def assert_twins_equal(db, names: list[str], together: dict, alone: dict) -> Non
 @settings(max_examples=max(1, round(25 * SCALE)), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
-@given(symbols=scenario, cut=st.integers(60, 2 * 1440), incremental=st.booleans())
-def test_many_symbols_in_one_statement_equal_each_symbol_alone(db, symbols, cut, incremental):
+@given(symbols=scenario, cut=st.integers(60, 2 * 1440), incremental=st.booleans(),
+       chunked=st.booleans())
+def test_many_symbols_in_one_statement_equal_each_symbol_alone(db, monkeypatch, symbols, cut,
+                                                               incremental, chunked):
+    # chunked: a full read of many symbols runs as one statement per UTC day (as a batch
+    # of ~300 symbols does with the default budget), one symbol alone as one statement
+    monkeypatch.setattr(engine, "CHUNK_SOURCE_ROWS", 1 if chunked else 10**9)
     db.execute("TRUNCATE data_bars, derived_data_bars, derived_bar_revisions, "
                "data_agg_source_days, data_agg_source_changes, data_agg_state, "
                "core_asset_registry_all RESTART IDENTITY CASCADE")
