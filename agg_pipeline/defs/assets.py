@@ -1,9 +1,11 @@
 """Assets: the observed 1m source and one derived-bars asset per rung of the timeframe ladder.
 
 Every derived asset is partitioned symbol x time (day, month or year: PipelineConfig) with a
-single-run backfill policy: a run over any rectangle of partitions calls the engine once per
-(symbol, run of consecutive days), and each partition's materialisation carries its own days' counts
-(defs/metadata.py), numeric metadata the UI plots.
+single-run backfill policy; the mandatory timeframes' symbols are every symbol (`symbols`), an
+optional timeframe's only those the registry enables it for (`symbols_<timeframe>`), so the
+catalog shows no partition that can never hold a bar. A run over any rectangle of partitions
+calls the engine once per (symbol, run of consecutive days), and each partition's
+materialisation carries its own days' counts (defs/metadata.py), numeric metadata the UI plots.
 """
 
 
@@ -17,7 +19,12 @@ from agg_pipeline import settings
 from agg_pipeline.db import queries
 from agg_pipeline.defs import metadata
 from agg_pipeline.defs.config import PipelineConfig
-from agg_pipeline.defs.partitions import TimePartitioning, day_bounds, symbols_partitions
+from agg_pipeline.defs.partitions import (
+    TimePartitioning,
+    day_bounds,
+    symbols_partitions,
+    timeframe_partitions_name,
+)
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.defs.tags import AS_OF_TAG, BACKFILL_TAG, LANE_TAG, LIVE_LANE, REASON_TAG
 from agg_pipeline.engine import aggregate as engine
@@ -266,7 +273,8 @@ def build_bars_asset(tf: Timeframe, config: PipelineConfig) -> dg.AssetsDefiniti
     @dg.asset(
         name=tf.asset_name,
         deps=[dep, *([dg.AssetDep("synthetic_bars_1m")] if tf.reads_data_bars else [])],
-        partitions_def=partitions.symbol_time_partitions,
+        partitions_def=partitions.symbol_time_partitions_of(
+            timeframe_partitions_name(tf.name, tf.mandatory)),
         backfill_policy=backfill_policy(config),
         freshness_policy=freshness_policy(tf, config.freshness_cron),
         group_name=GROUP,
