@@ -272,7 +272,12 @@ def build_bars_asset(tf: Timeframe, config: PipelineConfig) -> dg.AssetsDefiniti
 
     @dg.asset(
         name=tf.asset_name,
-        deps=[dep, *([dg.AssetDep("synthetic_bars_1m")] if tf.reads_data_bars else [])],
+        # synthetic_bars_1m has partitions for the synthetic series only: an identity mapping
+        # would make every other symbol's 5m partition depend on one that does not exist
+        # (an asset backfill refuses that); lineage, not a per-partition requirement
+        deps=[dep, *([dg.AssetDep("synthetic_bars_1m",
+                                  partition_mapping=dg.AllPartitionMapping())]
+                     if tf.reads_data_bars else [])],
         partitions_def=partitions.symbol_time_partitions_of(
             timeframe_partitions_name(tf.name, tf.mandatory)),
         backfill_policy=backfill_policy(config),
@@ -315,6 +320,8 @@ def asset_keys_by_timeframe(config: PipelineConfig) -> dict[str, dg.AssetKey]:
 def __getattr__(name: str) -> object:
     """derived_bars_assets and ASSET_KEY_BY_TIMEFRAME: the process's default Definitions'
     (built on first use; defs/factory.py)."""
+    if name.startswith("__"):  # dunder look-ups (import machinery): not ours, import nothing
+        raise AttributeError(name)
     from agg_pipeline.defs import factory
 
     return factory.default_part(__name__, name)

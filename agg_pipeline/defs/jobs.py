@@ -80,7 +80,10 @@ def build_ladder_jobs(config: PipelineConfig, ladder: Sequence[LadderJob]) -> li
 
 
 def __getattr__(name: str) -> object:
-    """aggregate_bars_job: the process's default Definitions' (defs/factory.py)."""
+    """aggregate_bars_job and ladder_jobs: the process's default Definitions'
+    (defs/factory.py)."""
+    if name.startswith("__"):  # dunder look-ups (import machinery, dataclasses): not ours
+        raise AttributeError(name)
     from agg_pipeline.defs import factory
 
     return factory.default_part(__name__, name)
