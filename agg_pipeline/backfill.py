@@ -81,14 +81,34 @@ def _demo_first_day(conn) -> datetime | None:
 
 def blocks(symbols: Sequence[str], order: Sequence[str]) -> list[list[str]]:
     """`symbols` cut into runs of consecutive symbols of `order` (the partitions' order)."""
-    wanted, found, current = set(symbols), [], []
-    for symbol in order:
-        if symbol in wanted:
-            current.append(symbol)
-        elif current:
-            found.append(current)
-            current = []
-    return [*found, current] if current else found
+    from agg_pipeline.defs.requests import consecutive_blocks
+
+    return consecutive_blocks(symbols, order)
+
+
+@dataclass(frozen=True)
+class PlannedBlock:
+    job_name: str
+    symbols: list[str]
+    keys: list  # the assets it materialises
+
+
+def ladder_blocks(instance, symbols: Sequence[str], keys: Sequence) -> list[PlannedBlock]:
+    """The runs of a backfill of `keys` over `symbols`, in ladder order: one job per
+    partitions definition (defs/jobs.py), each over blocks of the symbols consecutive in its
+    own partitions: synthetic_bars over the synthetic series among them, aggregate_bars,
+    then each optional timeframe over the symbols enabling it. A job none of whose assets or
+    symbols is chosen has no run (no synthetic_bars_1m without a synthetic series)."""
+    from agg_pipeline.defs.factory import default_parts
+
+    found = []
+    for job in default_parts().live_requests.ladder:
+        chosen = [key for key in job.asset_keys if key in keys]
+        order = instance.get_dynamic_partitions(job.symbols_name)
+        if chosen:
+            found += [PlannedBlock(job.job_name, block, chosen)
+                      for block in blocks(symbols, order)]
+    return found
 
 
 @dataclass(frozen=True)
@@ -129,13 +149,14 @@ def asset_keys(timeframe_names: Sequence[str]) -> list:
 
 
 def run_block(instance, symbols: list[str], first: date, last: date,
-              keys: list, extra_tags: dict[str, str] | None = None) -> RunSummary:
-    """One in-process run of the project's aggregate_bars job over symbols x [first, last]
-    (tagged NO_RETRY_TAGS, or `extra_tags` when given)."""
+              keys: list, extra_tags: dict[str, str] | None = None,
+              job_name: str = "aggregate_bars") -> RunSummary:
+    """One in-process run of the project's `job_name` job (aggregate_bars by default) over
+    symbols x [first, last] (tagged NO_RETRY_TAGS, or `extra_tags` when given)."""
     from agg_pipeline.definitions import defs
     from agg_pipeline.defs.partitions import range_tags
 
-    job = defs.resolve_job_def("aggregate_bars")
+    job = defs.resolve_job_def(job_name)
     tags = {**range_tags(symbols[0], first, last, last_symbol=symbols[-1]),
             **(NO_RETRY_TAGS if extra_tags is None else extra_tags)}
     result = job.execute_in_process(
@@ -153,6 +174,19 @@ def run_block(instance, symbols: list[str], first: date, last: date,
     errors = [" ".join(str(e.step_failure_data.error.message).split())
               for e in result.all_events if e.is_step_failure and e.step_failure_data.error]
     return RunSummary(result.run_id, symbols, result.success, counts, errors)
+
+
+def run_ladder(instance, symbols: list[str], first: date, last: date, keys: list,
+               extra_tags: dict[str, str] | None = None) -> list[RunSummary]:
+    """The backfill's runs (ladder_blocks), one after the other; a block's later runs (its
+    optional timeframes) are not started once one of its runs failed."""
+    runs: list[RunSummary] = []
+    for planned in ladder_blocks(instance, symbols, keys):
+        if any(not run.success for run in runs):
+            break
+        runs.append(run_block(instance, planned.symbols, first, last, planned.keys,
+                              extra_tags=extra_tags, job_name=planned.job_name))
+    return runs
 
 
 def describe(first: date, last: date, runs: list[RunSummary], seconds: float) -> str:
@@ -186,8 +220,6 @@ def backfill(symbols: list[str], first: date, last: date, timeframe_names: list[
     # imported only now: the partitions read AGG_START_UTC (and the Dagster variables) once
     import dagster as dg
 
-    from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
-
     check_days(first, last)
     keys = asset_keys(timeframe_names)
     known = sync(market_url)
@@ -198,6 +230,5 @@ def backfill(symbols: list[str], first: date, last: date, timeframe_names: list[
             f"{settings.environment()}): {', '.join(unknown)}")
     started = time.monotonic()
     with dg.DagsterInstance.get() as instance:
-        order = instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME)
-        runs = [run_block(instance, block, first, last, keys) for block in blocks(symbols, order)]
+        runs = run_ladder(instance, symbols, first, last, keys)
     return describe(first, last, runs, time.monotonic() - started), runs

@@ -173,11 +173,17 @@ def dagster_storage_url(make_database) -> str:
 @pytest.fixture
 def instance(dagster_storage_url: str, clean_database: str, tmp_path) -> Iterator:
     """A real Dagster instance on PostgreSQL storage, emptied before the test."""
-    from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
+    from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, SYNTHETIC_PARTITIONS_NAME
+    from agg_pipeline.engine import timeframes
     from agg_pipeline_tests.processes import storage_instance
 
+    # every symbols partitions: all symbols, the synthetic series, each optional timeframe's
+    # (a test's 30m rung included)
+    names = {SYMBOLS_PARTITIONS_NAME, SYNTHETIC_PARTITIONS_NAME, "symbols_30m",
+             *(f"symbols_{tf.name}" for tf in timeframes.ORDERED)}
     with storage_instance(dagster_storage_url, tmp_path) as inst:
         inst.wipe()
-        for key in inst.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME):
-            inst.delete_dynamic_partition(SYMBOLS_PARTITIONS_NAME, key)
+        for name in sorted(names):
+            for key in inst.get_dynamic_partitions(name):
+                inst.delete_dynamic_partition(name, key)
         yield inst

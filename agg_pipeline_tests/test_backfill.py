@@ -65,7 +65,7 @@ def test_backfill_builds_the_rectangle_on_the_projects_instance(db, dagster_stor
         assert [r.status for r in runs] == [dg.DagsterRunStatus.SUCCESS] * 2
         planned = instance.get_records_for_run(
             runs[0].run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED).records
-        assert len(planned) == 3  # synthetic_bars_1m, bars_5m, bars_1h
+        assert len(planned) == 2  # bars_5m, bars_1h: no synthetic series, no synthetic_bars_1m
     assert (tmp_path / "home" / "dagster_home" / "dagster.yaml").is_file()
 
     again = run_backfill("EURUSD", f"{T0.date()}", f"{T0.date()}", "--timeframes", "5m",

@@ -15,9 +15,15 @@ from agg_pipeline.defs.partitions import (
     partition_key,
     range_tags,
 )
+from agg_pipeline.defs.requests import next_runs, run_states
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.defs.schedules import catchup_schedule
-from agg_pipeline.defs.sensors import late_data_sensor, registry_sync_sensor, source_frontier_sensor
+from agg_pipeline.defs.sensors import (
+    ladder_sensor,
+    late_data_sensor,
+    registry_sync_sensor,
+    source_frontier_sensor,
+)
 from agg_pipeline_tests.helpers import (
     AGG_START,
     T0,
@@ -35,8 +41,9 @@ DAY = T0.date()
 
 
 def run_range(instance, symbol, first_day, last_day, *, assets=("bars_5m", "bars_1h"),
-              as_of: datetime | None = None, last_symbol: str | None = None):
-    job = defs.resolve_job_def("aggregate_bars")
+              as_of: datetime | None = None, last_symbol: str | None = None,
+              job_name: str = "aggregate_bars"):
+    job = defs.resolve_job_def(job_name)
     tags = range_tags(symbol, first_day, last_day, last_symbol=last_symbol)
     if as_of:
         tags[AS_OF_TAG] = as_of.isoformat()
@@ -72,12 +79,14 @@ def test_definitions_snapshot():
     assert snapshot == {
         "assets": ["bars_15m", "bars_1d", "bars_1h", "bars_1m", "bars_4h", "bars_5m",
                    "synthetic_bars_1m"],
-        "jobs": ["aggregate_bars", "backfill_bars", "backup_agg_state", "legacy_cleanup",
+        "jobs": ["aggregate_bars", "aggregate_bars_15m", "aggregate_bars_1d",
+                 "aggregate_bars_4h", "backfill_bars", "backup_agg_state", "legacy_cleanup",
                  "legacy_cleanup_undo",
                  "preflight_report", "prune_backups", "rebuild_range", "reset_cursors",
-                 "restore_agg_state"],
-        "sensors": ["alerts_sensor", "dagster_storage_retention_sensor", "late_data_sensor",
-                    "registry_sync_sensor", "run_liveness_sensor", "source_frontier_sensor"],
+                 "restore_agg_state", "synthetic_bars"],
+        "sensors": ["alerts_sensor", "dagster_storage_retention_sensor", "ladder_sensor",
+                    "late_data_sensor", "registry_sync_sensor", "run_liveness_sensor",
+                    "source_frontier_sensor"],
         "schedules": [("catchup_schedule", "*/5 * * * *")],
         "asset_checks": sorted(
             [f"bars_{tf}:{check}"
@@ -130,10 +139,13 @@ def test_multi_day_range_run_is_one_engine_call_per_timeframe(eurusd, instance):
 
 
 def test_optional_timeframe_without_task_is_skipped_not_failed(eurusd, instance):
+    """A bars_15m partition whose task is gone (retired since the last registry sync)."""
     insert_bars(eurusd, "EURUSD", minute_bars(T0, 120))
     eurusd.commit()
-    result = run_range(instance, "EURUSD", DAY, DAY, assets=("bars_5m", "bars_15m"),
-                       as_of=T0 + timedelta(days=1))
+    assert run_range(instance, "EURUSD", DAY, DAY, as_of=T0 + timedelta(days=1)).success
+    instance.add_dynamic_partitions("symbols_15m", ["EURUSD"])
+    result = run_range(instance, "EURUSD", DAY, DAY, assets=("bars_15m",),
+                       as_of=T0 + timedelta(days=1), job_name="aggregate_bars_15m")
     assert result.success
     meta = instance.get_latest_materialization_event(
         dg.AssetKey("bars_15m")).asset_materialization.metadata
@@ -143,6 +155,17 @@ def test_optional_timeframe_without_task_is_skipped_not_failed(eurusd, instance)
     assert "(0 ranges)" in totals and "skipped, no task" in totals and "1 symbol: EURUSD" in totals
 
 
+def apply_partition_requests(instance: dg.DagsterInstance, result) -> None:
+    """What the daemon does with a registry_sync_sensor tick's partition requests."""
+    for request in result.dynamic_partitions_requests:
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(request.partitions_def_name,
+                                            list(request.partition_keys))
+        else:
+            for key in request.partition_keys:
+                instance.delete_dynamic_partition(request.partitions_def_name, key)
+
+
 def test_registry_sync_sensor_adds_and_removes_partitions(db, instance):
     add_symbol(db, "EURUSD")
     add_symbol(db, "DXY", calc_4h=True)
@@ -150,10 +173,12 @@ def test_registry_sync_sensor_adds_and_removes_partitions(db, instance):
     db.commit()
     context = dg.build_sensor_context(instance=instance, resources=RESOURCES)
     result = registry_sync_sensor(context)
-    added = result.dynamic_partitions_requests[0]
-    assert isinstance(added, dg.AddDynamicPartitionsRequest)
-    assert sorted(added.partition_keys) == ["DXY", "EURUSD"]
-    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, list(added.partition_keys))
+    requested = {(type(r).__name__, r.partitions_def_name): sorted(r.partition_keys)
+                 for r in result.dynamic_partitions_requests}
+    # every symbol in `symbols`; only DXY, which enables 4h, in bars_4h's `symbols_4h`
+    assert requested == {("AddDynamicPartitionsRequest", "symbols"): ["DXY", "EURUSD"],
+                         ("AddDynamicPartitionsRequest", "symbols_4h"): ["DXY"]}
+    apply_partition_requests(instance, result)
     tasks = db.execute("SELECT canonical_symbol, timeframe, is_mandatory FROM data_agg_state "
                        "ORDER BY 1, 2").fetchall()
     assert tasks == [("DXY", "1h", True), ("DXY", "4h", False), ("DXY", "5m", True),
@@ -171,6 +196,43 @@ def test_registry_sync_sensor_adds_and_removes_partitions(db, instance):
     statuses = dict(db.execute("SELECT timeframe, status FROM data_agg_state "
                                "WHERE canonical_symbol = 'EURUSD'").fetchall())
     assert statuses == {"5m": "retired", "1h": "retired"}
+
+
+def test_an_optional_timeframe_partition_follows_the_registry(db, instance):
+    """A symbol without 15m has no bars_15m partition; enabling 15m in the registry adds it
+    at the next registry sync, disabling it removes it (the task is retired)."""
+    add_symbol(db, "EURUSD")
+    db.commit()
+    context = dg.build_sensor_context(instance=instance, resources=RESOURCES)
+    apply_partition_requests(instance, registry_sync_sensor(context))
+    assert instance.get_dynamic_partitions("symbols") == ["EURUSD"]
+    assert instance.get_dynamic_partitions("symbols_15m") == []
+    assert not defs.get_assets_def(dg.AssetKey("bars_15m")).partitions_def.get_partition_keys(
+        dynamic_partitions_store=instance)
+
+    db.execute("UPDATE core_asset_registry_all SET calc_15m = true "
+               "WHERE canonical_symbol = 'EURUSD'")
+    db.commit()
+    result = registry_sync_sensor(context)
+    assert [(type(r).__name__, r.partitions_def_name, list(r.partition_keys))
+            for r in result.dynamic_partitions_requests] == [
+        ("AddDynamicPartitionsRequest", "symbols_15m", ["EURUSD"])]
+    apply_partition_requests(instance, result)
+    keys = defs.get_assets_def(dg.AssetKey("bars_15m")).partitions_def.get_partition_keys(
+        dynamic_partitions_store=instance)
+    assert keys and {k.keys_by_dimension["symbol"] for k in keys} == {"EURUSD"}
+    assert instance.get_dynamic_partitions("symbols_4h") == []
+
+    db.execute("UPDATE core_asset_registry_all SET calc_15m = false "
+               "WHERE canonical_symbol = 'EURUSD'")
+    db.commit()
+    result = registry_sync_sensor(context)
+    assert [(type(r).__name__, r.partitions_def_name, list(r.partition_keys))
+            for r in result.dynamic_partitions_requests] == [
+        ("DeleteDynamicPartitionsRequest", "symbols_15m", ["EURUSD"])]
+    apply_partition_requests(instance, result)
+    assert instance.get_dynamic_partitions("symbols_15m") == []
+    assert instance.get_dynamic_partitions("symbols") == ["EURUSD"]
 
 
 def test_frontier_sensor_requests_new_complete_windows_and_skips_when_idle(eurusd, instance):
@@ -303,3 +365,62 @@ def test_hard_failures_follow_the_state_machine_through_dagster(eurusd, instance
                          "data_agg_state WHERE timeframe = '5m'").fetchone()
     assert row[:3] == ("hard_failed", 3, True)
     assert "NULL" in row[3]
+
+
+def test_frontier_tick_builds_an_optional_timeframe_after_its_5m_in_a_chained_run(db, instance):
+    """A block of symbols where one enables 15m: the tick requests one aggregate_bars run over
+    the block; when it succeeds ladder_sensor launches the aggregate_bars_15m run over that
+    symbol alone, under the same plan (its claims held in between), and 15m is built from the
+    5m bars the first run wrote."""
+    add_symbol(db, "AUDUSD")
+    add_symbol(db, "EURUSD", calc_15m=True)
+    add_symbol(db, "GBPUSD")
+    db.commit()
+    context = dg.build_sensor_context(instance=instance, resources=RESOURCES)
+    apply_partition_requests(instance, registry_sync_sensor(context))
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    cursors_at(db, start)
+    for symbol in ("AUDUSD", "EURUSD", "GBPUSD"):
+        insert_bars(db, symbol, minute_bars(start, 60))
+    db.commit()
+
+    tick = source_frontier_sensor(dg.build_sensor_context(instance=instance, resources=RESOURCES))
+    [first] = tick.run_requests  # one run per tick for the block, as without optional rungs
+    assert first.job_name == "aggregate_bars"
+    assert {k.to_user_string() for k in first.asset_selection} == {"bars_5m", "bars_1h"}
+    assert first.tags[RANGE_START_TAG].endswith("|AUDUSD")
+    assert first.tags[RANGE_END_TAG].endswith("|GBPUSD")
+    assert next_runs(first.tags) == [("aggregate_bars_15m", "EURUSD", "EURUSD", ["15m"])]
+    ladder = dg.build_sensor_context(instance=instance, resources=RESOURCES)
+    assert isinstance(ladder_sensor(ladder), dg.SkipReason)  # nothing ran yet
+
+    mandatory = defs.resolve_job_def("aggregate_bars").execute_in_process(
+        instance=instance, tags=first.tags, asset_selection=first.asset_selection)
+    assert mandatory.success
+    assert active_bars(db, "EURUSD", "15m").empty
+    plan = first.tags["agg/plan"]
+    # the chain is not through: its plan stays live, its work is not requested again
+    assert run_states(instance, [plan]).live == {plan}
+    assert source_frontier_sensor(dg.build_sensor_context(
+        instance=instance, resources=RESOURCES, cursor=tick.cursor)).run_requests == []
+
+    [second] = ladder_sensor(ladder).run_requests
+    assert second.job_name == "aggregate_bars_15m"
+    assert {k.to_user_string() for k in second.asset_selection} == {"bars_15m"}
+    assert second.tags[RANGE_START_TAG].endswith("|EURUSD")
+    assert second.tags[RANGE_END_TAG].endswith("|EURUSD")
+    assert second.tags["agg/plan"] == plan and second.run_key == f"{plan}/1"
+    assert not next_runs(second.tags)
+    optional = defs.resolve_job_def("aggregate_bars_15m").execute_in_process(
+        instance=instance, tags=second.tags, asset_selection=second.asset_selection)
+    assert optional.success
+    assert len(active_bars(db, "EURUSD", "15m")) == 4
+    assert len(active_bars(db, "EURUSD", "5m")) == 12
+    # the 15m run was created after the 5m run ended
+    runs = {r.job_name: r for r in (rec.dagster_run for rec in instance.get_run_records(
+        dg.RunsFilter(tags={"agg/plan": plan})))}
+    ended_5m = instance.get_run_record_by_id(runs["aggregate_bars"].run_id).end_time
+    created_15m = instance.get_run_record_by_id(runs["aggregate_bars_15m"].run_id).create_timestamp
+    assert created_15m.timestamp() >= ended_5m
+    assert isinstance(ladder_sensor(ladder), dg.SkipReason)  # launched once
+    assert run_states(instance, [plan]).live == set()

@@ -19,14 +19,24 @@ from agg_pipeline.db import connection, migrations
 from agg_pipeline.definitions import defs
 from agg_pipeline.defs.assets import AS_OF_TAG
 from agg_pipeline.defs.partitions import (
+    RANGE_END_TAG,
     RANGE_START_TAG,
+    SYMBOL_TAG,
     SYMBOLS_PARTITIONS_NAME,
+    SYNTHETIC_PARTITIONS_NAME,
     range_tags,
     run_symbols,
+    split_key,
 )
+from agg_pipeline.defs.requests import next_runs
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.defs.schedules import catchup_schedule
-from agg_pipeline.defs.sensors import late_data_sensor, source_frontier_sensor
+from agg_pipeline.defs.sensors import (
+    ladder_sensor,
+    late_data_sensor,
+    registry_sync_sensor,
+    source_frontier_sensor,
+)
 from agg_pipeline.engine import aggregate as engine
 from agg_pipeline.engine import synthetic
 from agg_pipeline_tests.helpers import (
@@ -311,11 +321,38 @@ def test_a_series_missing_a_component_is_an_ordinary_symbol(db):
 
 def run_requested(instance: dg.DagsterInstance, request: dg.RunRequest,
                   as_of: datetime | None = None) -> dg.ExecuteInProcessResult:
-    tags = dict(request.tags)
-    if as_of is not None:
-        tags[AS_OF_TAG] = as_of.isoformat()
-    return defs.resolve_job_def("aggregate_bars").execute_in_process(
-        instance=instance, tags=tags, asset_selection=list(request.asset_selection))
+    """The request's run, then each run of its chain ladder_sensor launches after it (the
+    synthetic series' run before the block's aggregate_bars run); the last run's result."""
+    while True:
+        tags = dict(request.tags)
+        if as_of is not None:
+            tags[AS_OF_TAG] = as_of.isoformat()
+        result = defs.resolve_job_def(request.job_name or "aggregate_bars").execute_in_process(
+            instance=instance, tags=tags, asset_selection=list(request.asset_selection))
+        following = ladder_sensor(dg.build_sensor_context(instance=instance))
+        if not result.success or isinstance(following, dg.SkipReason):
+            return result
+        [request] = [r for r in following.run_requests
+                     if r.tags["agg/plan"] == request.tags["agg/plan"]]
+
+
+def build_index_then_bars(instance: dg.DagsterInstance, tags: dict[str, str]) -> bool:
+    """DXY's index (synthetic_bars, its own partitions) over the days of the rectangle `tags`
+    name, then bars_5m and bars_1h over the rectangle (aggregate_bars): a backfill's runs."""
+    first, last = split_key(tags[RANGE_START_TAG])[1], split_key(tags[RANGE_END_TAG])[1]
+    index = defs.resolve_job_def("synthetic_bars").execute_in_process(
+        instance=instance, tags={**tags, **range_tags("DXY", first, last)},
+        asset_selection=[dg.AssetKey("synthetic_bars_1m")])
+    bars = defs.resolve_job_def("aggregate_bars").execute_in_process(
+        instance=instance, tags=tags,
+        asset_selection=[dg.AssetKey("bars_5m"), dg.AssetKey("bars_1h")])
+    return index.success and bars.success
+
+
+def chain_assets(request: dg.RunRequest) -> set[str]:
+    """The assets of the request's run and of the runs chained after it."""
+    return ({k.to_user_string() for k in request.asset_selection}
+            | {"bars_" + tf for entry in next_runs(request.tags) for tf in entry[3]})
 
 
 def test_a_late_component_correction_restates_dxy_1m_5m_and_1h_through_the_sensor(legs,
@@ -323,10 +360,9 @@ def test_a_late_component_correction_restates_dxy_1m_5m_and_1h_through_the_senso
     write(legs, leg_frames(T0, T0 + timedelta(days=1), missing=0))
     legs.commit()
     instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, list(ALL))
-    job = defs.resolve_job_def("aggregate_bars")
+    instance.add_dynamic_partitions(SYNTHETIC_PARTITIONS_NAME, ["DXY"])
     tags = {**range_tags("DXY", DAY, DAY, last_symbol=ALL[-1]), AS_OF_TAG: AS_OF.isoformat()}
-    assert job.execute_in_process(instance=instance, tags=tags, asset_selection=[
-        dg.AssetKey(a) for a in ("synthetic_bars_1m", "bars_5m", "bars_1h")]).success
+    assert build_index_then_bars(instance, tags)
     window = T0 + timedelta(hours=3, minutes=5)
     before_5m = active_bars(legs, "DXY", "5m").set_index("ts_utc").loc[window]
     before_1h = active_bars(legs, "DXY", "1h").set_index("ts_utc").loc[T0 + timedelta(hours=3)]
@@ -341,7 +377,7 @@ def test_a_late_component_correction_restates_dxy_1m_5m_and_1h_through_the_senso
     legs.commit()
     result = late_data_sensor(dg.build_sensor_context(instance=instance, resources=RESOURCES,
                                                       cursor=quiet.cursor))
-    selected = {k.to_user_string() for r in result.run_requests for k in r.asset_selection}
+    selected = set().union(*(chain_assets(r) for r in result.run_requests))
     assert selected == {"synthetic_bars_1m", "bars_5m", "bars_1h"}
     assert all(r.tags["agg/reason"].startswith("late data on 2025-07-07")
                for r in result.run_requests)
@@ -379,12 +415,11 @@ def test_the_reconciliation_rebuilds_dxy_when_a_leg_changed_around_the_capture(
     write(legs, leg_frames(T0, T0 + timedelta(days=1), missing=0))
     legs.commit()
     instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, list(ALL))
+    instance.add_dynamic_partitions(SYNTHETIC_PARTITIONS_NAME, ["DXY"])
     # from agg_start: the cursors move to the end of the data, behind which the backstop looks
     tags = {**range_tags("DXY", AGG_START.date(), DAY, last_symbol=ALL[-1]),
             AS_OF_TAG: AS_OF.isoformat()}
-    assert defs.resolve_job_def("aggregate_bars").execute_in_process(
-        instance=instance, tags=tags, asset_selection=[
-            dg.AssetKey(a) for a in ("synthetic_bars_1m", "bars_5m", "bars_1h")]).success
+    assert build_index_then_bars(instance, tags)
     quiet = late_data_sensor(dg.build_sensor_context(instance=instance, resources=RESOURCES))
     assert not quiet.run_requests
 
@@ -406,9 +441,11 @@ def test_the_reconciliation_rebuilds_dxy_when_a_leg_changed_around_the_capture(
     in_order = instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME)
     # (the legs between them in the block ride along)
     assert {"DXY", "USDJPY"} <= {s for r in result.run_requests
-                                 for s in run_symbols(r.tags, in_order)}
+                                 for s in run_symbols(r.tags, in_order)
+                                 + [s for e in next_runs(r.tags) for s in in_order[
+                                     in_order.index(e[1]):in_order.index(e[2]) + 1]]}
+    assert "synthetic_bars_1m" in set().union(*(chain_assets(r) for r in result.run_requests))
     for request in result.run_requests:
-        assert "synthetic_bars_1m" in {k.to_user_string() for k in request.asset_selection}
         assert run_requested(instance, request, AS_OF).success
 
     assert_matches_oracle(legs, T0, T0 + timedelta(days=1))
@@ -428,11 +465,13 @@ def test_the_frontier_sensor_builds_dxy_live_before_its_5m(db, instance):
     write(db, leg_frames(start, end, missing=0))
     db.commit()
     instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, list(ALL))
+    instance.add_dynamic_partitions(SYNTHETIC_PARTITIONS_NAME, ["DXY"])
 
     tick = source_frontier_sensor(dg.build_sensor_context(instance=instance, resources=RESOURCES))
     [request] = tick.run_requests  # one block: the six legs' new windows and DXY's index
-    assert {k.to_user_string() for k in request.asset_selection} == {
-        "synthetic_bars_1m", "bars_5m", "bars_1h"}
+    # DXY's index first (its own job and partitions), then the block's 5m and 1h
+    assert request.job_name == "synthetic_bars"
+    assert chain_assets(request) == {"synthetic_bars_1m", "bars_5m", "bars_1h"}
     assert request.tags["agg/reason"] == "new complete windows"
     assert run_requested(instance, request).success
 
@@ -529,9 +568,11 @@ def test_the_oracle_applies_the_published_formula():
         rel=1e-15)
 
 
-def test_the_schedule_builds_dxy_too(db, instance):
-    """The schedule (the cron worker's replacement, the sensors' safety net) plans synthetic
-    work like the frontier sensor and puts the index's step before its bars_5m."""
+def test_the_schedule_leaves_dxy_to_the_frontier_sensor(db, instance):
+    """The schedule launches aggregate_bars runs only (a schedule has one job), and a
+    synthetic series' 5m must follow its index's run (synthetic_bars): it plans the legs'
+    catch-up, never DXY's 5m, and the frontier sensor, finding the same work, builds DXY's
+    index and then its bars."""
     now = db.execute("SELECT now()").fetchone()[0].astimezone(UTC)
     start = (now - timedelta(minutes=40)).replace(second=0, microsecond=0)
     start -= timedelta(minutes=start.minute % 5)
@@ -543,11 +584,30 @@ def test_the_schedule_builds_dxy_too(db, instance):
     write(db, leg_frames(start, now.replace(second=0, microsecond=0) - MINUTE, missing=0))
     db.commit()
     instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, list(ALL))
+    instance.add_dynamic_partitions(SYNTHETIC_PARTITIONS_NAME, ["DXY"])
     requests = catchup_schedule(dg.build_schedule_context(
         instance=instance, resources=RESOURCES, scheduled_execution_time=now))
-    # the legs' catch-up is one run, DXY's index and its bars another (different work)
-    [request] = [r for r in requests if r.tags[RANGE_START_TAG].endswith("|DXY")]
-    assert {k.to_user_string() for k in request.asset_selection} == {
-        "synthetic_bars_1m", "bars_5m", "bars_1h"}
+    assert requests and all(r.job_name == "aggregate_bars" for r in requests)
+    assert not [r for r in requests if r.tags[RANGE_START_TAG].endswith("|DXY")]
+    tick = source_frontier_sensor(dg.build_sensor_context(instance=instance, resources=RESOURCES))
+    [request] = tick.run_requests
+    assert request.job_name == "synthetic_bars" and request.tags[SYMBOL_TAG] == "DXY"
     assert run_requested(instance, request).success
     assert len(active_bars(db, "DXY", "5m")) >= 6
+
+
+def test_only_synthetic_series_have_synthetic_bars_1m_partitions(db, instance):
+    """registry_sync_sensor puts DXY, and none of its legs, in `symbols_synthetic`: the catalog
+    shows synthetic_bars_1m partitions for the index only."""
+    for symbol in LEGS:
+        add_symbol(db, symbol)
+    define_dxy(db)
+    db.commit()
+    result = registry_sync_sensor(dg.build_sensor_context(instance=instance, resources=RESOURCES))
+    for request in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    assert instance.get_dynamic_partitions(SYNTHETIC_PARTITIONS_NAME) == ["DXY"]
+    assert sorted(instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME)) == sorted(ALL)
+    keys = defs.get_assets_def(dg.AssetKey("synthetic_bars_1m")).partitions_def \
+        .get_partition_keys(dynamic_partitions_store=instance)
+    assert {key.keys_by_dimension["symbol"] for key in keys} == {"DXY"}

@@ -221,13 +221,16 @@ from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, range_tags
 day = date.fromisoformat(sys.argv[1])
 instance = dg.DagsterInstance.ephemeral()
 instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["HALF"])
-result = defs.resolve_job_def("aggregate_bars").execute_in_process(
+instance.add_dynamic_partitions("symbols_30m", ["HALF"])  # an optional rung: its own job
+results = [defs.resolve_job_def(job).execute_in_process(
     instance=instance, tags=range_tags("HALF", day, day), raise_on_error=False,
-    asset_selection=[dg.AssetKey("bars_5m"), dg.AssetKey("bars_30m")])
+    asset_selection=[dg.AssetKey(asset)])
+    for job, asset in (("aggregate_bars", "bars_5m"), ("aggregate_bars_30m", "bars_30m"))]
 checks = {e.asset_check_evaluation_data.asset_check_key.to_user_string():
           e.asset_check_evaluation_data.passed
+          for result in results
           for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
-print(json.dumps({"success": result.success, "checks": checks,
+print(json.dumps({"success": all(r.success for r in results), "checks": checks,
                   "assets": sorted(k.to_user_string() for k in defs.resolve_all_asset_keys())}))
 """
 

@@ -1,9 +1,11 @@
 """Assets: the observed 1m source and one derived-bars asset per rung of the timeframe ladder.
 
 Every derived asset is partitioned symbol x time (day, month or year: PipelineConfig) with a
-single-run backfill policy: a run over any rectangle of partitions calls the engine once per
-(symbol, run of consecutive days), and each partition's materialisation carries its own days' counts
-(defs/metadata.py), numeric metadata the UI plots.
+single-run backfill policy; the mandatory timeframes' symbols are every symbol (`symbols`), an
+optional timeframe's only those the registry enables it for (`symbols_<timeframe>`), so the
+catalog shows no partition that can never hold a bar. A run over any rectangle of partitions
+calls the engine once per (symbol, run of consecutive days), and each partition's
+materialisation carries its own days' counts (defs/metadata.py), numeric metadata the UI plots.
 """
 
 
@@ -17,7 +19,12 @@ from agg_pipeline import settings
 from agg_pipeline.db import queries
 from agg_pipeline.defs import metadata
 from agg_pipeline.defs.config import PipelineConfig
-from agg_pipeline.defs.partitions import TimePartitioning, day_bounds, symbols_partitions
+from agg_pipeline.defs.partitions import (
+    TimePartitioning,
+    day_bounds,
+    symbols_partitions,
+    timeframe_partitions_name,
+)
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.defs.tags import AS_OF_TAG, BACKFILL_TAG, LANE_TAG, LIVE_LANE, REASON_TAG
 from agg_pipeline.engine import aggregate as engine
@@ -265,8 +272,14 @@ def build_bars_asset(tf: Timeframe, config: PipelineConfig) -> dg.AssetsDefiniti
 
     @dg.asset(
         name=tf.asset_name,
-        deps=[dep, *([dg.AssetDep("synthetic_bars_1m")] if tf.reads_data_bars else [])],
-        partitions_def=partitions.symbol_time_partitions,
+        # synthetic_bars_1m has partitions for the synthetic series only: an identity mapping
+        # would make every other symbol's 5m partition depend on one that does not exist
+        # (an asset backfill refuses that); lineage, not a per-partition requirement
+        deps=[dep, *([dg.AssetDep("synthetic_bars_1m",
+                                  partition_mapping=dg.AllPartitionMapping())]
+                     if tf.reads_data_bars else [])],
+        partitions_def=partitions.symbol_time_partitions_of(
+            timeframe_partitions_name(tf.name, tf.mandatory)),
         backfill_policy=backfill_policy(config),
         freshness_policy=freshness_policy(tf, config.freshness_cron),
         group_name=GROUP,
@@ -307,6 +320,8 @@ def asset_keys_by_timeframe(config: PipelineConfig) -> dict[str, dg.AssetKey]:
 def __getattr__(name: str) -> object:
     """derived_bars_assets and ASSET_KEY_BY_TIMEFRAME: the process's default Definitions'
     (built on first use; defs/factory.py)."""
+    if name.startswith("__"):  # dunder look-ups (import machinery): not ours, import nothing
+        raise AttributeError(name)
     from agg_pipeline.defs import factory
 
     return factory.default_part(__name__, name)

@@ -64,7 +64,8 @@ def _days(config: BackfillBarsConfig) -> tuple[date, date]:
 
 @dg.op(name=OP_NAME,
        description="Materialise the timeframes' bars assets over symbols x [first_day, last_day] "
-                   "(UTC days): one aggregate_bars run per block of consecutive symbols.")
+                   "(UTC days): one run per job of the ladder (synthetic_bars, aggregate_bars, "
+                   "aggregate_bars_<tf>) per block of its consecutive symbols, in that order.")
 def backfill_bars_op(context: dg.OpExecutionContext, config: BackfillBarsConfig) -> None:
     first, last = _days(config)
     try:
@@ -79,13 +80,13 @@ def backfill_bars_op(context: dg.OpExecutionContext, config: BackfillBarsConfig)
                        " (registry_sync_sensor adds the registry's symbols within a minute)")
     tags = {"dagster/max_retries": "0", REASON_TAG: Reason.UI_BACKFILL.tag(),
             LAUNCHED_BY_TAG: context.run_id}
-    blocks = backfill.blocks(symbols, order)
+    planned = backfill.ladder_blocks(context.instance, symbols, keys)
     assets = ", ".join(k.to_user_string() for k in keys)
-    context.log.info(f"{len(symbols)} symbols x {first}..{last}: {len(blocks)} aggregate_bars "
-                     f"run{'s' * (len(blocks) > 1)} of {assets}")
+    context.log.info(f"{len(symbols)} symbols x {first}..{last}: {len(planned)} run"
+                     f"{'s' * (len(planned) > 1)} ("
+                     + ", ".join(dict.fromkeys(p.job_name for p in planned)) + f") of {assets}")
     started = time.monotonic()
-    runs = [backfill.run_block(context.instance, block, first, last, keys, extra_tags=tags)
-            for block in blocks]
+    runs = backfill.run_ladder(context.instance, symbols, first, last, keys, extra_tags=tags)
     line = backfill.describe(first, last, runs, time.monotonic() - started)
     context.log.info(line)
     context.add_output_metadata({
@@ -97,7 +98,7 @@ def backfill_bars_op(context: dg.OpExecutionContext, config: BackfillBarsConfig)
     failed = [r for r in runs if not r.success]
     if failed:
         raise dg.Failure(
-            description=f"{len(failed)} of {len(runs)} aggregate_bars runs failed: "
+            description=f"{len(failed)} of {len(runs)} runs failed: "
                         + "; ".join(f"{r.run_id[:8]} ({', '.join(r.symbols)}): "
                                     f"{' | '.join(r.errors) or 'see the run'}" for r in failed),
             allow_retries=False)

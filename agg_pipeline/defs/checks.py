@@ -17,7 +17,13 @@ import psycopg
 
 from agg_pipeline.defs.assets import reads_incrementally
 from agg_pipeline.defs.config import PipelineConfig
-from agg_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, TimePartitioning
+from agg_pipeline.defs.partitions import (
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    SYMBOLS_PARTITIONS_NAME,
+    TimePartitioning,
+    timeframe_partitions_name,
+)
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.engine import monitoring, timeframes
 from agg_pipeline.engine.monitoring import Outcome, Scope
@@ -38,13 +44,15 @@ class CheckSettings(dg.Config):
 
 
 def run_scope(context: dg.AssetCheckExecutionContext, config: "CheckSettings",
-              partitions: TimePartitioning) -> Scope:
+              partitions: TimePartitioning, symbols_name: str = SYMBOLS_PARTITIONS_NAME
+              ) -> Scope:
     """The run's symbols and days, from its single-run partition-range tags (within its
     DAYS_TAG when it has one); a live run's recent windows."""
     tags = context.run.tags
     if RANGE_START_TAG not in tags or RANGE_END_TAG not in tags:
         return Scope()
-    keys = partitions.symbol_time_partitions.get_partition_keys_in_range(
+    # the range is a rectangle of the checked asset's own symbols partitions (their order)
+    keys = partitions.symbol_time_partitions_of(symbols_name).get_partition_keys_in_range(
         dg.PartitionKeyRange(tags[RANGE_START_TAG], tags[RANGE_END_TAG]),
         dynamic_partitions_store=context.instance,
     )
@@ -153,7 +161,8 @@ def build_checks(tf: timeframes.Timeframe,
     @dg.multi_asset_check(name=f"{tf.asset_name}_checks", specs=specs, can_subset=True)
     def bars_checks(context: dg.AssetCheckExecutionContext, market_db: MarketDatabase,
                     config: CheckSettings) -> Iterator[dg.AssetCheckResult]:
-        scope = run_scope(context, config, partitions)
+        scope = run_scope(context, config, partitions,
+                          timeframe_partitions_name(tf.name, tf.mandatory))
         selected = {key.name for key in context.selected_asset_check_keys}
         with market_db.connect() as conn:
             for check in defs:

@@ -25,7 +25,7 @@ from agg_pipeline.defs.assets import asset_keys_by_timeframe, bars_1m, build_bar
 from agg_pipeline.defs.backfill_job import backfill_bars_job
 from agg_pipeline.defs.checks import build_all_checks, check_keys_by_timeframe
 from agg_pipeline.defs.config import PipelineConfig, default_config
-from agg_pipeline.defs.jobs import AssetJob, build_aggregate_job
+from agg_pipeline.defs.jobs import AssetJob, build_ladder_jobs, ladder_jobs
 from agg_pipeline.defs.liveness import build_run_liveness_sensor, heartbeat_executor
 from agg_pipeline.defs.requests import LiveRequests
 from agg_pipeline.defs.resources import MarketDatabase
@@ -44,15 +44,21 @@ class PipelineParts:
     synthetic_bars_1m: dg.AssetsDefinition
     derived_bars_assets: list[dg.AssetsDefinition]
     all_checks: list[dg.AssetChecksDefinition]
-    aggregate_bars_job: AssetJob
+    ladder_jobs: list[AssetJob]  # one per partitions definition, ladder order
     live_requests: LiveRequests
     catchup_schedule: dg.ScheduleDefinition
     source_frontier_sensor: dg.SensorDefinition
     late_data_sensor: dg.SensorDefinition
+    ladder_sensor: dg.SensorDefinition
     alerts_sensor: dg.SensorDefinition
     run_liveness_sensor: dg.SensorDefinition
     dagster_storage_retention_sensor: dg.SensorDefinition
     registry_sync_sensor: dg.SensorDefinition = registry_sync_sensor  # needs no config
+
+    @property
+    def aggregate_bars_job(self) -> AssetJob:
+        """The mandatory timeframes' job (every symbol): what the schedule launches."""
+        return next(job for job in self.ladder_jobs if job.name == "aggregate_bars")
 
     @property
     def ASSET_KEY_BY_TIMEFRAME(self) -> Mapping[str, dg.AssetKey]:
@@ -66,13 +72,13 @@ class PipelineParts:
         return dg.Definitions(
             assets=[bars_1m, self.synthetic_bars_1m, *self.derived_bars_assets],
             asset_checks=self.all_checks,
-            jobs=[self.aggregate_bars_job, backfill_bars_job, *runbook_jobs],
+            jobs=[*self.ladder_jobs, backfill_bars_job, *runbook_jobs],
             schedules=[self.catchup_schedule],
             sensors=[self.registry_sync_sensor, self.source_frontier_sensor,
-                     self.late_data_sensor, self.alerts_sensor, self.run_liveness_sensor,
-                     self.dagster_storage_retention_sensor],
+                     self.late_data_sensor, self.ladder_sensor, self.alerts_sensor,
+                     self.run_liveness_sensor, self.dagster_storage_retention_sensor],
             resources={"market_db": MarketDatabase()},
-            # a run's steps are sequential (5m, then what derives from it): one process, no
+            # a run's steps are sequential (5m, then 1h): one process, no
             # process start per step; its worker records a heartbeat (defs/liveness.py)
             executor=heartbeat_executor,
         )
@@ -83,20 +89,22 @@ def build_parts(config: PipelineConfig) -> PipelineParts:
     synthetic = build_synthetic_asset(config)
     bars = build_bars_assets(config)
     checks = build_all_checks(config)
-    job = build_aggregate_job(config, [synthetic, *bars])
+    ladder = ladder_jobs(config, synthetic)
+    jobs = build_ladder_jobs(config, ladder)
     live = LiveRequests(config.partitions, asset_keys_by_timeframe(config),
-                        check_keys_by_timeframe(config, checks))
-    frontier, late = build_live_sensors(job, live)
+                        check_keys_by_timeframe(config, checks), ladder)
+    frontier, late, chained = build_live_sensors(jobs, live)
     return PipelineParts(
         config=config,
         synthetic_bars_1m=synthetic,
         derived_bars_assets=bars,
         all_checks=checks,
-        aggregate_bars_job=job,
+        ladder_jobs=jobs,
         live_requests=live,
-        catchup_schedule=build_catchup_schedule(job, live),
+        catchup_schedule=build_catchup_schedule(jobs[1], live),
         source_frontier_sensor=frontier,
         late_data_sensor=late,
+        ladder_sensor=chained,
         alerts_sensor=build_alerts_sensor(
             [key for check in checks for key in check.check_keys], config.partitions),
         run_liveness_sensor=build_run_liveness_sensor(config.liveness_check_seconds),
@@ -121,10 +129,10 @@ DEFAULT_NAMES: dict[str, tuple[str, ...]] = {
     "agg_pipeline.defs.assets": ("derived_bars_assets", "ASSET_KEY_BY_TIMEFRAME"),
     "agg_pipeline.defs.synthetic": ("synthetic_bars_1m",),
     "agg_pipeline.defs.checks": ("all_checks", "CHECK_KEYS_BY_TIMEFRAME"),
-    "agg_pipeline.defs.jobs": ("aggregate_bars_job",),
+    "agg_pipeline.defs.jobs": ("aggregate_bars_job", "ladder_jobs"),
     "agg_pipeline.defs.requests": ("live_requests",),
     "agg_pipeline.defs.schedules": ("catchup_schedule",),
-    "agg_pipeline.defs.sensors": ("source_frontier_sensor", "late_data_sensor"),
+    "agg_pipeline.defs.sensors": ("source_frontier_sensor", "late_data_sensor", "ladder_sensor"),
     "agg_pipeline.defs.alerts": ("alerts_sensor",),
     "agg_pipeline.defs.liveness": ("run_liveness_sensor",),
     "agg_pipeline.defs.storage_retention": ("dagster_storage_retention_sensor",),

@@ -26,9 +26,16 @@ from agg_pipeline import settings
 from agg_pipeline.defs.tags import DAYS_TAG, RANGE_END_TAG, RANGE_START_TAG, SYMBOL_TAG
 
 SYMBOL_DIMENSION = "symbol"
-SYMBOLS_PARTITIONS_NAME = "symbols"
+SYMBOLS_PARTITIONS_NAME = "symbols"  # every symbol: bars_1m and the mandatory timeframes
+SYNTHETIC_PARTITIONS_NAME = "symbols_synthetic"  # the synthetic series: synthetic_bars_1m
 
 symbols_partitions = dg.DynamicPartitionsDefinition(name=SYMBOLS_PARTITIONS_NAME)
+
+
+def timeframe_partitions_name(timeframe: str, mandatory: bool) -> str:
+    """The symbols partitions of a timeframe's asset: `symbols` for a mandatory one, its own
+    `symbols_<timeframe>` (the symbols the registry enables it for) for an optional one."""
+    return SYMBOLS_PARTITIONS_NAME if mandatory else f"symbols_{timeframe}"
 
 
 @dataclass(frozen=True)
@@ -79,8 +86,22 @@ class TimePartitioning:
 
     @cached_property
     def symbol_time_partitions(self) -> dg.MultiPartitionsDefinition:
-        return dg.MultiPartitionsDefinition(
-            {SYMBOL_DIMENSION: symbols_partitions, self.time_dimension: self.time_partitions})
+        """Every symbol x time: the mandatory timeframes' partitions."""
+        return self.symbol_time_partitions_of(SYMBOLS_PARTITIONS_NAME)
+
+    def symbol_time_partitions_of(self, symbols_name: str) -> dg.MultiPartitionsDefinition:
+        """The symbols of the dynamic partitions `symbols_name` x time (one object per name)."""
+        found = self._by_symbols_name.get(symbols_name)
+        if found is None:
+            symbols = (symbols_partitions if symbols_name == SYMBOLS_PARTITIONS_NAME
+                       else dg.DynamicPartitionsDefinition(name=symbols_name))
+            found = self._by_symbols_name[symbols_name] = dg.MultiPartitionsDefinition(
+                {SYMBOL_DIMENSION: symbols, self.time_dimension: self.time_partitions})
+        return found
+
+    @cached_property
+    def _by_symbols_name(self) -> dict[str, dg.MultiPartitionsDefinition]:
+        return {}
 
     def partition_key(self, symbol: str, day: date) -> dg.MultiPartitionKey:
         """The key of the symbol's partition holding `day`."""

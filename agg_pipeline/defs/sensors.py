@@ -7,17 +7,28 @@ engine/planning.py), as the schedule does: never work a run in flight was reques
 
 import json
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
+import psycopg
 
 from agg_pipeline import settings
 from agg_pipeline.defs.assets import bars_1m
 from agg_pipeline.defs.jobs import AssetJob
-from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
-from agg_pipeline.defs.requests import LiveRequests, database_now, summary, synced_symbols
+from agg_pipeline.defs.partitions import (
+    SYMBOLS_PARTITIONS_NAME,
+    SYNTHETIC_PARTITIONS_NAME,
+    timeframe_partitions_name,
+)
+from agg_pipeline.defs.requests import (
+    LiveRequests,
+    database_now,
+    next_runs,
+    summary,
+    synced_symbols,
+)
 from agg_pipeline.defs.resources import MarketDatabase
-from agg_pipeline.defs.synthetic import with_synthetic_step
+from agg_pipeline.defs.tags import LANE_TAG, LIVE_LANE, PLAN_TAG, STAGE_TAG
 from agg_pipeline.engine import planning, synthetic, tasks, timeframes
 from agg_pipeline.engine.reasons import Reason
 from agg_pipeline.listing import capped, summarise
@@ -34,13 +45,54 @@ OBSERVATION_CYCLE = timedelta(minutes=5)
 CONSUMED_CHANGES_KEPT = timedelta(days=1)
 
 
+# the symbols of each optional timeframe: their live (non-retired) tasks; a task disabled by
+# failures keeps its partitions (its bars exist), a timeframe the registry drops retires them
+OPTIONAL_TASK_SYMBOLS = ("SELECT timeframe, canonical_symbol FROM data_agg_state "
+                         "WHERE NOT is_mandatory AND status <> 'retired'")
+
+
+def wanted_partitions(conn: psycopg.Connection, symbols: list[str]) -> dict[str, set[str]]:
+    """Each dynamic symbols partitions' symbols: `symbols` every symbol, `symbols_<tf>` those
+    with a live task of optional timeframe tf, `symbols_synthetic` the synthetic series."""
+    wanted: dict[str, set[str]] = {SYMBOLS_PARTITIONS_NAME: set(symbols)}
+    wanted.update({timeframe_partitions_name(tf.name, False): set()
+                   for tf in timeframes.ORDERED if not tf.mandatory})
+    for timeframe, symbol in conn.execute(OPTIONAL_TASK_SYMBOLS):
+        wanted.setdefault(timeframe_partitions_name(timeframe, False), set()).add(symbol)
+    wanted[SYNTHETIC_PARTITIONS_NAME] = synthetic.synthetic_symbols(conn, symbols)
+    conn.rollback()
+    return wanted
+
+
+def partition_changes(instance: dg.DagsterInstance, wanted: dict[str, set[str]]
+                      ) -> tuple[list, list[str]]:
+    """The requests bringing each symbols partitions to `wanted`, and one summary per
+    partitions that changed (every symbol's: always)."""
+    requests: list = []
+    lines: list[str] = []
+    for name, symbols in wanted.items():
+        existing = set(instance.get_dynamic_partitions(name))
+        added, removed = sorted(symbols - existing), sorted(existing - symbols)
+        if added:
+            requests.append(dg.AddDynamicPartitionsRequest(name, added))
+        if removed:
+            requests.append(dg.DeleteDynamicPartitionsRequest(name, removed))
+        if name == SYMBOLS_PARTITIONS_NAME:
+            lines.insert(0, f"partitions added {summarise(added)}, removed {summarise(removed)}")
+        elif added or removed:
+            lines.append(f"{name} added {summarise(added)}, removed {summarise(removed)}")
+    return requests, lines
+
+
 @dg.sensor(
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
-        "Keeps data_agg_state and the `symbols` partitions in step with the registry: tasks for "
+        "Keeps data_agg_state and the symbols partitions in step with the registry: tasks for "
         "the environment's symbols (5m and 1h always, optional timeframes by calc_* flags), "
-        "retired tasks for symbols that left it. Unusable symbols are reported, not synced."
+        "retired tasks for symbols that left it; `symbols` (every symbol), `symbols_<tf>` "
+        "(the symbols an optional timeframe is enabled for) and `symbols_synthetic` (the "
+        "synthetic series), in the same tick. Unusable symbols are reported, not synced."
     ),
 )
 def registry_sync_sensor(context: dg.SensorEvaluationContext,
@@ -48,19 +100,13 @@ def registry_sync_sensor(context: dg.SensorEvaluationContext,
     environment = settings.environment()
     with market_db.connect() as conn:
         result = tasks.sync_tasks(conn, environment, agg_start=settings.default_agg_start())
+        wanted = wanted_partitions(conn, result.symbols)
     for symbol, problem in sorted(result.rejected.items()):
         context.log.warning(f"registry symbol {symbol!r} not synced: {problem}")
-    existing = set(context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
-    wanted = set(result.symbols)
-    added, removed = sorted(wanted - existing), sorted(existing - wanted)
-    requests: list = []
-    if added:
-        requests.append(dg.AddDynamicPartitionsRequest(SYMBOLS_PARTITIONS_NAME, added))
-    if removed:
-        requests.append(dg.DeleteDynamicPartitionsRequest(SYMBOLS_PARTITIONS_NAME, removed))
-    summary_line = (f"env={environment}: {len(wanted)} symbols; tasks created={result.created} "
-                    f"updated={result.updated} retired={result.retired}; partitions "
-                    f"added {summarise(added)}, removed {summarise(removed)}; "
+    requests, changes = partition_changes(context.instance, wanted)
+    summary_line = (f"env={environment}: {len(result.symbols)} symbols; tasks "
+                    f"created={result.created} updated={result.updated} "
+                    f"retired={result.retired}; {'; '.join(changes)}; "
                     f"rejected={len(result.rejected)}")
     context.log.info(summary_line)
     if not requests:
@@ -122,7 +168,6 @@ def source_frontier_tick(context: dg.SensorEvaluationContext, market_db: MarketD
                            + planning.synthetic_work(conn, found, as_of, first_day))
 
         found, result = live.plan(context.instance, conn, "frontier", symbols, find_work)
-        synthetics = synthetic.synthetic_symbols(conn)
     observations, state = frontier_observations(
         found, symbols, json.loads(context.cursor) if context.cursor else {}, as_of)
     cursor = json.dumps(state, sort_keys=True)
@@ -133,10 +178,8 @@ def source_frontier_tick(context: dg.SensorEvaluationContext, market_db: MarketD
         return dg.SensorResult(asset_events=observations, cursor=cursor,
                                skip_reason=None if observations else
                                "no new complete windows" + (f" ({left})" if left else ""))
-    return dg.SensorResult(
-        run_requests=[with_synthetic_step(live.run_request(r), r, synthetics)
-                      for r in result.runs],
-        asset_events=observations, cursor=cursor)
+    return dg.SensorResult(run_requests=live.run_requests(result.runs, context.instance),
+                           asset_events=observations, cursor=cursor)
 
 
 @dataclass(frozen=True)
@@ -200,7 +243,6 @@ def late_data_tick(context: dg.SensorEvaluationContext, market_db: MarketDatabas
                 conn, found, as_of, first_day, since=since - LATE_DATA_LOOKBACK)
 
         _, result = live.plan(context.instance, conn, "late", symbols, find_work)
-        synthetics = synthetic.synthetic_symbols(conn)
         pruned = planning.prune_consumed_changes(conn, CONSUMED_CHANGES_KEPT)
     [reconciled] = checked
     warnings = capped([f"late rows for {symbol} on {day} cannot be requested: before the "
@@ -231,32 +273,75 @@ def late_data_tick(context: dg.SensorEvaluationContext, market_db: MarketDatabas
                                cursor=new_state.dump())
     if left:
         context.log.info(left)
-    return dg.SensorResult(
-        run_requests=[with_synthetic_step(live.run_request(r), r, synthetics)
-                      for r in result.runs],
-        cursor=new_state.dump())
+    return dg.SensorResult(run_requests=live.run_requests(result.runs, context.instance),
+                           cursor=new_state.dump())
 
 
-def build_live_sensors(job: AssetJob,
+# ladder_sensor looks at chained runs that succeeded this recently (a run's next one is
+# launched at the first tick after it ends; the look-back only bounds the query)
+CHAIN_LOOKBACK = timedelta(hours=6)
+CHAINED_RUNS_PER_TICK = 500
+
+
+def ladder_tick(context: dg.SensorEvaluationContext,
+                live: LiveRequests) -> dg.SensorResult | dg.SkipReason:
+    """One ladder_sensor evaluation: the next run of every chain whose run succeeded and
+    whose next run does not exist yet (its run key is also unique: never launched twice)."""
+    since = datetime.now(UTC) - CHAIN_LOOKBACK
+    records = context.instance.get_run_records(
+        dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS], updated_after=since,
+                      tags={LANE_TAG: LIVE_LANE}),
+        limit=CHAINED_RUNS_PER_TICK)
+    finished = [r.dagster_run for r in records if next_runs(r.dagster_run.tags)]
+    plans = sorted({run.tags[PLAN_TAG] for run in finished})
+    launched = {(r.dagster_run.tags.get(PLAN_TAG), r.dagster_run.tags.get(STAGE_TAG))
+                for r in (context.instance.get_run_records(
+                    dg.RunsFilter(tags={PLAN_TAG: plans})) if plans else [])}
+    requests = []
+    for run in finished:
+        following = live.next_request(run)
+        if following is not None and (run.tags[PLAN_TAG],
+                                      following.tags[STAGE_TAG]) not in launched:
+            requests.append(following)
+    if not requests:
+        return dg.SkipReason("no chained run waiting for its predecessor")
+    context.log.info(f"{len(requests)} chained runs: "
+                     + ", ".join(f"{r.job_name} ({r.run_key})" for r in requests[:10]))
+    return dg.SensorResult(run_requests=requests)
+
+
+def build_live_sensors(jobs: list[AssetJob],
                        live: LiveRequests) -> list[dg.SensorDefinition]:
-    """source_frontier_sensor and late_data_sensor, launching `job` with `live`'s requests."""
+    """source_frontier_sensor, late_data_sensor and ladder_sensor, launching the ladder's
+    `jobs` with `live`'s requests."""
 
-    @dg.sensor(job=job, **SOURCE_FRONTIER_SENSOR)
+    @dg.sensor(jobs=jobs, **SOURCE_FRONTIER_SENSOR)
     def source_frontier_sensor(context: dg.SensorEvaluationContext,
                                market_db: MarketDatabase) -> dg.SensorResult | dg.SkipReason:
         return source_frontier_tick(context, market_db, live)
 
-    @dg.sensor(job=job, **LATE_DATA_SENSOR)
+    @dg.sensor(jobs=jobs, **LATE_DATA_SENSOR)
     def late_data_sensor(context: dg.SensorEvaluationContext,
                          market_db: MarketDatabase) -> dg.SensorResult | dg.SkipReason:
         return late_data_tick(context, market_db, live)
 
-    return [source_frontier_sensor, late_data_sensor]
+    @dg.sensor(jobs=jobs, minimum_interval_seconds=10,
+               default_status=dg.DefaultSensorStatus.RUNNING,
+               description=(
+                   "Launches the next run of a live chain when its run succeeds: a block's "
+                   "synthetic series' 1m (synthetic_bars), then its mandatory timeframes "
+                   "(aggregate_bars), then each optional timeframe over the symbols enabling "
+                   "it (aggregate_bars_<tf>): one job per partitions definition, in ladder "
+                   "order (defs/requests.py)."))
+    def ladder_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        return ladder_tick(context, live)
+
+    return [source_frontier_sensor, late_data_sensor, ladder_sensor]
 
 
 def __getattr__(name: str) -> object:
-    """source_frontier_sensor and late_data_sensor: the process's default Definitions'
-    (defs/factory.py)."""
+    """source_frontier_sensor, late_data_sensor and ladder_sensor: the process's default
+    Definitions' (defs/factory.py)."""
     from agg_pipeline.defs import factory
 
     return factory.default_part(__name__, name)

@@ -1,10 +1,12 @@
 """The synthetic-series asset: an index's 1m bars (DXY from its six FX legs) written into
 data_bars from its components, upstream of bars_5m (engine/synthetic.py, migration 017).
 
-Partitioned like the bars assets, so a live run over a rectangle of symbols x days builds
-the synthetic symbols' days first and bars_5m then reads them. Other symbols of the
-rectangle are skipped with one query; a synthetic symbol's days that nothing changed cost
-one statement that writes nothing.
+Partitioned synthetic symbol x time: its symbols are the synthetic series the pipeline builds
+(the `symbols_synthetic` partitions, synced by registry_sync_sensor), so the catalog shows no
+partition of a symbol that has no index to build. A live run over a block of symbols x days
+builds its synthetic symbols' days in a run of its own (the `synthetic_bars` job) before the
+block's bars_5m run reads them (defs/requests.py chains the runs). A synthetic symbol's days
+that nothing changed cost one statement that writes nothing.
 """
 
 from datetime import timedelta
@@ -20,9 +22,9 @@ from agg_pipeline.defs.assets import (
     run_as_of,
 )
 from agg_pipeline.defs.config import PipelineConfig
-from agg_pipeline.defs.partitions import TimePartitioning, day_bounds
+from agg_pipeline.defs.partitions import SYNTHETIC_PARTITIONS_NAME, TimePartitioning, day_bounds
 from agg_pipeline.defs.resources import MarketDatabase
-from agg_pipeline.engine import planning, synthetic, tasks
+from agg_pipeline.engine import synthetic, tasks
 from agg_pipeline.engine.synthetic import SyntheticDay
 
 ASSET_NAME = "synthetic_bars_1m"
@@ -55,7 +57,7 @@ def build_synthetic_asset(config: PipelineConfig) -> dg.AssetsDefinition:
     @dg.asset(
         name=ASSET_NAME,
         deps=[dg.AssetDep(bars_1m, partition_mapping=dg.AllPartitionMapping())],
-        partitions_def=partitions.symbol_time_partitions,
+        partitions_def=partitions.symbol_time_partitions_of(SYNTHETIC_PARTITIONS_NAME),
         backfill_policy=backfill_policy(config),
         group_name=GROUP,
         kinds={"postgres"},
@@ -64,8 +66,8 @@ def build_synthetic_asset(config: PipelineConfig) -> dg.AssetsDefinition:
             "1m bars of synthetic series (data_agg_synthetic_series, e.g. DXY) in data_bars "
             "(source synthetic:<symbol>), computed from their components' aligned 1m bars: a "
             "missing component minute takes the leg's last close for at most max_fill_minutes "
-            "(2); high/low are max/min(open, close), the envelope is in raw. Other symbols: "
-            "nothing to build."
+            "(2); high/low are max/min(open, close), the envelope is in raw. Partitions: the "
+            "synthetic series only."
         ),
         metadata={"table": "data_bars", "timeframe": "1m",
                   "formula": "constant x product(component ^ exponent)"},
@@ -122,16 +124,6 @@ def materialize_synthetic(context: dg.AssetExecutionContext, market_db: MarketDa
     metadata.attach_partition_metadata(context,
                                        partition_metadata(keys, results, defined, partitions))
     return dg.MaterializeResult()
-
-
-def with_synthetic_step(request: dg.RunRequest, run: planning.PlannedRun,
-                        synthetic_symbols: set[str]) -> dg.RunRequest:
-    """A live run whose rectangle holds a synthetic symbol builds its index first: the run
-    materialises synthetic_bars_1m before bars_5m (its downstream)."""
-    if "5m" not in run.timeframes or not synthetic_symbols.intersection(run.symbols):
-        return request
-    return request.with_replaced_attrs(
-        asset_selection=[dg.AssetKey(ASSET_NAME), *request.asset_selection])
 
 
 def __getattr__(name: str) -> object:

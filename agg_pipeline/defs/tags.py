@@ -26,3 +26,8 @@ WILL_RETRY_TAG = "dagster/will_retry"
 PARENT_RUN_ID_TAG = "dagster/parent_run_id"
 # The backfill_bars run (the UI's launchpad backfill) that ran an aggregate_bars run.
 LAUNCHED_BY_TAG = "agg/launched_by"
+# A live run's place in its plan's chain of runs (one job per partitions definition, ladder
+# order: defs/requests.py): its index, and the runs still to launch after it succeeds, as JSON
+# [[job, first symbol, last symbol, [timeframes]], ...] (ladder_sensor launches the next one).
+STAGE_TAG = "agg/stage"
+NEXT_RUNS_TAG = "agg/next_runs"
