@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 import threading
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
@@ -22,6 +19,8 @@ import pytest
 from agg_pipeline.db import connection
 from agg_pipeline.definitions import defs
 from agg_pipeline.defs import sensors
+from agg_pipeline.defs.config import default_config
+from agg_pipeline.defs.factory import PipelineParts, build_parts
 from agg_pipeline.defs.partitions import (
     RANGE_END_TAG,
     RANGE_START_TAG,
@@ -65,12 +64,12 @@ def db_now(conn) -> datetime:
     return value
 
 
-def schedule(instance, when: datetime | None = None):
+def schedule(instance, when: datetime | None = None, parts: PipelineParts | None = None):
     # the context is closed: its instance (made from the test instance's ref) leaves
     # Dagster's current defs-state storage as it found it
     with dg.build_schedule_context(instance=instance, resources=RESOURCES,
                                    scheduled_execution_time=when or datetime.now(UTC)) as context:
-        result = catchup_schedule(context)
+        result = (parts.catchup_schedule if parts else catchup_schedule)(context)
     return [] if isinstance(result, dg.SkipReason) else result
 
 
@@ -80,10 +79,11 @@ def frontier(instance, cursor: str | None = None) -> dg.SensorResult:
         return source_frontier_sensor(context)
 
 
-def late(instance, cursor: str | None = None) -> dg.SensorResult:
+def late(instance, cursor: str | None = None,
+         parts: PipelineParts | None = None) -> dg.SensorResult:
     with dg.build_sensor_context(instance=instance, resources=RESOURCES,
                                  cursor=cursor) as context:
-        return late_data_sensor(context)
+        return (parts.late_data_sensor if parts else late_data_sensor)(context)
 
 
 def rectangle(instance, request: dg.RunRequest) -> tuple[list[str], date, date]:
@@ -445,42 +445,15 @@ def test_a_failing_symbol_runs_alone_and_no_rider_can_stop_a_run(db, instance):
 
 # ========================================================================== month grain
 
-MONTH_TICK = textwrap.dedent("""
-    import json, sys, tempfile
-    from datetime import UTC, datetime
-    from pathlib import Path
-    import dagster as dg
-    from agg_pipeline.defs.partitions import TIME_GRAIN
-    from agg_pipeline.defs.resources import MarketDatabase
-    from agg_pipeline.defs.schedules import catchup_schedule
-    from agg_pipeline.defs.sensors import late_data_sensor
-    from agg_pipeline_tests.processes import storage_instance
-
-    assert TIME_GRAIN == "month", TIME_GRAIN
-    with storage_instance(sys.argv[1], Path(tempfile.mkdtemp())) as instance:
-        resources = {"market_db": MarketDatabase()}
-        if sys.argv[2] == "schedule":
-            requests = catchup_schedule(dg.build_schedule_context(
-                instance=instance, resources=resources,
-                scheduled_execution_time=datetime.now(UTC)))
-        else:
-            requests = late_data_sensor(dg.build_sensor_context(
-                instance=instance, resources=resources, cursor=sys.argv[3])).run_requests
-        print(json.dumps([r.tags for r in requests]))
-""")
+def month_grain() -> PipelineParts:
+    """The Definitions' parts with month partitions, built in this process beside the
+    default day grain's."""
+    return build_parts(replace(default_config(), time_grain="month"))
 
 
-def month_tick(storage_url: str, *args: str) -> list[dict]:
-    out = subprocess.run([sys.executable, "-c", MONTH_TICK, storage_url, *args],
-                         env={**os.environ, "AGG_TIME_PARTITION": "month"},
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def test_month_grain_requests_month_partitions(db, instance, dagster_storage_url):
-    """Protects the time grain (issue 14 item 6): with AGG_TIME_PARTITION=month (read at
-    import: a fresh interpreter) the schedule's catch-up from agg_start_utc (2025-07-01) to
+def test_month_grain_requests_month_partitions(db, instance):
+    """Protects the time grain (issue 14 item 6): with AGG_TIME_PARTITION=month (Definitions
+    built in this process for that grain) the schedule's catch-up from agg_start_utc (2025-07-01) to
     the data in August asks for one run over the block of symbols x the months July ..
     August, and a late row on 2025-08-02 for the month of August."""
     for symbol in ("AAA", "BBB"):
@@ -489,7 +462,8 @@ def test_month_grain_requests_month_partitions(db, instance, dagster_storage_url
     sync(db)
     db.commit()
     instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["AAA", "BBB"])
-    [tags] = month_tick(dagster_storage_url, "schedule")
+    months = month_grain()
+    [tags] = [r.tags for r in schedule(instance, parts=months)]
     assert (tags[RANGE_START_TAG], tags[RANGE_END_TAG]) == ("2025-07-01|AAA", "2025-08-01|BBB")
     assert tags[REASON_TAG] == "catch-up"
 
@@ -504,8 +478,8 @@ def test_month_grain_requests_month_partitions(db, instance, dagster_storage_url
     insert_bars(db, "BBB", [bar(T0 + 26 * DAY + 10 * MINUTE, 1.7, ingested_at=since)],
                 upsert=True)
     db.commit()
-    [tags] = month_tick(dagster_storage_url, "late",
-                        json.dumps({"since": (since - MINUTE).isoformat()}))
+    [tags] = [r.tags for r in late(instance, json.dumps({"since": (since - MINUTE).isoformat()}),
+                                   parts=months).run_requests]
     assert (tags[RANGE_START_TAG], tags[RANGE_END_TAG]) == ("2025-08-01|BBB", "2025-08-01|BBB")
     assert tags[REASON_TAG].startswith("late data on 2025-08-02")
 

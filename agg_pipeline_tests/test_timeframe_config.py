@@ -5,16 +5,15 @@ under the same derivation version."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
-from agg_pipeline import settings
+from agg_pipeline.defs.config import PipelineConfig
+from agg_pipeline.defs.factory import build_definitions
+from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
 from agg_pipeline.engine import aggregate as engine
 from agg_pipeline.engine import tasks, timeframes
 from agg_pipeline_tests import oracle
@@ -211,45 +210,31 @@ def test_a_30m_timeframe_added_by_config_alone_is_built_by_the_engine(db, tmp_pa
     assert_active_bars_equal(derived_rows(db, "HALF", "30m"), expected, "HALF 30m")
 
 
-MATERIALISE = """
-import json, sys
-from datetime import date
-import dagster as dg
-from agg_pipeline.definitions import defs
-from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, range_tags
-
-day = date.fromisoformat(sys.argv[1])
-instance = dg.DagsterInstance.ephemeral()
-instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["HALF"])
-instance.add_dynamic_partitions("symbols_30m", ["HALF"])  # an optional rung: its own job
-results = [defs.resolve_job_def(job).execute_in_process(
-    instance=instance, tags=range_tags("HALF", day, day), raise_on_error=False,
-    asset_selection=[dg.AssetKey(asset)])
-    for job, asset in (("aggregate_bars", "bars_5m"), ("aggregate_bars_30m", "bars_30m"))]
-checks = {e.asset_check_evaluation_data.asset_check_key.to_user_string():
-          e.asset_check_evaluation_data.passed
-          for result in results
-          for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
-print(json.dumps({"success": all(r.success for r in results), "checks": checks,
-                  "assets": sorted(k.to_user_string() for k in defs.resolve_all_asset_keys())}))
-"""
-
-
 def test_a_30m_timeframe_added_by_config_alone_is_materialised_by_dagster(db, tmp_path):
-    """Dagster's definitions are built when the package is imported, so a new timeframe
-    needs a new process (a restart): a fresh interpreter with AGG_TIMEFRAMES_FILE set."""
+    """A new timeframe is a config change: Definitions built (in this process, beside the
+    default ladder's) from a config with a 30m rung have its asset, checks and job, and
+    Dagster materialises it; the engine reads that ladder while the runs execute."""
     path = write_config(tmp_path, config_text(THIRTY))
-    with timeframes.configured(timeframes.load(path)):
+    config = PipelineConfig(timeframes=timeframes.load(path))
+    with config.engine_ladder():
         seed_half(db)
         sync(db, agg_start=T0)
-    result = subprocess.run(
-        [sys.executable, "-c", MATERIALISE, T0.date().isoformat()], capture_output=True,
-        text=True, timeout=600, env={**os.environ, settings.TIMEFRAMES_FILE_VAR: str(path)})
-    assert result.returncode == 0, result.stderr[-3000:]
-    found = json.loads(result.stdout.strip().splitlines()[-1])
-    assert found["success"], result.stderr[-3000:]
-    assert "bars_30m" in found["assets"]
-    assert found["checks"]["bars_30m:matches_source"] is True
-    assert len([k for k in found["checks"] if k.startswith("bars_30m:")]) == 7
+        day = T0.date()
+        defs = build_definitions(config)
+        instance = dg.DagsterInstance.ephemeral()
+        instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["HALF"])
+        instance.add_dynamic_partitions("symbols_30m", ["HALF"])  # an optional rung: its job
+        results = [defs.resolve_job_def(job).execute_in_process(
+            instance=instance, tags=config.partitions.range_tags("HALF", day, day),
+            raise_on_error=False, asset_selection=[dg.AssetKey(asset)])
+            for job, asset in (("aggregate_bars", "bars_5m"), ("aggregate_bars_30m", "bars_30m"))]
+    checks = {e.asset_check_evaluation_data.asset_check_key.to_user_string():
+              e.asset_check_evaluation_data.passed
+              for result in results
+              for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    assert all(r.success for r in results)
+    assert dg.AssetKey("bars_30m") in defs.resolve_all_asset_keys()
+    assert checks["bars_30m:matches_source"] is True
+    assert len([k for k in checks if k.startswith("bars_30m:")]) == 7
     expected = thirty_minute_oracle(db, "HALF", T0 + timedelta(days=2))
     assert_active_bars_equal(derived_rows(db, "HALF", "30m"), expected, "HALF 30m (Dagster)")
