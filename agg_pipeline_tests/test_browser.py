@@ -4,6 +4,7 @@ Debian's Chromium, driven by Playwright, does what an operator does on a fresh m
 opens the catalog, finds bars_5m, opens "Materialize…", picks one demo symbol and a range of
 two days, launches the backfill, follows the toast to the backfill's page and waits there
 until it has succeeded. GraphQL and the market database then confirm what the UI showed.
+The catalog shows an optional or synthetic asset's partitions only for the symbols using it.
 A second test drives the README's backfill path: Jobs > backfill_bars > Launchpad, its config,
 Launch run (one run over every demo symbol x two days).
 Screenshots land in the test's tmp_path and in test-output/browser/ (CI artifacts).
@@ -32,6 +33,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.embedded_only]
 
 DEMO_SYMBOLS = {"EURUSD", "USDJPY", "XAUUSD", "DXY"}
 SYMBOL = "EURUSD"
+# the demo symbols whose registry rows use each optional or synthetic asset (demo.py)
+CATALOG_USERS = {"bars_15m": set(), "bars_4h": {"XAUUSD"}, "bars_1d": {"XAUUSD"},
+                 "synthetic_bars_1m": {"DXY"}}
 # 5 demo days always hold two consecutive UTC days with data, whatever the weekday (FX
 # sessions close over the weekend); 3 do not on a Monday just after midnight.
 DEMO_DAYS = "5"
@@ -82,6 +86,15 @@ def wait_for_symbol_partitions(server: DevServer) -> dict[str, list[str]]:
         time.sleep(2)
     raise AssertionError(f"symbols partitions after {PARTITIONS_TIMEOUT}s: {symbols}\n"
                          f"{server.log()[-3000:]}")
+
+
+def symbol_partitions(server: DevServer, asset: str) -> set[str]:
+    node = server.graphql("""query ($path: [String!]!) {
+        assetNodeOrError(assetKey: {path: $path}) {
+            ... on AssetNode { partitionKeysByDimension { name partitionKeys } } } }""",
+                          {"path": [asset]})
+    return {key for d in node["assetNodeOrError"]["partitionKeysByDimension"]
+            if d["name"] == SYMBOL_DIMENSION for key in d["partitionKeys"]}
 
 
 def wait_for_first_materialization(server: DevServer, asset: str) -> None:
@@ -298,6 +311,16 @@ def test_backfill_bars_5m_from_the_ui_in_chromium(chromium: str, dev_server: Dev
             expect(page.get_by_text("Success", exact=True)).to_be_visible()
             shots.take(page, "backfill run")
 
+            # -- the catalog shows only what exists: an optional timeframe's or the
+            # synthetic index's partitions are those of the symbols that use them
+            for asset, users in CATALOG_USERS.items():
+                page.goto(f"{dev_server.url}/assets/{asset}?view=partitions")
+                for symbol in sorted(users):
+                    expect(page.get_by_text(symbol, exact=True).first).to_be_visible()
+                for symbol in sorted(set(symbols) - users):
+                    expect(page.get_by_text(symbol, exact=True)).to_have_count(0)
+                shots.take(page, f"{asset} partitions")
+
             # -- the first day's partition shows that day's own counts (SPEC contract 14)
             page.goto(f"{dev_server.url}/assets/bars_5m?view=partitions"
                       f"&partition={urllib.parse.quote(chosen[0])}")
@@ -313,6 +336,10 @@ def test_backfill_bars_5m_from_the_ui_in_chromium(chromium: str, dev_server: Dev
         finally:
             browser.close()
     shots.keep(dev_server.log_path, "dev.log")
+
+    # the catalog's partitions as Dagster holds them: exactly the symbols that use each
+    assert {asset: symbol_partitions(dev_server, asset) for asset in CATALOG_USERS} \
+        == CATALOG_USERS
 
     # -- what the UI launched: exactly the chosen partitions of bars_5m, one run, succeeded
     assert found["isAssetBackfill"] is True
