@@ -276,6 +276,12 @@ def test_symbol_with_trailing_newline_is_rejected(db, instance):
     assert tasks_by_symbol(db) == {"EURUSD": {"5m", "1h"}}
 
 
+def partition_changes(requests) -> dict[tuple[str, str], list[str]]:
+    """A registry sync's partition requests: (kind, partitions set) -> sorted symbols."""
+    return {(type(r).__name__, r.partitions_def_name): sorted(r.partition_keys)
+            for r in requests}
+
+
 def test_registry_null_flags_mean_off(db, instance, monkeypatch):
     """Protects the NULL handling of registry flags (registry_symbols.sql): NULL active /
     test_active leave a symbol out of its environment (its tasks retired, its partition
@@ -292,17 +298,20 @@ def test_registry_null_flags_mean_off(db, instance, monkeypatch):
     monkeypatch.setenv(settings.ENVIRONMENT_VAR, "prod")
     context = sensor_context(instance)
     log = captured(context)
-    [added] = registry_sync_sensor(context).dynamic_partitions_requests
-    assert sorted(added.partition_keys) == ["PROD4H", "PRODONLY"]
+    requests = registry_sync_sensor(context).dynamic_partitions_requests
+    assert partition_changes(requests) == {
+        ("AddDynamicPartitionsRequest", SYMBOLS_PARTITIONS_NAME): ["PROD4H", "PRODONLY"],
+        ("AddDynamicPartitionsRequest", "symbols_4h"): ["PROD4H"]}
     assert tasks_by_symbol(db) == {"PRODONLY": {"5m", "1h"}, "PROD4H": {"5m", "1h", "4h"}}
     assert log.messages(logging.WARNING) == []  # NULL flags are "off", not an error
     instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["PROD4H", "PRODONLY"])
 
     monkeypatch.setenv(settings.ENVIRONMENT_VAR, "test")
     requests = registry_sync_sensor(sensor_context(instance)).dynamic_partitions_requests
-    assert {type(r).__name__: list(r.partition_keys) for r in requests} == {
-        "AddDynamicPartitionsRequest": ["TESTONLY"],
-        "DeleteDynamicPartitionsRequest": ["PROD4H", "PRODONLY"]}
+    assert partition_changes(requests) == {
+        ("AddDynamicPartitionsRequest", SYMBOLS_PARTITIONS_NAME): ["TESTONLY"],
+        ("DeleteDynamicPartitionsRequest", SYMBOLS_PARTITIONS_NAME): ["PROD4H", "PRODONLY"],
+        ("AddDynamicPartitionsRequest", "symbols_1d"): ["TESTONLY"]}
     assert tasks_by_symbol(db) == {"TESTONLY": {"5m", "1h", "1d"}}
     assert task_row(db, "PROD4H", "4h")["status"] == "retired"
 
