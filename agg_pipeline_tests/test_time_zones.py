@@ -28,10 +28,9 @@ from psycopg import sql
 from agg_pipeline import settings
 from agg_pipeline.db import connection, migrations
 from agg_pipeline.definitions import defs
-from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
 from agg_pipeline.defs.resources import MarketDatabase
 from agg_pipeline.defs.schedules import catchup_schedule
-from agg_pipeline.defs.sensors import late_data_sensor
+from agg_pipeline.defs.sensors import ladder_sensor, late_data_sensor, registry_sync_sensor
 from agg_pipeline.engine import aggregate as engine
 from agg_pipeline.engine import health, monitoring, planning, windows
 from agg_pipeline.engine.reasons import Reason
@@ -337,39 +336,48 @@ def dagster_history(url: str, instance: dg.DagsterInstance, monkeypatch: pytest.
     changes land at `landed_at` (recently: the late-data sensor looks 10 minutes back)."""
     monkeypatch.setenv(settings.DATABASE_URL_VAR, url)
     resources = {"market_db": MarketDatabase()}
-    known = set(instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
-    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, sorted(set(SYMBOLS) - known))
+    # the registry sync's partitions: every symbol's, and its optional timeframes' (XAUUSD's
+    # 4h and 1d, built by the runs ladder_sensor chains after its 5m/1h)
+    sync = registry_sync_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+    for request in [] if isinstance(sync, dg.SkipReason) else sync.dynamic_partitions_requests:
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(request.partitions_def_name,
+                                            list(request.partition_keys))
     seen: dict[str, object] = {}
     for turn in range(3):
         context = dg.build_schedule_context(instance=instance, resources=resources)
-        seen[f"schedule {turn}"] = materialise(instance, catchup_schedule(context))
+        seen[f"schedule {turn}"] = materialise(instance, catchup_schedule(context), resources)
     cursor = None
     for turn, change in enumerate((lambda: change_source(url, landed_at), lambda: None)):
         change()
         context = dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor)
         result = late_data_sensor(context)
         cursor = result.cursor
-        seen[f"late data {turn}"] = materialise(instance, result.run_requests or [])
+        seen[f"late data {turn}"] = materialise(instance, result.run_requests or [], resources)
     return seen
 
 
-def materialise(instance: dg.DagsterInstance, requests: object) -> list[object]:
-    """Run each request as the daemon would; what it asked for and what each partition's
+def materialise(instance: dg.DagsterInstance, requests: object,
+                resources: dict[str, object]) -> list[object]:
+    """Run each request as the daemon would, then the runs ladder_sensor chains after them
+    (a symbol's optional timeframes); what each asked for and what each partition's
     materialisation says (its own day's counts, SPEC contract 14)."""
-    if isinstance(requests, dg.SkipReason):
-        return []
-    job = defs.resolve_job_def("aggregate_bars")
+    pending = [] if isinstance(requests, dg.SkipReason) else list(requests)
     found = []
-    for request in requests:
-        tags = {k: v for k, v in request.tags.items() if not k.startswith("agg/plan")}
-        result = job.execute_in_process(instance=instance, tags=request.tags,
-                                        asset_selection=request.asset_selection)
-        assert result.success
-        made = [e.event_specific_data.materialization for e in result.all_events
-                if e.is_step_materialization]
-        found.append([tags, sorted(
-            (m.asset_key.to_user_string(), str(m.partition),
-             {k: v.value for k, v in m.metadata.items() if k != "as_of"}) for m in made)])
+    while pending:
+        for request in pending:
+            job = defs.resolve_job_def(request.job_name or "aggregate_bars")
+            tags = {k: v for k, v in request.tags.items() if not k.startswith("agg/plan")}
+            result = job.execute_in_process(instance=instance, tags=request.tags,
+                                            asset_selection=request.asset_selection)
+            assert result.success
+            made = [e.event_specific_data.materialization for e in result.all_events
+                    if e.is_step_materialization]
+            found.append([tags, sorted(
+                (m.asset_key.to_user_string(), str(m.partition),
+                 {k: v.value for k, v in m.metadata.items() if k != "as_of"}) for m in made)])
+        chained = ladder_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        pending = [] if isinstance(chained, dg.SkipReason) else chained.run_requests
     return found
 
 
