@@ -375,3 +375,29 @@ def test_credentials_in_the_webhook_url_are_sent_as_basic_auth_and_never_shown(
     shown = caplog.text + "".join(reason(r) + r.cursor for r in (first, refused, cleared))
     for secret in ("T0KEN", "s3cret", "ops%40corp", "ops@corp", SECRET_PATH):
         assert secret not in shown, secret
+
+
+def test_a_failed_optional_rung_run_names_its_own_block_and_stays_until_it_succeeds(
+        db, instance, receiver):
+    """A run of an optional timeframe's job covers a block of that timeframe's own symbols
+    partitions (GBPUSD, between EURUSD and USDJPY in `symbols`, has no 15m); its failure is
+    its own incident, which the symbol's next 5m/1h run does not clear."""
+    for symbol, calc_15m in (("EURUSD", True), ("GBPUSD", False), ("USDJPY", True)):
+        add_symbol(db, symbol, calc_15m=calc_15m)
+    sync(db)
+    for symbol in ("EURUSD", "GBPUSD", "USDJPY"):
+        insert_bars(db, symbol, minute_bars(T0, 60))
+    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = NULL WHERE timeframe = '15m'")
+    db.commit()
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["EURUSD", "GBPUSD", "USDJPY"])
+    instance.add_dynamic_partitions("symbols_15m", ["EURUSD", "USDJPY"])
+    failed = defs.resolve_job_def("aggregate_bars_15m").execute_in_process(
+        instance=instance, raise_on_error=False, asset_selection=[dg.AssetKey("bars_15m")],
+        tags={**range_tags("EURUSD", T0.date(), T0.date(), last_symbol="USDJPY"),
+              AS_OF_TAG: (T0 + timedelta(days=1)).isoformat()})
+    assert not failed.success
+    run_bars(instance, ok=True, symbol="EURUSD")  # its 5m succeeds after
+    tick(instance, None)
+    assert sorted(entry for entry in receiver.take() if entry[1].startswith("run:")) == [
+        ("firing", "run:EURUSD (aggregate_bars_15m)"),
+        ("firing", "run:USDJPY (aggregate_bars_15m)")]

@@ -2,7 +2,7 @@
 one per incident until it clears, then a recovery notice."""
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
@@ -44,18 +44,28 @@ def failed_checks(instance: dg.DagsterInstance,
     return incidents
 
 
-def failed_runs(instance: dg.DagsterInstance, partitions: TimePartitioning) -> list[Incident]:
+def failed_runs(instance: dg.DagsterInstance, partitions: TimePartitioning,
+                symbols_sets: Mapping[str, str] | None = None) -> list[Incident]:
     """Each symbol whose latest finished run failed (a run covering many symbols counts for
     each of them, so a later run of other symbols does not clear it), and each job whose
-    latest finished run without partitions failed."""
+    latest finished run without partitions failed. `symbols_sets`: each ladder job's symbols
+    partitions (a run's block lies in its own job's order); a run of another job than
+    aggregate_bars (an optional rung, the synthetic index) is its symbol's subject with the
+    job's name, so the symbol's next 5m/1h run does not clear it."""
     records = instance.get_run_records(
         dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE]),
         limit=RECENT_RUNS)
-    symbols_in_order = instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME)
+    sets = dict(symbols_sets or {})
+    orders: dict[str, Sequence[str]] = {}
     latest: dict[str, tuple[dg.DagsterRun, int]] = {}
     for record in records:  # newest first
         run = record.dagster_run
-        subjects = partitions.run_symbols(run.tags, symbols_in_order) or [run.job_name]
+        name = sets.get(run.job_name, SYMBOLS_PARTITIONS_NAME)
+        if name not in orders:
+            orders[name] = instance.get_dynamic_partitions(name)
+        symbols = partitions.run_symbols(run.tags, orders[name])
+        suffix = "" if name == SYMBOLS_PARTITIONS_NAME else f" ({run.job_name})"
+        subjects = [f"{symbol}{suffix}" for symbol in symbols] or [run.job_name]
         for subject in subjects:
             latest.setdefault(subject, (run, len(subjects)))
     return [
@@ -105,27 +115,30 @@ ALERTS_SENSOR = dict(  # the alerts_sensor's definition (build_alerts_sensor)
 
 
 def build_alerts_sensor(check_keys: Sequence[dg.AssetCheckKey],
-                        partitions: TimePartitioning) -> dg.SensorDefinition:
-    """alerts_sensor over the Definitions' checks and partitions."""
+                        partitions: TimePartitioning,
+                        symbols_sets: Mapping[str, str]) -> dg.SensorDefinition:
+    """alerts_sensor over the Definitions' checks, partitions and ladder jobs' symbols
+    partitions (job name -> partitions name)."""
     keys = list(check_keys)
+    sets = dict(symbols_sets)
 
     @dg.sensor(**ALERTS_SENSOR)
     def alerts_sensor(context: dg.SensorEvaluationContext,
                       market_db: MarketDatabase) -> dg.SensorResult:
-        return alerts_tick(context, market_db, keys, partitions)
+        return alerts_tick(context, market_db, keys, partitions, sets)
 
     return alerts_sensor
 
 
 def alerts_tick(context: dg.SensorEvaluationContext, market_db: MarketDatabase,
-                check_keys: Sequence[dg.AssetCheckKey],
-                partitions: TimePartitioning) -> dg.SensorResult:
+                check_keys: Sequence[dg.AssetCheckKey], partitions: TimePartitioning,
+                symbols_sets: Mapping[str, str]) -> dg.SensorResult:
     """One alerts_sensor evaluation."""
     with market_db.connect() as conn:
         now = database_now(conn)
         current = alerts.hard_failed_tasks(conn)
     current += (failed_checks(context.instance, check_keys)
-                + failed_runs(context.instance, partitions))
+                + failed_runs(context.instance, partitions, symbols_sets))
     by_key = {incident.key: incident for incident in current}
     notified: dict[str, dict] = json.loads(context.cursor) if context.cursor else {}
 

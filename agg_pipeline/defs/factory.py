@@ -106,7 +106,8 @@ def build_parts(config: PipelineConfig) -> PipelineParts:
         late_data_sensor=late,
         ladder_sensor=chained,
         alerts_sensor=build_alerts_sensor(
-            [key for check in checks for key in check.check_keys], config.partitions),
+            [key for check in checks for key in check.check_keys], config.partitions,
+            {job.job_name: job.symbols_name for job in ladder}),
         run_liveness_sensor=build_run_liveness_sensor(config.liveness_check_seconds),
         dagster_storage_retention_sensor=build_storage_retention_sensor(checks),
     )
