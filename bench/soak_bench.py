@@ -599,6 +599,19 @@ def collect_runs(instance) -> Runs:
     return runs
 
 
+def tick_durations(storage_url: str) -> dict[tuple[str, str], list[float]]:
+    """(sensor or schedule, tick status) -> each tick's seconds, from the daemon's tick
+    records (as the daemon saw them: the code server's evaluation, the runs' creation)."""
+    found: dict[tuple[str, str], list[float]] = {}
+    with connection.connect(storage_url) as conn:
+        for name, status, seconds in conn.execute(
+                "SELECT b->>'job_name', status, (b->>'end_timestamp')::float8 "
+                "- (b->>'timestamp')::float8 FROM (SELECT status, tick_body::jsonb AS b "
+                "FROM job_ticks) t WHERE b->>'end_timestamp' IS NOT NULL"):
+            found.setdefault((name, status), []).append(seconds)
+    return found
+
+
 def runs_in_flight(instance) -> int:
     return len(instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT), limit=1000))
 
@@ -813,6 +826,7 @@ class Soak:
     load_end: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_max: float = 0.0
     peak_in_flight: int = 0  # runs queued or running at once, sampled every second
+    ticks: dict = field(default_factory=dict)  # (name, status) -> seconds of each tick
     checkout_before: dict = field(default_factory=dict)
     checkout_changed: list[str] = field(default_factory=list)
 
@@ -912,6 +926,10 @@ def run_soak(args: argparse.Namespace, symbols: tuple[str, ...], scratch: Scratc
             for kind, command in sampler.commands.items():
                 log(f"child process seen: {kind}: {command} ...")
             runs = collect_runs(instance)
+            try:
+                soak.ticks = tick_durations(storage_url)
+            except Exception as exc:  # a figure less, not the report lost
+                log_error("tick durations not read", exc)
         after = checkout_state()
         soak.checkout_changed = sorted(
             name for name in soak.checkout_before.keys() | after.keys()
@@ -1082,6 +1100,11 @@ def report(soak: Soak, feed: Feed, poller: Poller, sampler: MemorySampler, daemo
         sizes = runs.symbols_per_run
         print(f"  symbols per run: mean {statistics.fmean(sizes):.1f}, max {max(sizes)}, "
               f"min {min(sizes)}; at most {soak.peak_in_flight} runs queued or running at once")
+    for (name, status), seconds in sorted(soak.ticks.items()):
+        if name == source_frontier_sensor.name:
+            print(f"  {name} ticks {status}: {len(seconds)}, mean {statistics.fmean(seconds):.2f} "
+                  f"s, max {max(seconds):.2f} s (the daemon's tick: the code server's "
+                  "evaluation and the runs' creation)")
     for line in runs.failed[:10]:
         print(f"  ! {line}")
     if runs.checks_not_passed:
