@@ -488,11 +488,13 @@ def test_month_grain_requests_month_partitions(db, instance):
 
 
 def test_frontier_observations_are_bounded_per_tick(db, instance, monkeypatch):
-    """Protects the bars_1m observations' cost (issue 11 item 3's brief, point 5): with 30
-    symbols and 25 observations a tick, the first tick observes 25 symbols, the next the
-    other 5, and the one after (within the 5-minute cycle) none; the cursor stays a few
-    bytes whatever the number of symbols. A new cycle observes only frontiers that moved."""
-    symbols = [f"S{i:02d}" for i in range(30)]
+    """Protects the bars_1m observations' cost (issue 11 item 3's brief, point 5): with 5
+    symbols more than a tick's budget (sensors.OBSERVATIONS_PER_TICK), the first tick observes
+    the budget's symbols, the next the other 5, and the one after (within the 5-minute cycle)
+    none; the cursor stays a few bytes whatever the number of symbols. A new cycle observes
+    only frontiers that moved."""
+    budget = sensors.OBSERVATIONS_PER_TICK
+    symbols = [f"S{i:02d}" for i in range(budget + 5)]
     live_setup(db, instance, symbols, minutes=30)
     ticks = []
     cursor = None
@@ -500,7 +502,7 @@ def test_frontier_observations_are_bounded_per_tick(db, instance, monkeypatch):
         result = frontier(instance, cursor)
         cursor = result.cursor
         ticks.append(sorted(e.partition for e in result.asset_events))
-    assert ticks[0] == symbols[:25] and ticks[1] == symbols[25:] and ticks[2] == []
+    assert ticks[0] == symbols[:budget] and ticks[1] == symbols[budget:] and ticks[2] == []
     assert len(cursor) < 200
     # 5 minutes on, a new cycle: only frontiers newer than the last cycle's start
     insert_bars(db, "S03", [bar(floor_time(db_now(db), MINUTE) - MINUTE, 1.2)])
@@ -509,7 +511,7 @@ def test_frontier_observations_are_bounded_per_tick(db, instance, monkeypatch):
                                             - MINUTE).isoformat())
     result = frontier(instance, json.dumps(state))
     assert [e.partition for e in result.asset_events] == ["S03"]
-    assert json.loads(result.cursor)["after"] == symbols[24]
+    assert json.loads(result.cursor)["after"] == symbols[budget - 1]
 
 
 def test_claims_are_released_and_bounded(db, instance):

@@ -36,10 +36,15 @@ from agg_pipeline.listing import capped, summarise
 # Rows whose ingestion transaction committed up to this long after its ingested_at stamp
 # are still seen by the late-data sensor.
 LATE_DATA_LOOKBACK = timedelta(minutes=10)
+# source_frontier_sensor's interval: a window's run waits for the next tick (issue 20: at
+# 1,000 symbols the 30 s it had were ~11 s of the bar's mean latency; a tick costs ~0.9 s
+# of the daemon's time with nothing to request, bench/soak_bench.py)
+FRONTIER_INTERVAL_SECONDS = 10
 # bars_1m observations: a rotation over the symbols, at most this many per tick, each
 # symbol at most once per cycle and a cycle at most this often, so a tick's events and
-# cursor stay the same size whatever the number of symbols (bench/tick_bench.py).
-OBSERVATIONS_PER_TICK = 25
+# cursor stay the same size whatever the number of symbols (bench/tick_bench.py). 8 a tick
+# every 10 s is the 25 every 30 s of before: the same events per hour (they are never pruned).
+OBSERVATIONS_PER_TICK = 8
 OBSERVATION_CYCLE = timedelta(minutes=5)
 # consumed days of the change capture are kept this long, then pruned by the late-data sensor
 CONSUMED_CHANGES_KEPT = timedelta(days=1)
@@ -141,7 +146,7 @@ def frontier_observations(found: planning.Tasks, symbols: list[str], state: dict
 
 
 SOURCE_FRONTIER_SENSOR = dict(  # the source_frontier_sensor's definition (build_live_sensors)
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=FRONTIER_INTERVAL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "When new 1m rows complete windows (past the confirmation delay), or move past what a "
