@@ -209,6 +209,41 @@ def test_schedule_and_frontier_sensor_racing_in_two_threads_request_work_once(db
     assert sorted(s for s, _, _ in covered(instance, requests)) == list(SYMBOLS)
 
 
+# ============================================================= final as soon as complete
+
+
+def test_a_complete_window_is_due_before_its_delay_an_incomplete_one_waits(db, instance):
+    """SPEC contract 6 (amended): the window whose every expected 1m bar has landed is due at
+    once, not when its confirmation delay has passed (here an hour), so the frontier sensor
+    requests it; the same window missing a minute waits for its delay; neither is asked for
+    twice. The run the sensor requests builds AAA's bar."""
+    now = db_now(db)
+    window = floor_time(now, 5 * MINUTE) - 5 * MINUTE  # ended, an hour before its delay
+    for symbol, minutes in (("AAA", (0, 1, 2, 3, 4)), ("BBB", (0, 1, 3, 4))):
+        add_symbol(db, symbol)
+        insert_bars(db, symbol, [bar(window + m * MINUTE, 1.1) for m in minutes])
+    sync(db)
+    cursors_at(db, window)
+    db.execute("UPDATE data_agg_state SET aggregation_delay_seconds = 3600")
+    db.commit()
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["AAA", "BBB"])
+    states = {(s.symbol, s.timeframe): s for s in planning.task_states(db, now).states}
+    assert states[("AAA", "5m")].target == window + 5 * MINUTE
+    assert states[("BBB", "5m")].target == window
+
+    tick = frontier(instance)
+    [request] = tick.run_requests
+    assert rectangle(instance, request)[0] == ["AAA"]
+    assert frontier(instance, tick.cursor).run_requests == []  # claimed: not asked twice
+    result = defs.resolve_job_def("aggregate_bars").execute_in_process(
+        instance=instance, tags=request.tags, asset_selection=request.asset_selection)
+    assert result.success
+    built = db.execute("SELECT canonical_symbol, ts_utc FROM derived_data_bars "
+                       "WHERE timeframe = '5m' AND deleted_at IS NULL").fetchall()
+    db.rollback()
+    assert built == [("AAA", window)]
+
+
 # ===================================================================== batched, like the oracle
 
 

@@ -22,6 +22,7 @@ partition keys.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -207,6 +208,13 @@ def _task_state(row: dict, as_of: datetime, memo: dict[tuple, datetime]
         if (frontier_end := memo.get(frontier_key)) is None:
             frontier_end = memo[frontier_key] = timeframes.grid(tf, calendar).frontier_end(
                 frontier)
+    if (frontier_end is not None and frontier_end <= as_of
+            and cursor >= frontier_end - tf.step
+            and (row["frontier_window_rows"] or 0) >= tf.expected_candles):
+        # contract 6: the one window left, complete (every expected source bar landed,
+        # usable), is final at once, not only once its delay has passed; behind an earlier
+        # incomplete window it waits for that one's delay, or each tick would ask again
+        final_end = max(final_end, frontier_end)
     target = cursor if frontier_end is None else min(final_end, frontier_end)
     return TaskState(row["canonical_symbol"], name, cursor, max(cursor, target), frontier,
                      _order(row, tf),
@@ -221,7 +229,11 @@ def task_states(conn: psycopg.Connection, as_of: datetime) -> Tasks:
     """Every schedulable task with its catch-up target at `as_of` (read-only)."""
     as_of = windows.utc(as_of)  # e.g. `SELECT now()` in a session west of UTC
     with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(queries.query("plan_tasks"), {"as_of": as_of}).fetchall()
+        rows = cur.execute(queries.query("plan_tasks"), {
+            "as_of": as_of,
+            "source_minutes": json.dumps({tf.name: tf.source_minutes
+                                          for tf in timeframes.TIMEFRAMES.values()}),
+        }).fetchall()
     conn.rollback()
     problems: dict[tuple[str, str], str] = {}
     states: list[TaskState] = []
