@@ -166,6 +166,22 @@ MAX_RUNS_PER_TICK_VAR = "AGG_MAX_RUNS_PER_TICK"
 DEFAULT_MAX_RUNS_PER_TICK = 10  # the cron worker's MAX_TASKS, now runs of many symbols each
 
 
+# source_frontier_sensor's interval (read when the code loads). Dagster's sensor loop ticks
+# at most every 5 s; a tick at 1,000 symbols costs the daemon ~0.5 s with nothing to request,
+# ~1 s at 10,000 (README, "Performance and scale"): raise it to trade latency for CPU.
+FRONTIER_INTERVAL_VAR = "AGG_FRONTIER_INTERVAL_SECONDS"
+DEFAULT_FRONTIER_INTERVAL_S = 5
+
+
+def frontier_interval_seconds() -> int:
+    """How often source_frontier_sensor looks for complete windows (at least 5 s)."""
+    seconds = _count(FRONTIER_INTERVAL_VAR, DEFAULT_FRONTIER_INTERVAL_S)
+    if seconds < 5:
+        raise ValueError(f"{FRONTIER_INTERVAL_VAR}={seconds}: Dagster's sensors tick at most "
+                         "every 5 seconds")
+    return seconds
+
+
 def max_runs_per_tick() -> int:
     """Runs the schedule or a sensor may request per tick (each covers many symbols)."""
     return _count(MAX_RUNS_PER_TICK_VAR, DEFAULT_MAX_RUNS_PER_TICK)
@@ -303,7 +319,8 @@ def validate() -> None:
     readers = (environment, default_agg_start, time_partition, freshness_cron,
                max_runs_per_tick, max_partitions_per_run, reconcile_days,
                reconcile_symbols_per_tick, backfill_max_partitions_per_run,
-               heartbeat_timeout_seconds, liveness_check_seconds, dagster_retention_days,
+               heartbeat_timeout_seconds, liveness_check_seconds, frontier_interval_seconds,
+               dagster_retention_days,
                dagster_retention_failed_days, dagster_retention_runs_per_tick)
     problems = []
     for read in readers:

@@ -10,6 +10,8 @@ import sys
 import pytest
 
 from agg_pipeline import settings
+from agg_pipeline.defs.config import PipelineConfig
+from agg_pipeline.defs.factory import build_definitions
 
 
 @pytest.mark.parametrize(("var", "read", "default"), [
@@ -22,6 +24,7 @@ from agg_pipeline import settings
     (settings.HEARTBEAT_VAR, settings.heartbeat_seconds, 10),
     (settings.HEARTBEAT_TIMEOUT_VAR, settings.heartbeat_timeout_seconds, 90),
     (settings.LIVENESS_CHECK_VAR, settings.liveness_check_seconds, 30),
+    (settings.FRONTIER_INTERVAL_VAR, settings.frontier_interval_seconds, 5),
 ])
 def test_unset_or_blank_gives_the_default(monkeypatch, var, read, default):
     monkeypatch.delenv(var, raising=False)
@@ -39,6 +42,7 @@ COUNTS = {
     settings.HEARTBEAT_VAR: settings.heartbeat_seconds,
     settings.HEARTBEAT_TIMEOUT_VAR: settings.heartbeat_timeout_seconds,
     settings.LIVENESS_CHECK_VAR: settings.liveness_check_seconds,
+    settings.FRONTIER_INTERVAL_VAR: settings.frontier_interval_seconds,
 }
 
 
@@ -55,6 +59,16 @@ def test_counts_are_read_as_given(monkeypatch):
     monkeypatch.setenv(settings.BACKFILL_BATCH_VAR, "365")
     assert settings.max_runs_per_tick() == 3
     assert settings.backfill_max_partitions_per_run() == 365
+
+
+def test_the_frontier_interval_is_one_dagster_can_tick(monkeypatch):
+    monkeypatch.setenv(settings.FRONTIER_INTERVAL_VAR, "4")
+    with pytest.raises(ValueError, match="tick at most every 5 seconds"):
+        settings.frontier_interval_seconds()
+    monkeypatch.setenv(settings.FRONTIER_INTERVAL_VAR, "20")
+    assert settings.frontier_interval_seconds() == 20
+    assert build_definitions(PipelineConfig.from_env()).resolve_sensor_def(
+        "source_frontier_sensor").minimum_interval_seconds == 20
 
 
 def test_the_heartbeat_timeout_leaves_room_for_three_beats(monkeypatch):

@@ -9,7 +9,7 @@
 #     daemon keeps running;
 #   - a symbol seeded with three days of recent 1m bars (`agg-pipeline seed-demo`, run through
 #     the `migrate` service: the runtime login may not write source bars) gets its 5m and 1h bars
-#     from the daemon's sensors (the frontier sensor ticks every 10 s; the schedule every 5
+#     from the daemon's sensors (the frontier sensor ticks every 5 s; the schedule every 5
 #     minutes builds them as well);
 #   - the UI on its published port answers /server_info and GraphQL: the code location loaded,
 #     a successful aggregate_bars run, and that run's captured step output (the storage volume

@@ -54,6 +54,7 @@ class PipelineConfig:
     backfill_max_partitions_per_run: int | None = None  # None: single-run backfills
     freshness_cron: str | None = settings.DEFAULT_FRESHNESS_CRON  # None: no freshness policy
     liveness_check_seconds: int = settings.DEFAULT_LIVENESS_CHECK_S
+    frontier_interval_seconds: int = settings.DEFAULT_FRONTIER_INTERVAL_S
 
     # the vocabulary the definitions use (run tags, revision reasons): their one home
     tags: ClassVar[ModuleType] = tag_names
@@ -66,7 +67,8 @@ class PipelineConfig:
                             f"{', '.join(settings.TIME_PARTITION_GRAINS)}")
         if not isinstance(self.first_day, date):
             problems.append(f"first_day={self.first_day!r} is not a date")
-        for name in ("backfill_max_partitions_per_run", "liveness_check_seconds"):
+        for name in ("backfill_max_partitions_per_run", "liveness_check_seconds",
+                     "frontier_interval_seconds"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 problems.append(f"{name}={value!r} must be a positive integer")
@@ -80,7 +82,8 @@ class PipelineConfig:
     def from_env(cls) -> PipelineConfig:
         """The configuration the environment describes (AGG_TIME_PARTITION, AGG_START_UTC,
         AGG_TIMEFRAMES_FILE, AGG_BACKFILL_MAX_PARTITIONS_PER_RUN, AGG_FRESHNESS_CRON,
-        AGG_LIVENESS_CHECK_SECONDS). ValueError naming every bad one, in one line."""
+        AGG_LIVENESS_CHECK_SECONDS, AGG_FRONTIER_INTERVAL_SECONDS). ValueError naming every
+        bad one, in one line."""
         readers: dict[str, Callable[[], object]] = {
             "time_grain": settings.time_partition,
             "first_day": lambda: settings.default_agg_start().date(),
@@ -88,6 +91,7 @@ class PipelineConfig:
             "backfill_max_partitions_per_run": settings.backfill_max_partitions_per_run,
             "freshness_cron": settings.freshness_cron,
             "liveness_check_seconds": settings.liveness_check_seconds,
+            "frontier_interval_seconds": settings.frontier_interval_seconds,
         }
         values, problems = {}, []
         for name, read in readers.items():

@@ -93,7 +93,7 @@ def build_parts(config: PipelineConfig) -> PipelineParts:
     jobs = build_ladder_jobs(config, ladder)
     live = LiveRequests(config.partitions, asset_keys_by_timeframe(config),
                         check_keys_by_timeframe(config, checks), ladder)
-    frontier, late, chained = build_live_sensors(jobs, live)
+    frontier, late, chained = build_live_sensors(jobs, live, config.frontier_interval_seconds)
     return PipelineParts(
         config=config,
         synthetic_bars_1m=synthetic,

@@ -36,15 +36,12 @@ from agg_pipeline.listing import capped, summarise
 # Rows whose ingestion transaction committed up to this long after its ingested_at stamp
 # are still seen by the late-data sensor.
 LATE_DATA_LOOKBACK = timedelta(minutes=10)
-# source_frontier_sensor's interval: a window's run waits for the next tick (issue 20: at
-# 1,000 symbols the 30 s it had were ~11 s of the bar's mean latency; a tick costs ~0.9 s
-# of the daemon's time with nothing to request, bench/soak_bench.py)
-FRONTIER_INTERVAL_SECONDS = 10
 # bars_1m observations: a rotation over the symbols, at most this many per tick, each
 # symbol at most once per cycle and a cycle at most this often, so a tick's events and
-# cursor stay the same size whatever the number of symbols (bench/tick_bench.py). 8 a tick
-# every 10 s is the 25 every 30 s of before: the same events per hour (they are never pruned).
-OBSERVATIONS_PER_TICK = 8
+# cursor stay the same size whatever the number of symbols (bench/tick_bench.py). 4 a tick
+# at the default interval of 5 s (AGG_FRONTIER_INTERVAL_SECONDS) is the 25 every 30 s of
+# before: the same events per hour (they are never pruned).
+OBSERVATIONS_PER_TICK = 4
 OBSERVATION_CYCLE = timedelta(minutes=5)
 # consumed days of the change capture are kept this long, then pruned by the late-data sensor
 CONSUMED_CHANGES_KEPT = timedelta(days=1)
@@ -145,8 +142,8 @@ def frontier_observations(found: planning.Tasks, symbols: list[str], state: dict
                           "previous": previous}
 
 
-SOURCE_FRONTIER_SENSOR = dict(  # the source_frontier_sensor's definition (build_live_sensors)
-    minimum_interval_seconds=FRONTIER_INTERVAL_SECONDS,
+SOURCE_FRONTIER_SENSOR = dict(  # the source_frontier_sensor's definition (build_live_sensors;
+    # its interval is the config's: a complete window's run waits for the next tick)
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "When new 1m rows complete windows (past the confirmation delay), or move past what a "
@@ -315,12 +312,13 @@ def ladder_tick(context: dg.SensorEvaluationContext,
     return dg.SensorResult(run_requests=requests)
 
 
-def build_live_sensors(jobs: list[AssetJob],
-                       live: LiveRequests) -> list[dg.SensorDefinition]:
-    """source_frontier_sensor, late_data_sensor and ladder_sensor, launching the ladder's
-    `jobs` with `live`'s requests."""
+def build_live_sensors(jobs: list[AssetJob], live: LiveRequests,
+                       frontier_interval_seconds: int) -> list[dg.SensorDefinition]:
+    """source_frontier_sensor (every `frontier_interval_seconds`), late_data_sensor and
+    ladder_sensor, launching the ladder's `jobs` with `live`'s requests."""
 
-    @dg.sensor(jobs=jobs, **SOURCE_FRONTIER_SENSOR)
+    @dg.sensor(jobs=jobs, minimum_interval_seconds=frontier_interval_seconds,
+               **SOURCE_FRONTIER_SENSOR)
     def source_frontier_sensor(context: dg.SensorEvaluationContext,
                                market_db: MarketDatabase) -> dg.SensorResult | dg.SkipReason:
         return source_frontier_tick(context, market_db, live)
