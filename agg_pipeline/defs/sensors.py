@@ -146,7 +146,8 @@ SOURCE_FRONTIER_SENSOR = dict(  # the source_frontier_sensor's definition (build
     # its interval is the config's: a complete window's run waits for the next tick)
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
-        "When new 1m rows complete windows (past the confirmation delay), or move past what a "
+        "When new 1m rows complete windows (every minute landed, or past the confirmation "
+        "delay), or move past what a "
         "symbol's forming bar shows (registry agg_forming_bars), requests those days for "
         "bars_5m and everything derived from it, batched: runs over blocks of symbols x "
         "days through the live planner. Nothing new, no run. Observes bars_1m's per-symbol "
