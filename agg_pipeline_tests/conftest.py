@@ -162,6 +162,23 @@ def pytest_terminal_summary(terminalreporter) -> None:
             terminalreporter.write_line(line)
 
 
+@pytest.fixture
+def no_defs_state_storage() -> Iterator[None]:
+    """For tests that build Definitions: no "current" Dagster defs-state storage. Entering a
+    Dagster instance sets it (a context variable) and leaving restores the value from before;
+    an instance a test entered and did not leave (a sensor context not closed) restores it
+    when it is garbage collected, possibly during a later test, to a storage whose instance is
+    gone, and building Definitions then fails ("Attempted to resolve undefined DagsterInstance
+    weakref"). Collected first, then cleared."""
+    import gc
+
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    gc.collect()
+    with set_defs_state_storage(None):
+        yield
+
+
 @pytest.fixture(scope="session")
 def dagster_storage_url(make_database) -> str:
     """A database for Dagster's own run/event/schedule storage (dagster-postgres)."""

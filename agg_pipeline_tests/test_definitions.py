@@ -18,6 +18,9 @@ from agg_pipeline.defs.factory import build_definitions
 from agg_pipeline.engine import reasons, timeframes
 from agg_pipeline_tests.helpers import config_text
 
+# builds Definitions in this process (conftest.no_defs_state_storage)
+pytestmark = pytest.mark.usefixtures("no_defs_state_storage")
+
 
 def test_definitions_validate():
     dg.Definitions.validate_loadable(defs)

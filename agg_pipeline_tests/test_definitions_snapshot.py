@@ -19,7 +19,12 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from agg_pipeline_tests.definitions_snapshot import snapshot
+
+# builds Definitions in this process (conftest.no_defs_state_storage)
+pytestmark = pytest.mark.usefixtures("no_defs_state_storage")
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "definitions.json"
 UPDATE_VAR = "AGG_UPDATE_SNAPSHOTS"

@@ -30,6 +30,9 @@ from agg_pipeline_tests.helpers import (
 )
 from agg_pipeline_tests.test_orchestration import run_range
 
+# builds Definitions in this process (conftest.no_defs_state_storage)
+pytestmark = pytest.mark.usefixtures("no_defs_state_storage")
+
 DAYS = [T0.date() + timedelta(days=d) for d in range(4)]  # Monday .. Thursday
 AS_OF = T0 + timedelta(days=6)
 

@@ -13,6 +13,9 @@ from agg_pipeline import settings
 from agg_pipeline.defs.config import PipelineConfig
 from agg_pipeline.defs.factory import build_definitions
 
+# builds Definitions in this process (conftest.no_defs_state_storage)
+pytestmark = pytest.mark.usefixtures("no_defs_state_storage")
+
 
 @pytest.mark.parametrize(("var", "read", "default"), [
     (settings.MAX_RUNS_PER_TICK_VAR, settings.max_runs_per_tick, 10),

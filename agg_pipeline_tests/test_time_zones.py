@@ -338,7 +338,8 @@ def dagster_history(url: str, instance: dg.DagsterInstance, monkeypatch: pytest.
     resources = {"market_db": MarketDatabase()}
     # the registry sync's partitions: every symbol's, and its optional timeframes' (XAUUSD's
     # 4h and 1d, built by the runs ladder_sensor chains after its 5m/1h)
-    sync = registry_sync_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        sync = registry_sync_sensor(context)
     for request in [] if isinstance(sync, dg.SkipReason) else sync.dynamic_partitions_requests:
         if isinstance(request, dg.AddDynamicPartitionsRequest):
             instance.add_dynamic_partitions(request.partitions_def_name,
@@ -376,7 +377,8 @@ def materialise(instance: dg.DagsterInstance, requests: object,
             found.append([tags, sorted(
                 (m.asset_key.to_user_string(), str(m.partition),
                  {k: v.value for k, v in m.metadata.items() if k != "as_of"}) for m in made)])
-        chained = ladder_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            chained = ladder_sensor(context)
         pending = [] if isinstance(chained, dg.SkipReason) else chained.run_requests
     return found
 

@@ -29,6 +29,9 @@ from agg_pipeline_tests.helpers import (
 )
 from agg_pipeline_tests.stored import assert_active_bars_equal, derived_rows, source_rows
 
+# builds Definitions in this process (conftest.no_defs_state_storage)
+pytestmark = pytest.mark.usefixtures("no_defs_state_storage")
+
 SHIPPED = SHIPPED_TIMEFRAMES
 THIRTY = """
 [timeframes.30m]
