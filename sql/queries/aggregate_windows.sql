@@ -167,6 +167,11 @@ diff AS (
                               AND b.ts_utc < r.final_to
                               {active_only}
                               {in_window}
+                            -- in time order whatever the plan (index or bitmap scan, heap order
+                            -- after updates): float sums then add in one order, so a bar's vol
+                            -- and vwap do not change in their last bits from plan to plan. An
+                            -- index scan is already in this order; numeric sums would cost more.
+                            ORDER BY b.ts_utc
                             -- a planner fence: without it agg_bar_is_valid() is inlined into
                             -- every FILTER and evaluated once per aggregate, not once per row
                             OFFSET 0
