@@ -10,7 +10,7 @@ to what describes the partition (issue 20, README "Dagster's own storage"): what
 for every partition of a run (the instant it judged windows final at) is said once, in the
 run-totals log line; the anomaly counters (`ZERO_OMITTED`) appear only when not zero, absent
 meaning 0; the counts an operator reads on every partition's page (`ALWAYS_SHOWN`) are always
-there, zeros included.
+there, zeros included; a note only says what no other entry does.
 """
 
 from __future__ import annotations
@@ -97,9 +97,9 @@ def partition_metadata(
                                        "UTC")
         elif counts.source_rows_read == 0:
             entry["partition_note"] = NO_SOURCE
-        elif through is not None and through < end:
-            entry["partition_note"] = f"final through {through:%Y-%m-%d %H:%M} UTC"
         if through is not None and through < end:
+            # a partition still forming (today): its windows are final through this instant
+            # (no note repeating it in words: every partition of a live run has one)
             entry["final_through"] = dg.MetadataValue.timestamp(through)
         metadata[str(key)] = entry
     return metadata
