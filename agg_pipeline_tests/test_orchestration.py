@@ -117,13 +117,15 @@ def test_multi_day_range_run_is_one_engine_call_per_timeframe(eurusd, instance):
     result = run_range(instance, "EURUSD", AGG_START.date(), DAY + timedelta(days=2),
                        as_of=T0 + timedelta(days=4))
     assert result.success
-    # the run's totals are logged once per timeframe, labelled as the run's
+    # the run's totals are logged once per timeframe, labelled as the run's, with the
+    # instant the run judged windows final at (not repeated on each partition)
     totals = run_totals_lines(instance, result.run_id)
+    as_of = f"windows final as of {T0 + timedelta(days=4):%Y-%m-%d %H:%M:%S} UTC"
     assert [line.splitlines()[0] for line in totals] == [
-        "run totals, bars_5m, 9 partitions of 1 symbols (1 ranges): inserted 864, "
+        f"run totals, bars_5m, 9 partitions of 1 symbols (1 ranges), {as_of}: inserted 864, "
         "updated 0, soft-deleted 0, unchanged 0, skipped windows 0; source rows 4320 "
         "(0 invalid)",
-        "run totals, bars_1h, 9 partitions of 1 symbols (1 ranges): inserted 72, "
+        f"run totals, bars_1h, 9 partitions of 1 symbols (1 ranges), {as_of}: inserted 72, "
         "updated 0, soft-deleted 0, unchanged 0, skipped windows 0; source rows 864 "
         "(0 invalid)"]
     cursors = dict(eurusd.execute("SELECT timeframe, last_agg_bar_ts_utc FROM data_agg_state "

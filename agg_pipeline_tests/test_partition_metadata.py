@@ -16,8 +16,9 @@ import pytest
 from agg_pipeline.defs.assets import AS_OF_TAG
 from agg_pipeline.defs.config import default_config
 from agg_pipeline.defs.factory import build_definitions
-from agg_pipeline.defs.metadata import NO_SOURCE
+from agg_pipeline.defs.metadata import ALWAYS_SHOWN, NO_SOURCE, ZERO_OMITTED
 from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, days_tag, partition_key
+from agg_pipeline.engine.aggregate import DayCounts
 from agg_pipeline_tests.conftest import empty_tables
 from agg_pipeline_tests.helpers import (
     T0,
@@ -101,7 +102,8 @@ def test_each_day_partition_carries_its_own_days_counts(two_days_and_a_gap, inst
         assert meta["windows_seen"] == 288
         assert meta.get("newest_source_ts") == (newest.timestamp() if newest else None)
     assert (five[DAYS[0]]["bars_inserted"], five[DAYS[1]]["bars_inserted"]) == (288, 144)
-    assert five[DAYS[1]]["source_rows_invalid"] == 1 and five[DAYS[0]]["source_rows_invalid"] == 0
+    # an anomaly counter is there when not zero; absent, it is 0 (ZERO_OMITTED)
+    assert five[DAYS[1]]["source_rows_invalid"] == 1 and "source_rows_invalid" not in five[DAYS[0]]
     # the day without source says so, with zeros
     gap = five[DAYS[2]]
     assert gap["partition_note"] == NO_SOURCE
@@ -121,6 +123,58 @@ def test_each_day_partition_carries_its_own_days_counts(two_days_and_a_gap, inst
     hourly = partition_events(instance, "bars_1h", "EURUSD", DAYS)
     assert [(hourly[d]["bars_updated"], hourly[d]["bars_unchanged"]) for d in DAYS] == [
         (0, 24), (1, 11), (0, 0), (0, 24)]
+
+
+# what else a partition's metadata may say (partition_metadata); never the run's instant
+PARTITION_EXTRAS = {"newest_source_ts", "read_from", "final_through", "days_read",
+                    "partition_note"}
+# Dagster's tags on a partition's materialisation (data version, its provenance, the
+# multi-partition key's dimensions): each a short value
+DAGSTER_TAGS = {"dagster/code_version", "dagster/data_version",
+                "dagster/data_version_is_user_provided", "dagster/partition/day",
+                "dagster/partition/symbol", "dagster/input_data_version/bars_1m",
+                "dagster/input_event_pointer/bars_1m",
+                "dagster/input_data_version/synthetic_bars_1m",
+                "dagster/input_event_pointer/synthetic_bars_1m",
+                "dagster/input_data_version/bars_5m", "dagster/input_event_pointer/bars_5m"}
+
+
+def test_a_partitions_event_stays_as_small_as_the_ui_needs(two_days_and_a_gap, instance):
+    """Issue 20: a live run writes one materialisation per partition every few minutes, so
+    each carries what describes its partition and no more (README, "Dagster's own
+    storage"): the counts an operator reads always, the anomaly counters only when not
+    zero, no entry repeating the run's instant, and the run's short id as data version (not
+    Dagster's 64-character hash, which is also an indexed asset_event_tags row). Fails if
+    an entry or a long tag comes back."""
+    assert set(ALWAYS_SHOWN) | set(ZERO_OMITTED) == set(DayCounts().counts())
+    assert not set(ALWAYS_SHOWN) & set(ZERO_OMITTED)
+    result = run_range(instance, "EURUSD", DAYS[0], DAYS[-1], as_of=AS_OF)
+    assert result.success
+    storage = instance.event_log_storage
+    for asset in ("bars_5m", "bars_1h"):
+        key = dg.AssetKey(asset)
+        records = instance.fetch_materializations(key, limit=100).records
+        assert len(records) == len(DAYS)
+        for record in records:
+            event = record.asset_materialization
+            metadata = {k: v.value for k, v in event.metadata.items()}
+            where = f"{asset} {event.partition}"
+            assert set(ALWAYS_SHOWN) <= set(metadata), where
+            assert set(metadata) <= set(ALWAYS_SHOWN) | set(ZERO_OMITTED) | PARTITION_EXTRAS, (
+                where, sorted(metadata))
+            assert all(metadata[label] for label in ZERO_OMITTED if label in metadata), where
+            assert not str(metadata.get("partition_note", "")).startswith("final through"), where
+            assert set(event.tags) <= DAGSTER_TAGS, (where, sorted(event.tags))
+            assert event.tags["dagster/data_version"] == result.run_id[:8], where
+            # (an input's version over fewer than Dagster's 100 partitions is its own hash of
+            # theirs: not ours to shorten)
+            assert max(len(value) for tag, value in event.tags.items()
+                       if not tag.startswith("dagster/input_data_version/")) <= len(
+                result.run_id), (where, event.tags)
+            # the rows Dagster indexes for it: the data version and the key's dimensions
+            [indexed] = storage.get_event_tags_for_asset(key, filter_event_id=record.storage_id)
+            assert indexed == {k: event.tags[k] for k in (
+                "dagster/data_version", "dagster/partition/day", "dagster/partition/symbol")}, where
 
 
 def test_a_failing_symbol_leaves_the_others_partitions_materialised(two_days_and_a_gap,
@@ -177,7 +231,7 @@ def test_a_month_partition_carries_the_sum_of_its_days(two_days_and_a_gap, insta
     assert month["windows_seen"] == (final_through - datetime(2025, 7, 1, tzinfo=UTC)) // (
         timedelta(minutes=5))
     assert month["final_through"] == final_through.timestamp()
-    assert month["partition_note"] == f"final through {final_through:%Y-%m-%d %H:%M} UTC"
+    assert "partition_note" not in month  # final_through says it (issue 20: no repeat in words)
     assert "days_read" not in month
 
     # a live run needing one day of the month (agg/days) re-reads that day, not the month,

@@ -238,8 +238,8 @@ def materialize_timeframe(
         context.log.warning(f"{tf.name}: database unavailable ({type(exc).__name__}: {exc}); "
                             "retrying")
         raise _transient_retry(context) from exc
-    context.log.info(metadata.run_totals(tf.name, len(keys), batch, skipped))
-    by_partition = metadata.partition_metadata(keys, batch, skipped, as_of, ranges, partitions)
+    context.log.info(metadata.run_totals(tf.name, len(keys), batch, skipped, as_of))
+    by_partition = metadata.partition_metadata(keys, batch, skipped, ranges, partitions)
     failed = {s: f"{type(e).__name__}: {e}" for s, e in batch.failed.items()}
     if failed:
         # the symbols that succeeded are written: their partitions say so, the others do not
@@ -253,7 +253,7 @@ def materialize_timeframe(
                       "succeeded_requests": len(batch.results)},
         )
     metadata.attach_partition_metadata(context, by_partition)
-    return dg.MaterializeResult()
+    return dg.MaterializeResult(data_version=metadata.run_data_version(context.run_id))
 
 
 def build_bars_asset(tf: Timeframe, config: PipelineConfig) -> dg.AssetsDefinition:

@@ -4,6 +4,13 @@ The engine counts per UTC day in the same statement that writes the bars; a part
 symbol's day, or month) carries the sum of its days, so the asset's Plots tab and a
 partition's detail describe that partition. What the whole run did is logged once, as the
 run's totals.
+
+A live run writes one such materialisation per partition every few minutes, so each is kept
+to what describes the partition (issue 20, README "Dagster's own storage"): what is the same
+for every partition of a run (the instant it judged windows final at) is said once, in the
+run-totals log line; the anomaly counters (`ZERO_OMITTED`) appear only when not zero, absent
+meaning 0; the counts an operator reads on every partition's page (`ALWAYS_SHOWN`) are always
+there, zeros included; a note only says what no other entry does.
 """
 
 from __future__ import annotations
@@ -24,16 +31,31 @@ from agg_pipeline.listing import summarise
 
 NO_SOURCE = "no source rows in this partition"
 RUN_TOTALS_SYMBOL_LINES = 10  # the run-totals log line details at most this many symbols
+# a partition's counts (DayCounts.counts()): these always, zeros included ...
+ALWAYS_SHOWN = ("windows_seen", "windows_with_source", "bars_inserted", "bars_updated",
+                "bars_soft_deleted", "bars_unchanged", "source_rows_read")
+# ... these only when not zero: absent means 0 (a zero written is ~150 bytes of Dagster's JSON
+# in every partition's event of every live run)
+ZERO_OMITTED = ("windows_skipped", "bars_kept_source_gone", "bars_poor_quality",
+                "source_rows_invalid", "source_rows_partial")
+
+
+def shown_counts(counts: DayCounts) -> dict[str, int]:
+    """The counts a partition's materialisation carries: ALWAYS_SHOWN, and ZERO_OMITTED
+    when not zero."""
+    return {label: value for label, value in counts.counts().items()
+            if value or label not in ZERO_OMITTED}
 
 
 def partition_metadata(
     partition_keys: Iterable[str], batch: Batch, skipped: Mapping[str, str],
-    as_of: datetime, spans: Mapping[str, list[tuple[date, date]]], partitions: TimePartitioning,
+    spans: Mapping[str, list[tuple[date, date]]], partitions: TimePartitioning,
 ) -> dict[str, dict[str, object]]:
-    """Each partition key's metadata: the sum of its own days' counts. `spans` are the days
-    the run read per symbol: a partition it read only partly (a live run's days of a month)
-    says which days, and its counts are theirs; a live run's incremental read says where it
-    began, and a symbol it found nothing new for says so."""
+    """Each partition key's metadata: the sum of its own days' counts (shown_counts). `spans`
+    are the days the run read per symbol: a partition it read only partly (a live run's days
+    of a month) says which days, and its counts are theirs; a live run's incremental read says
+    where it began, and a symbol it found nothing new for says so. The run's instant is not
+    repeated here (run_totals logs it)."""
     by_day: dict[tuple[str, date], DayCounts] = {}
     final_through: dict[str, datetime] = dict(batch.idle)
     read_from: dict[str, datetime] = {}
@@ -53,10 +75,9 @@ def partition_metadata(
         while day <= partitions.period_last_day(period):
             counts = counts + by_day.get((symbol, day), DayCounts())
             day += timedelta(days=1)
-        entry: dict[str, object] = dict(counts.counts())
+        entry: dict[str, object] = dict(shown_counts(counts))
         if counts.newest_source_ts is not None:
             entry["newest_source_ts"] = dg.MetadataValue.timestamp(counts.newest_source_ts)
-        entry["as_of"] = dg.MetadataValue.timestamp(as_of)
         last = partitions.period_last_day(period)
         read = [(max(a, period), min(b, last)) for a, b in spans.get(symbol, ())
                 if a <= last and period <= b]
@@ -76,9 +97,9 @@ def partition_metadata(
                                        "UTC")
         elif counts.source_rows_read == 0:
             entry["partition_note"] = NO_SOURCE
-        elif through is not None and through < end:
-            entry["partition_note"] = f"final through {through:%Y-%m-%d %H:%M} UTC"
         if through is not None and through < end:
+            # a partition still forming (today): its windows are final through this instant
+            # (no note repeating it in words: every partition of a live run has one)
             entry["final_through"] = dg.MetadataValue.timestamp(through)
         metadata[str(key)] = entry
     return metadata
@@ -105,15 +126,29 @@ def attach_partition_metadata(context: dg.AssetExecutionContext,
         })
 
 
+def run_data_version(run_id: str) -> dg.DataVersion:
+    """The data version of every partition a run materialises: the run's short id (the 8
+    characters the UI shows for a run).
+
+    Without one, Dagster computes a "logical" version: the SHA-256 of the asset's code version
+    (these assets declare none, so the run id) and of its inputs' versions. It is new in every
+    run, as this one is, and says nothing more, but it is 64 characters in every partition's
+    event and in an `asset_event_tags` row and index entry per partition (issue 20). Staleness
+    reads the same: a downstream asset is unsynced when its upstream has a newer version."""
+    return dg.DataVersion(run_id[:8])
+
+
 def run_totals(timeframe: str, partitions: int, batch: Batch,
-               skipped: Mapping[str, str]) -> str:
-    """One log line: what the whole run did for one timeframe, labelled as the run's."""
+               skipped: Mapping[str, str], as_of: datetime) -> str:
+    """One log line: what the whole run did for one timeframe, labelled as the run's, and
+    the instant it judged windows final at (the same for every partition of the run)."""
     results = batch.results
     totals = sum((counts for r in results for counts in r.days.values()), DayCounts())
     symbols = sorted({r.symbol for r in results})
     lines = [
         f"run totals, bars_{timeframe}, {partitions} partitions of {len(symbols)} symbols "
-        f"({len(results)} ranges): inserted {totals.bars_inserted}, updated "
+        f"({len(results)} ranges), windows final as of {windows.utc(as_of):%Y-%m-%d %H:%M:%S}"
+        f" UTC: inserted {totals.bars_inserted}, updated "
         f"{totals.bars_updated}, soft-deleted {totals.bars_soft_deleted}, unchanged "
         f"{totals.bars_unchanged}, skipped windows {totals.windows_skipped}; source rows "
         f"{totals.source_rows_read} ({totals.source_rows_invalid} invalid)"

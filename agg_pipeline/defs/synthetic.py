@@ -123,7 +123,7 @@ def materialize_synthetic(context: dg.AssetExecutionContext, market_db: MarketDa
                          metadata={"failures": dg.MetadataValue.json(failed)})
     metadata.attach_partition_metadata(context,
                                        partition_metadata(keys, results, defined, partitions))
-    return dg.MaterializeResult()
+    return dg.MaterializeResult(data_version=metadata.run_data_version(context.run_id))
 
 
 def __getattr__(name: str) -> object:
