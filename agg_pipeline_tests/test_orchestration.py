@@ -238,10 +238,11 @@ def test_an_optional_timeframe_partition_follows_the_registry(db, instance):
 
 
 def test_frontier_sensor_requests_new_complete_windows_and_skips_when_idle(eurusd, instance):
-    now = datetime.now(UTC).replace(second=0, microsecond=0)
-    start = now - timedelta(minutes=30)
-    cursors_at(eurusd, start)
-    first_bar = start - timedelta(minutes=start.minute % 5)
+    # 25 minutes of bars ending at the last full hour: their 5m windows complete that hour,
+    # so the run builds 1h too (planning.catchup_work)
+    first_bar = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(
+        minutes=25)
+    cursors_at(eurusd, first_bar)
     insert_bars(eurusd, "EURUSD", minute_bars(first_bar, 25))
     eurusd.commit()
     context = dg.build_sensor_context(instance=instance, resources=RESOURCES)

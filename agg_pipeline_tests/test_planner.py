@@ -247,6 +247,33 @@ def test_a_complete_window_is_due_before_its_delay_an_incomplete_one_waits(db, i
 # ===================================================================== batched, like the oracle
 
 
+def test_a_live_run_builds_a_derived_timeframe_only_when_its_source_completes_a_window():
+    """Pure planning: a live tick's 5m work takes 1h (and 4h from 1h) along only when the 5m
+    bars it builds reach the end of the window at that timeframe's cursor, or when that
+    timeframe is behind by itself; otherwise its step would find nothing final."""
+    ten = datetime(2025, 11, 3, 10, tzinfo=UTC)
+    minutes = lambda n: ten + timedelta(minutes=n)  # noqa: E731
+
+    def planned(reach_5m: datetime, behind_1h: bool = False) -> list[tuple[str, ...]]:
+        states = [
+            planning.TaskState("EURUSD", "5m", minutes(40), reach_5m, reach_5m, (0,),
+                               next_end=minutes(45)),
+            planning.TaskState("EURUSD", "1h", ten, minutes(60) if behind_1h else ten,
+                               minutes(35), (1,), next_end=minutes(60)),
+            planning.TaskState("EURUSD", "4h", minutes(-120), minutes(-120), minutes(-60), (2,),
+                               next_end=minutes(120)),
+        ]
+        work = planning.catchup_work(planning.Tasks(states, {}), roots_only=True,
+                                     first_day=date(2025, 1, 1))
+        return [w.timeframes for w in work]
+
+    assert planned(minutes(50)) == [("5m",)]
+    assert planned(minutes(60)) == [("5m", "1h")]
+    assert planned(minutes(50), behind_1h=True) == [("5m", "1h")]
+    assert planned(minutes(120)) == [("5m", "1h", "4h")]
+    assert planned(minutes(40)) == []  # nothing new
+
+
 def test_a_batched_run_builds_every_symbols_bars_equal_to_the_oracle(db, instance):
     """Protects batching end to end: the schedule's one run over five symbols x two days
     (a symbol already up to date rides along in the middle of the block) builds every
@@ -272,7 +299,9 @@ def test_a_batched_run_builds_every_symbols_bars_equal_to_the_oracle(db, instanc
 
     [request] = schedule(instance)
     block, first, last = rectangle(instance, request)
-    assert block == list(symbols) and (first, last) == (first_day.date(), data_end.date())
+    # (the last day holding data: yesterday when data_end is today's midnight, 01:00-02:00)
+    assert block == list(symbols) and (first, last) == (first_day.date(),
+                                                        (data_end - MINUTE).date())
     assert {row[1] for row in claims(db)} == set(symbols) - {"CCC"}  # riders hold no claim
     result = execute(instance, request)
     assert result.success

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
@@ -67,6 +67,12 @@ class TaskState:
     failing: bool = False  # hard failures since its last success (hard_failed included)
     ahead: bool = False  # cursor past the end of the window holding the newest source row
     forming_behind: bool = False  # its forming bar reflects an older frontier than the newest
+    # the end of the window at its cursor: the source must reach it for the task to have a
+    # window to finalise (None: unknown; always worth a run)
+    next_end: datetime | None = None
+    # the furthest a run now could move the cursor: past the target when the engine finds the
+    # windows up to the frontier's complete (contract 6; None: the target)
+    reach: datetime | None = None
 
     @property
     def behind(self) -> bool:
@@ -202,12 +208,7 @@ def _task_state(row: dict, as_of: datetime, memo: dict[tuple, datetime]
         final_end = memo[final_key] = grid.edge(as_of - timedelta(seconds=delay))
     frontier = windows.utc_or_none(row["frontier_ts"])
     forming_through = windows.utc_or_none(row["forming_through"])
-    frontier_end = None
-    if frontier is not None:
-        frontier_key = (name, calendar, frontier)
-        if (frontier_end := memo.get(frontier_key)) is None:
-            frontier_end = memo[frontier_key] = timeframes.grid(tf, calendar).frontier_end(
-                frontier)
+    frontier_end = None if frontier is None else _window_end(memo, tf, calendar, frontier)
     if (frontier_end is not None and frontier_end <= as_of
             and cursor >= frontier_end - tf.step
             and (row["frontier_window_rows"] or 0) >= tf.expected_candles):
@@ -216,13 +217,38 @@ def _task_state(row: dict, as_of: datetime, memo: dict[tuple, datetime]
         # incomplete window it waits for that one's delay, or each tick would ask again
         final_end = max(final_end, frontier_end)
     target = cursor if frontier_end is None else min(final_end, frontier_end)
+    reach = target
+    if frontier is not None:  # up to the frontier's window, through it once it has ended
+        reach = (frontier_end if frontier_end <= as_of
+                 else _window_start(memo, tf, calendar, frontier))
     return TaskState(row["canonical_symbol"], name, cursor, max(cursor, target), frontier,
                      _order(row, tf),
                      failing=row["status"] == "hard_failed" or row["hard_fail_streak"] > 0,
                      ahead=frontier_end is not None and cursor > frontier_end,
                      forming_behind=bool(row["forming"]) and tf.reads_data_bars
                      and frontier is not None
-                     and (forming_through is None or frontier > forming_through))
+                     and (forming_through is None or frontier > forming_through),
+                     next_end=_window_end(memo, tf, calendar, cursor),
+                     reach=max(reach, target, cursor))
+
+
+def _window_start(memo: dict[tuple, datetime], tf: timeframes.Timeframe, calendar: str | None,
+                  instant: datetime) -> datetime:
+    """The start of the window holding `instant` (or of the next one), memoised per pass."""
+    key = ("start", tf.name, calendar, instant)
+    if (start := memo.get(key)) is None:
+        start = memo[key] = timeframes.grid(tf, calendar).edge(instant)
+    return start
+
+
+def _window_end(memo: dict[tuple, datetime], tf: timeframes.Timeframe, calendar: str | None,
+                instant: datetime) -> datetime:
+    """The end of the window holding `instant` (on a calendar, of the last one starting at
+    or before it), memoised per pass."""
+    key = (tf.name, calendar, instant)
+    if (end := memo.get(key)) is None:
+        end = memo[key] = timeframes.grid(tf, calendar).frontier_end(instant)
+    return end
 
 
 def task_states(conn: psycopg.Connection, as_of: datetime) -> Tasks:
@@ -278,14 +304,30 @@ def catchup_work(tasks: Tasks, *, roots_only: bool, first_day: date) -> list[Wor
             not roots_only or timeframes.get(t.timeframe).reads_data_bars)]
         if not triggers:
             continue
-        chosen = [states[name] for name in _with_downstream([t.timeframe for t in triggers],
-                                                             states)]
+        chosen = _movable(triggers, states)
         first = max(min(_day(t.cursor) for t in chosen), first_day)
         last = max(_day(max(t.target, t.cursor) - timedelta(microseconds=1)) for t in chosen)
         work.append(Work(symbol, tuple(t.timeframe for t in chosen), first, max(last, first),
                          reason, min(t.order for t in triggers),
                          moving_from=max(min(_day(t.cursor) for t in triggers), first_day)))
     return work
+
+
+def _movable(triggers: list[TaskState], states: Mapping[str, TaskState]) -> list[TaskState]:
+    """The triggers and, in ladder order, each enabled timeframe derived from them that a run
+    can move: behind by itself, or with the window at its cursor ending where the run's
+    upstream step may build its source to (the upstream's reach). A live 5m run thus builds
+    1h when it completes an hour, not every 5 minutes: the 1h step would find nothing final
+    and still write a materialisation per partition (issue 20). One left out is not lost:
+    once its source is there, its own frontier makes it behind at a later tick."""
+    reach = {t.timeframe: t.reach or t.target for t in triggers}
+    for name in _with_downstream(list(reach), states):
+        task = states[name]
+        upstream = reach.get(timeframes.get(name).source)
+        if name not in reach and (task.behind or task.next_end is None or (
+                upstream is not None and upstream >= task.next_end)):
+            reach[name] = max(task.reach or task.target, upstream or task.target)
+    return [states[tf.name] for tf in timeframes.ORDERED if tf.name in reach]
 
 
 def forming_work(tasks: Tasks, *, first_day: date) -> list[Work]:
