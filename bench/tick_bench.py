@@ -29,7 +29,8 @@ grain, on the configured server (AGG_DATABASE_URL, else the embedded one):
            bound of a tick (25) and one per symbol (N, the sensor before the planner).
 
 --storage-runs K measures Dagster's own storage instead (issue 20) and nothing else: day grain,
-N symbols' last 2 hours, K live runs of bars_5m + bars_1h over every symbol's today (each
+N symbols' last 2 hours, K live runs of bars_5m over every symbol's today (what a live tick
+runs between hours) and then one of bars_5m + bars_1h (the tick completing an hour; each run
 re-reads the 2 hours, cursors set back: a live run's partitions, metadata and checks), the
 storage's size after each; then every run but the last aged 10 days and
 dagster_storage_retention_sensor's pass (apply_retention, 7 / 30 days), and the size after it,
@@ -355,14 +356,18 @@ def storage_figures(args: argparse.Namespace, scratch: Scratch) -> None:
                 LANE_TAG: LIVE_LANE}
         sizes = [storage_size(storage_url)]
         run_ids = []
-        for index in range(args.storage_runs):
+        # (planning.catchup_work: a live run takes bars_1h along when it completes an hour)
+        selections = [["bars_5m"]] * args.storage_runs + [["bars_5m", "bars_1h"]]
+        for index, assets in enumerate(selections):
             set_cursors(market_url, cursor)
+            selection = [dg.AssetKey(a) for a in assets]
             seconds, result = timed(lambda: job.execute_in_process(
                 instance=instance, tags=tags, raise_on_error=False,
-                asset_selection=[dg.AssetKey("bars_5m"), dg.AssetKey("bars_1h")]))
+                asset_selection=selection))  # noqa: B023 (timed calls it at once)
             run_ids.append(result.run_id)
             sizes.append(storage_size(storage_url))
-            log(f"run {index + 1}: {'ok' if result.success else 'FAILED'} in {seconds:.1f} s, "
+            log(f"run {index + 1} ({' + '.join(assets)}): "
+                f"{'ok' if result.success else 'FAILED'} in {seconds:.1f} s, "
                 f"storage tables {sum(sizes[-1][t] for t in STORAGE_TABLES) / 1e6:.2f} MB")
         # Dagster has no API to date a run: every run but the last is made 10 days old
         with connection.connect(storage_url, autocommit=True) as conn:
@@ -380,21 +385,84 @@ def storage_figures(args: argparse.Namespace, scratch: Scratch) -> None:
     def tables(size: dict[str, int]) -> float:
         return sum(size[t] for t in STORAGE_TABLES) / 1e6
 
-    grown = tables(sizes[-1]) - tables(sizes[1])
-    print(f"Dagster storage, {args.symbols} symbols x today, {args.storage_runs} live runs "
-          f"(bars_5m + bars_1h and their checks, {2 * args.symbols} materialisations each)")
+    runs = args.storage_runs
+    between = (tables(sizes[runs]) - tables(sizes[1])) / max(runs - 1, 1)
+    hourly = tables(sizes[-1]) - tables(sizes[-2])
+    print(f"Dagster storage, {args.symbols} symbols x today: {runs} live runs of bars_5m and "
+          f"its checks ({args.symbols} materialisations each), then one of bars_5m + bars_1h "
+          f"({2 * args.symbols})")
     print(f"  before the runs: tables {tables(sizes[0]):.2f} MB, database "
           f"{sizes[0]['database'] / 1e6:.1f} MB")
-    print(f"  after the first run: tables {tables(sizes[1]):.2f} MB; after {args.storage_runs}: "
-          f"{tables(sizes[-1]):.2f} MB ({grown / max(args.storage_runs - 1, 1):.2f} MB per "
-          f"further run, {sizes[-1]['event_rows']:,} event rows), database "
-          f"{sizes[-1]['database'] / 1e6:.1f} MB")
+    print(f"  after the first run: tables {tables(sizes[1]):.2f} MB; after {runs}: "
+          f"{tables(sizes[runs]):.2f} MB ({between:.2f} MB per further bars_5m run); the "
+          f"bars_5m + bars_1h run: {hourly:.2f} MB; a live hour's mean (11 + 1): "
+          f"{(11 * between + hourly) / 12:.2f} MB per run; {sizes[-1]['event_rows']:,} event "
+          f"rows, database {sizes[-1]['database'] / 1e6:.1f} MB")
     print(f"  retention pass: {outcome.summary} ({seconds:.2f} s)")
     print(f"  after it: tables {tables(after):.2f} MB ({after['event_rows']:,} event rows; "
           f"files not shrunk by DELETE); after VACUUM FULL {tables(after_full):.2f} MB, "
           f"database {after_full['database'] / 1e6:.1f} MB")
     for name in STORAGE_TABLES:
         print(f"    {name}: {sizes[-1][name] / 1e6:.2f} MB -> {after_full[name] / 1e6:.2f} MB")
+
+
+def storage_week(args: argparse.Namespace, scratch: Scratch) -> None:
+    """--storage-week R: a week of live runs fast-forwarded, with retention on. N symbols with
+    7 days of 1m bars; simulated day k has R live runs of bars_5m over every symbol's day k
+    (cursors set back to its last 2 hours, as --storage-runs), the last of them with bars_1h
+    too; at the end of each day every run is made a day older and
+    dagster_storage_retention_sensor's pass runs (apply_retention with a 1-day window and no
+    newest runs kept: with R well below the 288 live ticks of a real day, keeping the newest
+    200 would hold several simulated days), then a plain VACUUM, as autovacuum would, so the
+    space of deleted rows is reused. Printed: the storage after each day's pass, and the last
+    day's against the first's."""
+    import dagster as dg
+
+    from agg_pipeline.definitions import defs
+    from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, range_tags
+    from agg_pipeline.defs.resources import MarketDatabase
+    from agg_pipeline.defs.sensors import registry_sync_sensor
+    from agg_pipeline.defs.storage_retention import Policy, apply_retention
+    from agg_pipeline.defs.tags import LANE_TAG, LIVE_LANE
+    from agg_pipeline_tests.processes import storage_instance
+
+    market_url, storage_url = scratch.database("market"), scratch.database("dagster")
+    os.environ[settings.DATABASE_URL_VAR] = market_url
+    symbols = [f"T{i:04d}" for i in range(args.symbols)]
+    now = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    seed(market_url, symbols, len(symbols), now)  # 7 days and 2 hours up to today's midnight
+    policy = Policy(success_days=1, failed_days=30, max_deletes=100_000, keep_newest=0)
+    sizes = []
+    with storage_instance(storage_url, scratch.directory("home")) as instance:
+        with dg.build_sensor_context(instance=instance,
+                                     resources={"market_db": MarketDatabase()}) as context:
+            [added] = registry_sync_sensor(context).dynamic_partitions_requests
+        instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, list(added.partition_keys))
+        job = defs.resolve_job_def("aggregate_bars")
+        for day in range(RECONCILE_DAYS):
+            midnight = now - timedelta(days=RECONCILE_DAYS - day)
+            tags = {**range_tags(symbols[0], midnight.date(), midnight.date(),
+                                 last_symbol=symbols[-1]), LANE_TAG: LIVE_LANE}
+            for run in range(args.storage_week):
+                set_cursors(market_url, midnight + timedelta(hours=24 - LIVE_HOURS))
+                assets = ["bars_5m", "bars_1h"] if run == args.storage_week - 1 else ["bars_5m"]
+                job.execute_in_process(instance=instance, tags=tags, raise_on_error=False,
+                                       asset_selection=[dg.AssetKey(a) for a in assets])
+            with connection.connect(storage_url, autocommit=True) as conn:
+                conn.execute("UPDATE runs SET create_timestamp = create_timestamp - interval "
+                             "'1 day', update_timestamp = update_timestamp - interval '1 day'")
+            outcome = apply_retention(instance, policy, datetime.now(UTC))
+            with connection.connect(storage_url, autocommit=True) as conn:
+                conn.execute("VACUUM")
+            sizes.append(storage_size(storage_url))
+            log(f"day {day + 1}: {args.storage_week} runs; {outcome.summary}; storage tables "
+                f"{sum(sizes[-1][t] for t in STORAGE_TABLES) / 1e6:.2f} MB")
+    first, last = (sum(size[t] for t in STORAGE_TABLES) / 1e6 for size in (sizes[0], sizes[-1]))
+    print(f"Dagster storage over a simulated week, {args.symbols} symbols, {args.storage_week} "
+          f"live runs a day, retention 1 day: after the first day's pass {first:.2f} MB, after "
+          f"the seventh {last:.2f} MB: {last / first:.2f}x (target 1.5x)")
+    for name in STORAGE_TABLES:
+        print(f"    {name}: {sizes[0][name] / 1e6:.2f} MB -> {sizes[-1][name] / 1e6:.2f} MB")
 
 
 def count_claims(url: str) -> int:
@@ -526,17 +594,19 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--storage-runs", type=int, default=0,
                         help="measure Dagster's storage over K live runs and the retention")
+    parser.add_argument("--storage-week", type=int, default=0, metavar="R",
+                        help="a fast-forwarded week of R live runs a day with retention on")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, terminate_on_sigterm)
     start = (datetime.now(UTC) - timedelta(days=365 * YEARS + 1)).replace(
         hour=0, minute=0, second=0, microsecond=0)
-    if args.storage_runs:
+    if args.storage_runs or args.storage_week:
+        first = start + timedelta(days=365 * YEARS - (9 if args.storage_week else 2))
         os.environ.update({**settings.DAGSTER_PROCESS_ENV, settings.TIME_PARTITION_VAR: "day",
-                           settings.START_VAR: (start + timedelta(days=365 * YEARS - 2))
-                           .isoformat()})
+                           settings.START_VAR: first.isoformat()})
         scratch = Scratch(server_url(), args.keep, prefix="agg_tick")
         try:
-            storage_figures(args, scratch)
+            (storage_week if args.storage_week else storage_figures)(args, scratch)
             return 0
         finally:
             scratch.close()
