@@ -48,13 +48,14 @@ report: the exit code is 0 whether or not a target is met. Run from the checkout
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 from agg_pipeline import settings
@@ -327,31 +328,48 @@ def storage_size(storage_url: str) -> dict[str, int]:
     return tables
 
 
-def storage_figures(args: argparse.Namespace, scratch: Scratch) -> None:
-    """--storage-runs: Dagster's storage per live run, and after the retention sensor's pass."""
+@contextlib.contextmanager
+def live_storage(args: argparse.Namespace, scratch: Scratch, now: datetime, reconcile: int
+                 ) -> Iterator[tuple]:
+    """The storage modes' set-up: a scratch market with N symbols seeded up to `now` (the
+    first `reconcile` with RECONCILE_DAYS more), a scratch Dagster storage with their
+    partitions. Yields (instance, aggregate_bars, market_url, storage_url, symbols)."""
     import dagster as dg
 
     from agg_pipeline.definitions import defs
-    from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, range_tags
+    from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
     from agg_pipeline.defs.resources import MarketDatabase
     from agg_pipeline.defs.sensors import registry_sync_sensor
-    from agg_pipeline.defs.storage_retention import Policy, apply_retention
-    from agg_pipeline.defs.tags import LANE_TAG, LIVE_LANE
     from agg_pipeline_tests.processes import storage_instance
 
     market_url, storage_url = scratch.database("market"), scratch.database("dagster")
     os.environ[settings.DATABASE_URL_VAR] = market_url
     symbols = [f"T{i:04d}" for i in range(args.symbols)]
-    now = datetime.now(UTC)
-    seed(market_url, symbols, 0, now)
-    cursor = (now - timedelta(hours=LIVE_HOURS)).replace(second=0, microsecond=0)
-    cursor -= timedelta(minutes=cursor.minute % 5)
+    seed(market_url, symbols, reconcile, now)
     with storage_instance(storage_url, scratch.directory("home")) as instance:
         with dg.build_sensor_context(instance=instance,
                                      resources={"market_db": MarketDatabase()}) as context:
             [added] = registry_sync_sensor(context).dynamic_partitions_requests
         instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, list(added.partition_keys))
-        job = defs.resolve_job_def("aggregate_bars")
+        yield (instance, defs.resolve_job_def("aggregate_bars"), market_url, storage_url,
+               symbols)
+
+
+def storage_figures(args: argparse.Namespace, scratch: Scratch) -> None:
+    """--storage-runs: Dagster's storage per live run, and after the retention sensor's pass."""
+    import dagster as dg
+
+    from agg_pipeline.defs.partitions import range_tags
+    from agg_pipeline.defs.tags import LANE_TAG, LIVE_LANE
+
+    now = datetime.now(UTC)
+    cursor = (now - timedelta(hours=LIVE_HOURS)).replace(second=0, microsecond=0)
+    cursor -= timedelta(minutes=cursor.minute % 5)
+    with live_storage(args, scratch, now, 0) as (instance, job, market_url, storage_url,
+                                                 symbols):
+        # (imported once the Definitions are: on its own it imports them through a cycle)
+        from agg_pipeline.defs.storage_retention import Policy, apply_retention
+
         tags = {**range_tags(symbols[0], cursor.date(), cursor.date(), last_symbol=symbols[-1]),
                 LANE_TAG: LIVE_LANE}
         sizes = [storage_size(storage_url)]
@@ -418,27 +436,17 @@ def storage_week(args: argparse.Namespace, scratch: Scratch) -> None:
     day's against the first's."""
     import dagster as dg
 
-    from agg_pipeline.definitions import defs
-    from agg_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, range_tags
-    from agg_pipeline.defs.resources import MarketDatabase
-    from agg_pipeline.defs.sensors import registry_sync_sensor
-    from agg_pipeline.defs.storage_retention import Policy, apply_retention
+    from agg_pipeline.defs.partitions import range_tags
     from agg_pipeline.defs.tags import LANE_TAG, LIVE_LANE
-    from agg_pipeline_tests.processes import storage_instance
 
-    market_url, storage_url = scratch.database("market"), scratch.database("dagster")
-    os.environ[settings.DATABASE_URL_VAR] = market_url
-    symbols = [f"T{i:04d}" for i in range(args.symbols)]
     now = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    seed(market_url, symbols, len(symbols), now)  # 7 days and 2 hours up to today's midnight
-    policy = Policy(success_days=1, failed_days=30, max_deletes=100_000, keep_newest=0)
     sizes = []
-    with storage_instance(storage_url, scratch.directory("home")) as instance:
-        with dg.build_sensor_context(instance=instance,
-                                     resources={"market_db": MarketDatabase()}) as context:
-            [added] = registry_sync_sensor(context).dynamic_partitions_requests
-        instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, list(added.partition_keys))
-        job = defs.resolve_job_def("aggregate_bars")
+    # every symbol with 7 days and 2 hours of bars up to today's midnight
+    with live_storage(args, scratch, now, args.symbols) as (instance, job, market_url,
+                                                            storage_url, symbols):
+        from agg_pipeline.defs.storage_retention import Policy, apply_retention  # (as above)
+
+        policy = Policy(success_days=1, failed_days=30, max_deletes=100_000, keep_newest=0)
         for day in range(RECONCILE_DAYS):
             midnight = now - timedelta(days=RECONCILE_DAYS - day)
             tags = {**range_tags(symbols[0], midnight.date(), midnight.date(),
