@@ -4,6 +4,12 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
+from dagster._core.events import DagsterEvent
+from dagster._core.remote_origin import (
+    RegisteredCodeLocationOrigin,
+    RemoteJobOrigin,
+    RemoteRepositoryOrigin,
+)
 
 from agg_pipeline.definitions import defs
 from agg_pipeline.defs.assets import AS_OF_TAG
@@ -24,6 +30,7 @@ from agg_pipeline.defs.sensors import (
     registry_sync_sensor,
     source_frontier_sensor,
 )
+from agg_pipeline.defs.tags import LANE_TAG, LIVE_LANE
 from agg_pipeline_tests.helpers import (
     AGG_START,
     T0,
@@ -263,6 +270,30 @@ def test_frontier_sensor_requests_new_complete_windows_and_skips_when_idle(eurus
     context = dg.build_sensor_context(instance=instance, resources=RESOURCES,
                                       cursor=result.cursor)
     assert source_frontier_sensor(context).run_requests == []
+
+
+def test_frontier_sensor_waits_while_a_live_run_is_queued(eurusd, instance):
+    """Windows due while a live run waits in the queue are requested at the first tick after
+    it has started (a busy lane gets few large runs, not a queue of small ones)."""
+    first_bar = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(
+        minutes=25)
+    cursors_at(eurusd, first_bar)
+    insert_bars(eurusd, "EURUSD", minute_bars(first_bar, 25))
+    eurusd.commit()
+    # a queued run must name the code location it came from, as the daemon's do
+    origin = RemoteJobOrigin(RemoteRepositoryOrigin(
+        RegisteredCodeLocationOrigin("agg_pipeline"), "__repository__"), "aggregate_bars")
+    waiting = instance.create_run_for_job(defs.resolve_job_def("aggregate_bars"),
+                                          tags={LANE_TAG: LIVE_LANE}, remote_job_origin=origin)
+    instance.report_dagster_event(DagsterEvent.job_enqueue(waiting), run_id=waiting.run_id)
+    assert instance.get_run_by_id(waiting.run_id).status == dg.DagsterRunStatus.QUEUED
+    context = dg.build_sensor_context(instance=instance, resources=RESOURCES)
+    skipped = source_frontier_sensor(context)
+    assert isinstance(skipped, dg.SkipReason) and "waiting in the queue" in skipped.skip_message
+    instance.report_run_canceled(waiting)  # it leaves the queue: the work is requested
+    context = dg.build_sensor_context(instance=instance, resources=RESOURCES)
+    [request] = source_frontier_sensor(context).run_requests
+    assert request.tags[SYMBOL_TAG] == "EURUSD"
 
 
 def test_late_row_rerequests_its_day_for_5m_and_1h(eurusd, instance):
