@@ -50,6 +50,9 @@ FROM data_agg_state s
 JOIN core_asset_registry_all r USING (canonical_symbol)
 CROSS JOIN LATERAL (
     SELECT agg_source_frontier(s.canonical_symbol, s.source_timeframe, %(as_of)s) AS frontier_ts
+    -- a planner fence: without it the call is copied into each use below (the window's end,
+    -- the count's two index bounds) and runs four times per task
+    OFFSET 0
 ) f
 CROSS JOIN LATERAL (
     SELECT (%(source_minutes)s::jsonb ->> s.timeframe)::integer AS minutes
