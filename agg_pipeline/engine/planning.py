@@ -202,13 +202,11 @@ def _task_state(row: dict, as_of: datetime, memo: dict[tuple, datetime]
         return f"follows calendar {calendar!r}, which the config does not define"
     # in UTC: the session's zone would make their days local days (SPEC contract 1)
     cursor = windows.utc(row["last_agg_bar_ts_utc"])
-    final_key = (name, calendar, delay)
-    if (final_end := memo.get(final_key)) is None:
-        grid = timeframes.grid(tf, calendar)  # the UTC grid, or its calendar's (contract 15)
-        final_end = memo[final_key] = grid.edge(as_of - timedelta(seconds=delay))
+    final_end = _window_edge(memo, tf, calendar, as_of - timedelta(seconds=delay), end=False)
     frontier = windows.utc_or_none(row["frontier_ts"])
     forming_through = windows.utc_or_none(row["forming_through"])
-    frontier_end = None if frontier is None else _window_end(memo, tf, calendar, frontier)
+    frontier_end = (None if frontier is None
+                    else _window_edge(memo, tf, calendar, frontier, end=True))
     if (frontier_end is not None and frontier_end <= as_of
             and cursor >= frontier_end - tf.step
             and (row["frontier_window_rows"] or 0) >= tf.expected_candles):
@@ -220,7 +218,7 @@ def _task_state(row: dict, as_of: datetime, memo: dict[tuple, datetime]
     reach = target
     if frontier is not None:  # up to the frontier's window, through it once it has ended
         reach = (frontier_end if frontier_end <= as_of
-                 else _window_start(memo, tf, calendar, frontier))
+                 else _window_edge(memo, tf, calendar, frontier, end=False))
     return TaskState(row["canonical_symbol"], name, cursor, max(cursor, target), frontier,
                      _order(row, tf),
                      failing=row["status"] == "hard_failed" or row["hard_fail_streak"] > 0,
@@ -228,27 +226,21 @@ def _task_state(row: dict, as_of: datetime, memo: dict[tuple, datetime]
                      forming_behind=bool(row["forming"]) and tf.reads_data_bars
                      and frontier is not None
                      and (forming_through is None or frontier > forming_through),
-                     next_end=_window_end(memo, tf, calendar, cursor),
+                     next_end=_window_edge(memo, tf, calendar, cursor, end=True),
                      reach=max(reach, target, cursor))
 
 
-def _window_start(memo: dict[tuple, datetime], tf: timeframes.Timeframe, calendar: str | None,
-                  instant: datetime) -> datetime:
-    """The start of the window holding `instant` (or of the next one), memoised per pass."""
-    key = ("start", tf.name, calendar, instant)
-    if (start := memo.get(key)) is None:
-        start = memo[key] = timeframes.grid(tf, calendar).edge(instant)
-    return start
-
-
-def _window_end(memo: dict[tuple, datetime], tf: timeframes.Timeframe, calendar: str | None,
-                instant: datetime) -> datetime:
-    """The end of the window holding `instant` (on a calendar, of the last one starting at
-    or before it), memoised per pass."""
-    key = (tf.name, calendar, instant)
-    if (end := memo.get(key)) is None:
-        end = memo[key] = timeframes.grid(tf, calendar).frontier_end(instant)
-    return end
+def _window_edge(memo: dict[tuple, datetime], tf: timeframes.Timeframe, calendar: str | None,
+                 instant: datetime, *, end: bool) -> datetime:
+    """On the timeframe's grid (the UTC grid, or its calendar's: contract 15), memoised per
+    pass: with `end`, the end of the window holding `instant` (on a calendar, of the last one
+    starting at or before it); otherwise the start of the window holding it (or of the next
+    one)."""
+    key = (end, tf.name, calendar, instant)
+    if (found := memo.get(key)) is None:
+        grid = timeframes.grid(tf, calendar)
+        found = memo[key] = grid.frontier_end(instant) if end else grid.edge(instant)
+    return found
 
 
 def task_states(conn: psycopg.Connection, as_of: datetime) -> Tasks:
