@@ -41,6 +41,15 @@ def offenders(evaluation: dg.AssetCheckEvaluation) -> list[dict]:
     return value.value if value else []
 
 
+def run_rectangle(instance) -> dg.ExecuteInProcessResult:
+    """One run over the rectangle DXY..EURUSD x START..NOW, as a UI backfill would launch it."""
+    tags = {RANGE_START_TAG: str(partition_key("DXY", START.date())),
+            RANGE_END_TAG: str(partition_key("EURUSD", NOW.date()))}
+    return defs.resolve_job_def("aggregate_bars").execute_in_process(
+        instance=instance, tags=tags,
+        asset_selection=[dg.AssetKey("bars_5m"), dg.AssetKey("bars_1h")])
+
+
 @pytest.fixture
 def healthy(db, instance):
     """EURUSD and DXY with three hours of live data, built by a real run (checks included)."""
@@ -51,12 +60,7 @@ def healthy(db, instance):
     db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s", (START,))
     db.commit()
     instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["DXY", "EURUSD"])
-    # one run over the rectangle DXY..EURUSD x START..NOW, as a UI backfill would launch it
-    tags = {RANGE_START_TAG: str(partition_key("DXY", START.date())),
-            RANGE_END_TAG: str(partition_key("EURUSD", NOW.date()))}
-    result = defs.resolve_job_def("aggregate_bars").execute_in_process(
-        instance=instance, tags=tags,
-        asset_selection=[dg.AssetKey("bars_5m"), dg.AssetKey("bars_1h")])
+    result = run_rectangle(instance)
     assert result.success
     checks = result.get_asset_check_evaluations()
     assert len(checks) == 8 + 7 and all(e.passed for e in checks), checks
@@ -273,7 +277,7 @@ def test_native_freshness_policy_passes_after_a_run_and_fails_on_a_missed_deadli
 
 
 def test_a_range_runs_checks_link_its_materialisation_without_listing_every_partition(
-        db, instance, monkeypatch):
+        healthy, instance, monkeypatch):
     """Each check result of a run over a range links the asset's latest materialisation (this
     run's), and finding it does not list every partition key of the asset (Dagster's own path
     does: 5.3 M keys at 10,000 symbols x 526 days; checks.link_to_latest_materialization)."""
@@ -287,15 +291,7 @@ def test_a_range_runs_checks_link_its_materialisation_without_listing_every_part
         return every_key(self, *args, **kwargs)
 
     monkeypatch.setattr(AllPartitionsSubset, "get_partition_keys", recording)
-    add_symbol(db, "EURUSD")
-    insert_bars(db, "EURUSD", minute_bars(START, 60))
-    sync(db)
-    db.execute("UPDATE data_agg_state SET last_agg_bar_ts_utc = %s", (START,))
-    db.commit()
-    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["EURUSD"])
-    result = defs.resolve_job_def("aggregate_bars").execute_in_process(
-        instance=instance, tags=range_tags("EURUSD", START.date(), NOW.date()),
-        asset_selection=[dg.AssetKey("bars_5m"), dg.AssetKey("bars_1h")])
+    result = run_rectangle(instance)  # the healthy state's run again
     assert result.success
     evaluations = result.get_asset_check_evaluations()
     assert len(evaluations) == 8 + 7

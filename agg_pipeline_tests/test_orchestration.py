@@ -244,14 +244,20 @@ def test_an_optional_timeframe_partition_follows_the_registry(db, instance):
     assert instance.get_dynamic_partitions("symbols") == ["EURUSD"]
 
 
-def test_frontier_sensor_requests_new_complete_windows_and_skips_when_idle(eurusd, instance):
-    # 25 minutes of bars ending at the last full hour: their 5m windows complete that hour,
-    # so the run builds 1h too (planning.catchup_work)
+def bars_completing_the_last_hour(conn) -> datetime:
+    """EURUSD's 25 minutes of 1m bars ending at the last full hour, cursors at their first:
+    their 5m windows complete that hour, so a run builds 1h too (planning.catchup_work).
+    Returns the first bar's time."""
     first_bar = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(
         minutes=25)
-    cursors_at(eurusd, first_bar)
-    insert_bars(eurusd, "EURUSD", minute_bars(first_bar, 25))
-    eurusd.commit()
+    cursors_at(conn, first_bar)
+    insert_bars(conn, "EURUSD", minute_bars(first_bar, 25))
+    conn.commit()
+    return first_bar
+
+
+def test_frontier_sensor_requests_new_complete_windows_and_skips_when_idle(eurusd, instance):
+    first_bar = bars_completing_the_last_hour(eurusd)
     context = dg.build_sensor_context(instance=instance, resources=RESOURCES)
     result = source_frontier_sensor(context)
     assert len(result.run_requests) == 1
@@ -275,11 +281,7 @@ def test_frontier_sensor_requests_new_complete_windows_and_skips_when_idle(eurus
 def test_frontier_sensor_waits_while_a_live_run_is_queued(eurusd, instance):
     """Windows due while a live run waits in the queue are requested at the first tick after
     it has started (a busy lane gets few large runs, not a queue of small ones)."""
-    first_bar = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(
-        minutes=25)
-    cursors_at(eurusd, first_bar)
-    insert_bars(eurusd, "EURUSD", minute_bars(first_bar, 25))
-    eurusd.commit()
+    bars_completing_the_last_hour(eurusd)
     # a queued run must name the code location it came from, as the daemon's do
     origin = RemoteJobOrigin(RemoteRepositoryOrigin(
         RegisteredCodeLocationOrigin("agg_pipeline"), "__repository__"), "aggregate_bars")
